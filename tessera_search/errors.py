@@ -1,0 +1,131 @@
+"""The tessera-search error tree.
+
+Every error the library raises on purpose derives from :class:`TesseraSearchError`, and
+each subclass also inherits the built-in exception it is closest to, so callers can catch
+either. The CLI maps the whole tree to ``ErrorName: message`` on stderr and exit code 1
+in exactly one place (``tessera_search.cli.main``)::
+
+    TesseraSearchError
+    ├── InvalidInputError (ValueError)          bad user input of any kind
+    │   ├── InvalidTileNameError
+    │   ├── InvalidBBoxError
+    │   ├── InvalidPointError
+    │   ├── UnknownRegionError                  carries close-name suggestions
+    │   └── KTooLargeError                      k larger than the index holds
+    ├── TileNotFoundError (FileNotFoundError)   tile absent from the store / a source
+    ├── NoCoverageError (LookupError)           a point no stored tile (or index) covers
+    ├── NoDataError (ValueError)                a point on water / a no-data pixel
+    ├── CorruptTileError (ValueError)           truncated .npy, wrong shape, bad checksum
+    ├── SourceUnavailableError (ConnectionError) a source that cannot be reached
+    ├── StoreError (OSError)                    the zarr store is unreadable
+    ├── CatalogError (RuntimeError)             DuckDB failed
+    ├── IndexNotFoundError (LookupError)
+    ├── IndexCorruptError (RuntimeError)        faiss could not read a shard
+    ├── IndexBusyError (RuntimeError)           another build of the same index runs
+    ├── MissingDependencyError (ImportError)    an optional extra is not installed
+    └── CheckpointError (ValueError)            an encoder checkpoint does not fit
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatalogError",
+    "CheckpointError",
+    "CorruptTileError",
+    "IndexBusyError",
+    "IndexCorruptError",
+    "IndexNotFoundError",
+    "InvalidBBoxError",
+    "InvalidInputError",
+    "InvalidPointError",
+    "InvalidTileNameError",
+    "KTooLargeError",
+    "MissingDependencyError",
+    "NoCoverageError",
+    "NoDataError",
+    "SourceUnavailableError",
+    "StoreError",
+    "TesseraSearchError",
+    "TileNotFoundError",
+    "UnknownRegionError",
+]
+
+
+class TesseraSearchError(Exception):
+    """Root of every error tessera-search raises on purpose."""
+
+
+class InvalidInputError(TesseraSearchError, ValueError):
+    """User input that cannot be used as given."""
+
+
+class InvalidTileNameError(InvalidInputError):
+    """A tile name that is not ``grid_{lon:.2f}_{lat:.2f}`` on the 0.1 degree grid."""
+
+
+class InvalidBBoxError(InvalidInputError):
+    """A bounding box that is not ``W,S,E,N`` in degrees with W < E and S < N."""
+
+
+class InvalidPointError(InvalidInputError):
+    """A point that is not ``LON,LAT`` in degrees on the globe."""
+
+
+class UnknownRegionError(InvalidInputError):
+    """A region name that matches no country; ``suggestions`` lists close names."""
+
+    def __init__(self, message: str, suggestions: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.suggestions = list(suggestions or [])
+
+
+class KTooLargeError(InvalidInputError):
+    """More results asked for than the index holds."""
+
+
+class TileNotFoundError(TesseraSearchError, FileNotFoundError):
+    """A tile-year that is not in the store or not offered by a source."""
+
+
+class NoCoverageError(TesseraSearchError, LookupError):
+    """A point that no stored tile or built index covers."""
+
+
+class NoDataError(TesseraSearchError, ValueError):
+    """A pixel without a valid embedding (water, or a no-data scale)."""
+
+
+class CorruptTileError(TesseraSearchError, ValueError):
+    """A tile whose files are truncated, mis-shaped, or fail their checksum."""
+
+
+class SourceUnavailableError(TesseraSearchError, ConnectionError):
+    """A source (directory or URL) that cannot be reached or read."""
+
+
+class StoreError(TesseraSearchError, OSError):
+    """The local zarr tile store cannot be read or written."""
+
+
+class CatalogError(TesseraSearchError, RuntimeError):
+    """The DuckDB catalog failed."""
+
+
+class IndexNotFoundError(TesseraSearchError, LookupError):
+    """No index of that name (or for that year) is in the catalog."""
+
+
+class IndexCorruptError(TesseraSearchError, RuntimeError):
+    """An index shard that faiss cannot read."""
+
+
+class IndexBusyError(TesseraSearchError, RuntimeError):
+    """Another process is building the same index."""
+
+
+class MissingDependencyError(TesseraSearchError, ImportError):
+    """An optional dependency is missing; the message names the pip install line."""
+
+
+class CheckpointError(TesseraSearchError, ValueError):
+    """An encoder checkpoint whose keys or shapes do not fit the model."""

@@ -1,0 +1,159 @@
+"""Filling the store: fetch the tiles a region lacks from a source, check them, store them.
+
+``download(region, year, source)`` is what ``tessera-search download`` and every command
+that needs tiles (``build-index``, ``query``, ``label``) call. Tiles already stored are
+kept; each missing tile is fetched, checked and written atomically to the zarr store,
+then recorded in the catalog. A tile that fails is reported by name with its reason
+(``skipped grid_X_Y (2023): truncated .npy ...``) and skipped; it never aborts the region
+and never enters the store. Rerunning after an interruption fetches only what is still
+missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .catalog import Catalog
+from .config import resolve_home
+from .errors import TileNotFoundError
+from .grid import Tile
+from .sources.base import TileData, TileFailure
+from ._progress import progress_bar, warn
+from .store import TileStore
+
+__all__ = ["DownloadReport", "SyntheticSource", "download", "ensure_tile", "open_source"]
+
+
+class SyntheticSource:
+    """Generated tiles (``--source synthetic``): every tile is available, labelled synthetic."""
+
+    is_http = False
+    synthetic = True
+
+    def __init__(self, seed: int = 0, version: str = "v1") -> None:
+        self.seed = int(seed)
+        self.version = version
+        self.label = f"synthetic (seed {self.seed})"
+
+    def available(self, year: int, tiles: Iterable[Tile] | None = None) -> set[Tile]:
+        return set(tiles or ())
+
+    def fetch(self, tiles: Iterable[Tile], year: int, on_progress=None) -> Iterator[TileData | TileFailure]:
+        from .sources.synthetic import generate_tile
+
+        for i, tile in enumerate(tiles, 1):
+            yield generate_tile(tile, year, seed=self.seed, version=self.version).data
+            if on_progress:
+                on_progress(i)
+
+
+def open_source(
+    source: str | os.PathLike[str] | None,
+    home: str | os.PathLike[str] | None = None,
+    version: str | None = None,
+    workers: int = 4,
+):
+    """A source from its spec: None (the public registry), a directory, a URL or 'synthetic'.
+
+    ``synthetic`` takes an optional seed, ``synthetic:7``.
+    """
+    from .sources.release import DEFAULT_SOURCE_URL, ReleaseSource
+
+    home = resolve_home(home)
+    spec = DEFAULT_SOURCE_URL if source is None else str(source)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        return SyntheticSource(seed=seed, version=version or "v1")
+    return ReleaseSource(spec, version=version, download_dir=home / "downloads", workers=workers)
+
+
+@dataclass
+class DownloadReport:
+    """What a download did: tiles stored now, already present, unavailable, failed."""
+
+    year: int
+    source: str
+    stored: list[Tile] = field(default_factory=list)
+    present: list[Tile] = field(default_factory=list)
+    unavailable: list[Tile] = field(default_factory=list)
+    failed: list[TileFailure] = field(default_factory=list)
+
+    @property
+    def tiles(self) -> list[Tile]:
+        """Tiles of the region now in the store."""
+        return sorted(self.present + self.stored)
+
+    def to_json(self) -> dict:
+        return {
+            "year": self.year,
+            "source": self.source,
+            "stored": [t.name for t in self.stored],
+            "present": [t.name for t in self.present],
+            "unavailable": [t.name for t in self.unavailable],
+            "failed": [{"tile": f.tile.name, "year": f.year, "reason": f.reason} for f in self.failed],
+        }
+
+
+def download(
+    region,
+    year: int,
+    source: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    version: str | None = None,
+    workers: int = 4,
+) -> DownloadReport:
+    """Fetch and store the tiles of ``region`` (a Region, or an iterable of Tiles) for ``year``."""
+    home = resolve_home(home)
+    store, catalog = TileStore(home), Catalog(home)
+    tiles = sorted(region.tiles if hasattr(region, "tiles") else region)
+    known = {row["tile"] for row in catalog.tiles(year)}
+    present, missing = [], []
+    for t in tiles:
+        if store.has(t, year):
+            present.append(t)
+            if t.name not in known:  # stored by a run that died before cataloguing it
+                catalog.record_tile(store.attrs(t, year))
+        else:
+            missing.append(t)
+    report = DownloadReport(year=int(year), source="" if source is None else str(source), present=present)
+    if not missing:
+        return report
+    src = open_source(source, home, version=version, workers=workers)
+    report.source = src.label
+    avail = src.available(year, missing)
+    report.unavailable = [t for t in missing if t not in avail]
+    todo = [t for t in missing if t in avail]
+    if not todo:
+        return report
+    with progress_bar(progress, f"tiles {year}", len(todo)) as advance:
+        for item in src.fetch(todo, year):
+            if isinstance(item, TileFailure):
+                report.failed.append(item)
+                warn(str(item))
+            else:
+                attrs = store.write(item)
+                catalog.record_tile(attrs)
+                report.stored.append(item.tile)
+            advance()
+    report.stored.sort()
+    return report
+
+
+def ensure_tile(tile: Tile, year: int, source=None, home=None, progress: bool = False) -> None:
+    """Make sure one tile-year is stored, fetching it if needed; TileNotFoundError if it cannot be."""
+    home = resolve_home(home)
+    if TileStore(home).has(tile, year):
+        return
+    report = download([tile], year, source=source, home=home, progress=progress)
+    if report.failed:
+        raise TileNotFoundError(str(report.failed[0]))
+    if report.unavailable:
+        raise TileNotFoundError(f"tile {tile.name} ({year}) is not offered by {report.source}")
+
+
+def stored_tiles(home=None, year: int | None = None) -> list[tuple[Tile, int]]:
+    """(tile, year) pairs in the store."""
+    return TileStore(resolve_home(home)).list(year)

@@ -1,0 +1,69 @@
+"""The one shape every source yields: a tile-year of int8 embeddings with its grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CorruptTileError
+from ..grid import Tile, TileGrid
+from ..quant import valid_scales
+
+__all__ = ["TileData", "TileFailure"]
+
+
+@dataclass
+class TileData:
+    """One tile-year.
+
+    embeddings: (H, W, 128) int8; scales: (H, W) float32 (no data: NaN / inf / out of
+    range, see :func:`tessera_search.quant.valid_scales`); grid: the tile's UTM grid;
+    landmask: optional (H, W) uint8 (0 = water).
+    """
+
+    tile: Tile
+    year: int
+    embeddings: np.ndarray
+    scales: np.ndarray
+    grid: TileGrid
+    dataset_version: str
+    source: str
+    synthetic: bool = False
+    landmask: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        emb, sc = self.embeddings, self.scales
+        if emb.dtype != np.int8 or emb.ndim != 3:
+            raise CorruptTileError(f"{self.label}: embeddings must be (H, W, D) int8, got {emb.dtype} {emb.shape}")
+        if sc.shape != emb.shape[:2]:
+            raise CorruptTileError(
+                f"{self.label}: scales of shape {sc.shape} do not match embeddings {emb.shape}"
+            )
+        if emb.shape[:2] != self.grid.shape:
+            raise CorruptTileError(
+                f"{self.label}: embeddings {emb.shape[:2]} do not match the grid {self.grid.shape}"
+            )
+        self.scales = np.asarray(sc, dtype=np.float32)
+
+    @property
+    def label(self) -> str:
+        return f"{self.tile.name} ({self.year})"
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(H, W) bool: the scale validity rule (finite, > 0, < 1)."""
+        return valid_scales(self.scales)
+
+
+@dataclass(frozen=True)
+class TileFailure:
+    """A tile-year a source could not deliver, and why (``skipped grid_X_Y (2023): ...``)."""
+
+    tile: Tile
+    year: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skipped {self.tile.name} ({self.year}): {self.reason}"

@@ -1,0 +1,236 @@
+"""The local tile store: one zarr v3 group holding every stored tile-year.
+
+Layout under the workspace::
+
+    store.zarr/                     root group   (attrs: format, layout)
+      <year>/                       group per year
+        grid_X_Y/                   group per tile-year (attrs: tile, year, epsg, crs,
+                                    transform, height, width, dataset_version, source,
+                                    synthetic, n_valid, ingested_at)
+          embeddings   int8    (H, W, 128)  one shard per tile, inner chunks (32, 32, 128),
+                                            uncompressed (int8 embeddings barely compress,
+                                            and whole-tile scans feed index builds)
+          scales       float32 (H, W)       as published (NaN / inf / sentinels kept), zstd
+          valid        bool    (H, W)       the scale validity rule, zstd
+
+The inner chunks make a random pixel read touch 512 KiB, not the whole tile; the single
+shard per array keeps a whole-tile scan one sequential read. Each tile-year group is
+written in a staging directory and renamed into place, so a reader sees a tile complete
+or not at all, and an interrupted ingest leaves nothing behind but staging debris that
+the next write clears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_dir
+from .errors import StoreError, TileNotFoundError
+from .grid import Tile, TileGrid
+from .quant import valid_scales
+from .sources.base import TileData
+
+__all__ = ["TileStore"]
+
+_CHUNK = 32
+_FORMAT = "tessera-search-store/1"
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class TileStore:
+    """Read and write tile-years in ``<home>/store.zarr``."""
+
+    def __init__(self, home: str | os.PathLike[str]) -> None:
+        self.home = Path(home)
+        self.root = self.home / "store.zarr"
+        self._staging = self.home / "tmp"
+
+    # -- layout ---------------------------------------------------------------------
+    def _group_path(self, tile: Tile, year: int) -> Path:
+        return self.root / str(int(year)) / tile.name
+
+    def _ensure_root(self, year: int) -> None:
+        for path, attrs in ((self.root, {"format": _FORMAT}), (self.root / str(int(year)), {"year": int(year)})):
+            meta = path / "zarr.json"
+            if not meta.exists():
+                path.mkdir(parents=True, exist_ok=True)
+                tmp = path / ".zarr.json.tmp"
+                tmp.write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}))
+                os.replace(tmp, meta)
+
+    # -- queries --------------------------------------------------------------------
+    def has(self, tile: Tile, year: int) -> bool:
+        """True when the tile-year is completely stored."""
+        return (self._group_path(tile, year) / "zarr.json").exists()
+
+    def list(self, year: int | None = None) -> list[tuple[Tile, int]]:
+        """Stored (tile, year) pairs, sorted."""
+        out: list[tuple[Tile, int]] = []
+        if not self.root.exists():
+            return out
+        years = [year] if year is not None else sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit())
+        for y in years:
+            ydir = self.root / str(y)
+            if not ydir.is_dir():
+                continue
+            for p in sorted(ydir.iterdir()):
+                if p.name.startswith("grid_") and (p / "zarr.json").exists():
+                    out.append((Tile.from_name(p.name), y))
+        return out
+
+    def _open(self, tile: Tile, year: int):
+        import zarr
+
+        path = self._group_path(tile, year)
+        if not (path / "zarr.json").exists():
+            raise TileNotFoundError(
+                f"tile {tile.name} ({year}) is not in the store at {self.root}; run "
+                f"`tessera-search download --tile {tile.name} --year {year}`"
+            )
+        try:
+            return zarr.open_group(str(path), mode="r", zarr_format=3)
+        except Exception as exc:  # zarr raises a variety of errors for damaged groups
+            raise StoreError(f"tile {tile.name} ({year}) in {self.root} is unreadable: {exc}") from exc
+
+    def attrs(self, tile: Tile, year: int) -> dict:
+        """The tile-year's metadata (tile, year, epsg, transform, dataset_version, ...)."""
+        meta = self._group_path(tile, year) / "zarr.json"
+        if not meta.exists():
+            self._open(tile, year)  # raises the helpful TileNotFoundError
+        try:
+            return dict(json.loads(meta.read_text())["attributes"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"metadata of {tile.name} ({year}) is unreadable: {exc}") from exc
+
+    def grid(self, tile: Tile, year: int) -> TileGrid:
+        """The tile-year's UTM grid as stored."""
+        a = self.attrs(tile, year)
+        return TileGrid(tile, int(a["epsg"]), tuple(float(v) for v in a["transform"]), int(a["height"]), int(a["width"]))
+
+    def read(self, tile: Tile, year: int) -> TileData:
+        """The whole tile-year: (H, W, 128) int8, (H, W) float32 scales, grid, metadata."""
+        g = self._open(tile, year)
+        a = dict(g.attrs)
+        try:
+            emb = np.asarray(g["embeddings"][...])
+            scales = np.asarray(g["scales"][...])
+        except Exception as exc:
+            raise StoreError(f"tile {tile.name} ({year}) in {self.root} is unreadable: {exc}") from exc
+        return TileData(
+            tile=tile,
+            year=int(year),
+            embeddings=emb,
+            scales=scales,
+            grid=self.grid(tile, year),
+            dataset_version=str(a.get("dataset_version", "")),
+            source=str(a.get("source", "")),
+            synthetic=bool(a.get("synthetic", False)),
+        )
+
+    def read_valid(self, tile: Tile, year: int) -> np.ndarray:
+        """(H, W) bool validity mask (scale finite, > 0, < 1)."""
+        g = self._open(tile, year)
+        return np.asarray(g["valid"][...])
+
+    def read_scales(self, tile: Tile, year: int) -> np.ndarray:
+        """(H, W) float32 scales as published."""
+        return np.asarray(self._open(tile, year)["scales"][...])
+
+    def read_pixels(self, tile: Tile, year: int, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+        """Random pixel reads: ((N, 128) int8, (N,) float32 scales) for the given pixels.
+
+        Touches only the 32 x 32 inner chunks that hold the pixels.
+        """
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        cols = np.asarray(cols, dtype=np.int64).ravel()
+        g = self._open(tile, year)
+        emb_arr, sc_arr = g["embeddings"], g["scales"]
+        h, w = sc_arr.shape
+        if rows.size and (rows.min() < 0 or cols.min() < 0 or rows.max() >= h or cols.max() >= w):
+            raise IndexError(f"pixel outside tile {tile.name} ({h} x {w})")
+        emb = np.empty((rows.size, emb_arr.shape[2]), dtype=np.int8)
+        sc = np.empty(rows.size, dtype=np.float32)
+        if rows.size == 0:
+            return emb, sc
+        # Group by inner chunk so each chunk is read once.
+        key = (rows // _CHUNK) * ((w + _CHUNK - 1) // _CHUNK) + cols // _CHUNK
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        bounds = np.flatnonzero(np.diff(ks)) + 1
+        for grp in np.split(order, bounds):
+            r0 = int(rows[grp[0]] // _CHUNK) * _CHUNK
+            c0 = int(cols[grp[0]] // _CHUNK) * _CHUNK
+            r1, c1 = min(r0 + _CHUNK, h), min(c0 + _CHUNK, w)
+            block = np.asarray(emb_arr[r0:r1, c0:c1, :])
+            sblock = np.asarray(sc_arr[r0:r1, c0:c1])
+            emb[grp] = block[rows[grp] - r0, cols[grp] - c0]
+            sc[grp] = sblock[rows[grp] - r0, cols[grp] - c0]
+        return emb, sc
+
+    # -- writes ---------------------------------------------------------------------
+    def write(self, data: TileData) -> dict:
+        """Store a tile-year atomically (replacing any earlier copy); returns its attrs."""
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        self._ensure_root(data.year)
+        h, w, d = data.embeddings.shape
+        valid = valid_scales(data.scales)
+        attrs = {
+            "tile": data.tile.name,
+            "year": int(data.year),
+            "epsg": int(data.grid.epsg),
+            "crs": data.grid.crs,
+            "transform": [float(v) for v in data.grid.transform],
+            "height": int(h),
+            "width": int(w),
+            "dims": int(d),
+            "dataset_version": data.dataset_version,
+            "source": data.source,
+            "synthetic": bool(data.synthetic),
+            "n_valid": int(valid.sum()),
+            "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        shard = (_round_up(h, _CHUNK), _round_up(w, _CHUNK))
+        try:
+            with atomic_dir(self._group_path(data.tile, data.year), staging=self._staging) as tmp:
+                g = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
+                e = g.create_array(
+                    "embeddings", shape=(h, w, d), dtype="int8", chunks=(_CHUNK, _CHUNK, d),
+                    shards=(*shard, d), compressors=None, fill_value=0,
+                )
+                e[...] = data.embeddings
+                s = g.create_array(
+                    "scales", shape=(h, w), dtype="float32", chunks=(_CHUNK, _CHUNK),
+                    shards=shard, compressors=ZstdCodec(level=3), fill_value=float("nan"),
+                )
+                s[...] = data.scales
+                v = g.create_array(
+                    "valid", shape=(h, w), dtype="bool", chunks=(_CHUNK, _CHUNK),
+                    shards=shard, compressors=ZstdCodec(level=3), fill_value=False,
+                )
+                v[...] = valid
+        except OSError as exc:
+            raise StoreError(f"could not write {data.label} to {self.root}: {exc}") from exc
+        return attrs
+
+    def delete(self, tile: Tile, year: int) -> None:
+        """Remove a tile-year from the store (no error if absent)."""
+        shutil.rmtree(self._group_path(tile, year), ignore_errors=True)
+
+    def clean_staging(self) -> None:
+        """Remove staging debris left by interrupted writes."""
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def __iter__(self) -> Iterator[tuple[Tile, int]]:
+        return iter(self.list())
