@@ -80,6 +80,19 @@ def _cell_index(value: float) -> int:
     return math.floor(round(value * 10.0, 9))
 
 
+def _cell_indices(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised cell indices (ix, iy) of points, exactly as :func:`tile_for_point`.
+
+    ``lon`` must already be in [-180, 180). A longitude within the 1e-10 degree snapping
+    distance below 180 snaps to 180, which is -180 (ix -1800); latitudes snapping to 90
+    stay in the top row (iy 899).
+    """
+    ix = np.floor(np.round(lon * 10.0, 9)).astype(np.int64)
+    iy = np.floor(np.round(lat * 10.0, 9)).astype(np.int64)
+    ix = np.where(ix > _IX_MAX, ix - 3600, ix)
+    return ix, np.minimum(iy, _IY_MAX)
+
+
 @dataclass(frozen=True, order=True)
 class Tile:
     """One 0.1 degree cell, by integer index: lon in [ix/10, (ix+1)/10)."""
@@ -140,7 +153,11 @@ def tile_for_point(lon: float, lat: float) -> Tile:
     if not (math.isfinite(lon) and math.isfinite(lat)) or not -90.0 <= lat < 90.0:
         raise InvalidPointError(f"({lon}, {lat}) is not a point on the globe")
     lon = ((lon + 180.0) % 360.0) - 180.0
-    return Tile(min(_cell_index(lon), _IX_MAX), min(_cell_index(lat), _IY_MAX))
+    ix = _cell_index(lon)
+    # Just below 180 snaps to 180, which is -180: wrap, never clamp, so that the
+    # point's tile is the one whose owned pixels hold it (see _cell_indices).
+    ix = ix - 3600 if ix > _IX_MAX else ix
+    return Tile(ix, min(_cell_index(lat), _IY_MAX))
 
 
 def tiles_in_bbox(west: float, south: float, east: float, north: float) -> list[Tile]:
@@ -294,14 +311,27 @@ def owned_mask(grid: TileGrid) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _owned_mask_cached(grid: TileGrid) -> np.ndarray:
-    rows = np.arange(grid.height)[:, None]
-    cols = np.arange(grid.width)[None, :]
-    lon, lat = pixel_to_lonlat(grid, rows, cols)
-    ix = np.floor(np.round(lon * 10.0, 9)).astype(np.int64)
-    iy = np.floor(np.round(lat * 10.0, 9)).astype(np.int64)
+    lon, lat = _pixel_centres(grid)
+    ix, iy = _cell_indices(lon, lat)
     mask = (ix == grid.tile.ix) & (iy == grid.tile.iy)
     mask.setflags(write=False)
     return mask
+
+
+@lru_cache(maxsize=2)
+def _pixel_centres(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only (H, W) float64 lon, lat (degrees) of every pixel centre of ``grid``.
+
+    Cached for the last two grids (about 20 MB each for a 1,100 x 1,100 tile): the
+    projection is most of the cost of :func:`owned_mask`, and region masks
+    (:meth:`tessera_search.regions.Region.mask`) need the same coordinates next.
+    """
+    rows = np.arange(grid.height)[:, None]
+    cols = np.arange(grid.width)[None, :]
+    lon, lat = pixel_to_lonlat(grid, rows, cols)
+    lon.setflags(write=False)
+    lat.setflags(write=False)
+    return lon, lat
 
 
 def pack_ids(ix, iy, row, col) -> np.ndarray:
@@ -329,6 +359,10 @@ def unpack_ids(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError("not a pixel ID (negative or beyond the layout)")
     ix = ((ids >> _IX_SHIFT) & ((1 << _IX_BITS) - 1)) + _IX_MIN
     iy = ((ids >> _IY_SHIFT) & ((1 << _IY_BITS) - 1)) + _IY_MIN
+    # 12 and 11 bits hold more than 3600 columns and 1800 rows of tiles: the rest
+    # are not IDs pack_ids can make.
+    if np.any(ix > _IX_MAX) or np.any(iy > _IY_MAX):
+        raise ValueError("not a pixel ID (tile index beyond the 0.1 degree grid)")
     row = (ids >> _ROW_SHIFT) & ((1 << _ROW_BITS) - 1)
     col = ids & ((1 << _COL_BITS) - 1)
     return ix, iy, row, col

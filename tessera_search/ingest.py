@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .catalog import Catalog
 from .config import resolve_home
-from .errors import TileNotFoundError
+from .errors import SourceUnavailableError, TileNotFoundError
 from .grid import Tile
 from .sources.base import TileData, TileFailure
 from ._progress import progress_bar, warn
@@ -123,7 +123,15 @@ def download(
         return report
     src = open_source(source, home, version=version, workers=workers)
     report.source = src.label
-    avail = src.available(year, missing)
+    try:
+        avail = src.available(year, missing)
+    except SourceUnavailableError as exc:
+        if source is not None:
+            raise
+        raise SourceUnavailableError(
+            f"the public TESSERA registry ({src.label}) cannot be reached: {exc}. "
+            "Work offline with --source DIR|URL|synthetic"
+        ) from exc
     report.unavailable = [t for t in missing if t not in avail]
     todo = [t for t in missing if t in avail]
     if not todo:

@@ -53,7 +53,7 @@ def per_pixel_from_per_channel(q: np.ndarray, scales: np.ndarray) -> tuple[np.nd
     A pixel whose channel scales are not all valid is no data (NaN scale, zero vector).
     """
     valid = valid_scales(scales).all(axis=-1)
-    x = np.asarray(q, dtype=np.float32) * np.where(np.isfinite(scales), scales, 0).astype(np.float32)
+    x = np.asarray(q, dtype=np.float32) * np.where(valid[..., None], scales, 0).astype(np.float32)
     q2, s2 = quantize(x)
     q2[~valid] = 0
     s2 = np.where(valid, s2, np.float32(np.nan)).astype(np.float32)

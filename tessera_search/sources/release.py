@@ -45,6 +45,7 @@ __all__ = ["DEFAULT_SOURCE_URL", "ReleaseSource", "read_release_tile"]
 
 DEFAULT_SOURCE_URL = "https://dl2.geotessera.org/"
 DEFAULT_VERSION = "v1"
+DEFAULT_RETRIES = 4
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _USER_AGENT = "tessera-search/0.1"
 
@@ -160,14 +161,14 @@ class ReleaseSource:
         version: str | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         workers: int = 4,
-        retries: int = 4,
+        retries: int | None = None,
         backoff: float = 0.5,
         timeout: float = 60.0,
     ) -> None:
         loc = str(location)
         self.is_http = loc.startswith(("http://", "https://"))
         self.workers = max(1, int(workers))
-        self.retries = max(0, int(retries))
+        self.retries = max(0, int(DEFAULT_RETRIES if retries is None else retries))
         self.backoff = backoff
         self.timeout = timeout
         self.synthetic = False
