@@ -288,15 +288,16 @@ def pixel_to_lonlat(grid: TileGrid, rows, cols) -> tuple[np.ndarray, np.ndarray]
         f + e * (np.asarray(rows, dtype=np.float64) + 0.5),
     )
     lon, lat = _from_utm(grid.epsg).transform(np.ascontiguousarray(x), np.ascontiguousarray(y))
-    lon = np.asarray(lon, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64).reshape(x.shape)
     lon = np.where(lon >= 180.0, lon - 360.0, lon)
-    return lon, np.asarray(lat, dtype=np.float64)
+    return lon, np.asarray(lat, dtype=np.float64).reshape(x.shape)
 
 
 def lonlat_to_pixel(grid: TileGrid, lon, lat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, col, inside) of the pixels holding the points; row/col are -1 outside the grid."""
     lon, lat = np.broadcast_arrays(np.asarray(lon, np.float64), np.asarray(lat, np.float64))
     x, y = _to_utm(grid.epsg).transform(np.ascontiguousarray(lon), np.ascontiguousarray(lat))
+    x, y = np.asarray(x).reshape(lon.shape), np.asarray(y).reshape(lon.shape)
     a, _, c, _, e, f = grid.transform
     col = np.floor((np.asarray(x) - c) / a).astype(np.int64)
     row = np.floor((np.asarray(y) - f) / e).astype(np.int64)

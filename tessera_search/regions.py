@@ -45,7 +45,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .errors import InvalidInputError, InvalidTileNameError, UnknownRegionError
-from .grid import Tile, TileGrid, owned_mask, parse_bbox, pixel_to_lonlat, tiles_in_bbox
+from .grid import Tile, TileGrid, _pixel_centres, owned_mask, parse_bbox, tiles_in_bbox
 
 __all__ = [
     "Region",
@@ -126,10 +126,9 @@ class Region:
         if local.is_empty or shapely.area(local) == 0.0:
             return out
         shapely.prepare(local)
-        rows, cols = np.nonzero(owned)
-        lon, lat = pixel_to_lonlat(grid, rows, cols)
-        inside = shapely.contains_xy(local, lon, lat)
-        out[rows[inside], cols[inside]] = True
+        # The same cached pixel-centre coordinates that owned_mask was computed from.
+        lon, lat = _pixel_centres(grid)
+        out[owned] = shapely.contains_xy(local, lon[owned], lat[owned])
         return out
 
     def contains(self, lon, lat) -> np.ndarray:

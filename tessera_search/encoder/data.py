@@ -403,8 +403,8 @@ def load_datacube(
     masks = valid if mask is None else (valid & (mask != 0))
     t, h, w = masks.shape
     if set(s1) == {"VV", "VH"}:
-        vv = _s1_to_db(*s1["VV"][:1], s1_encoding, s1["VV"][1])
-        vh = _s1_to_db(*s1["VH"][:1], s1_encoding, s1["VH"][1])
+        vv = _s1_to_db(s1["VV"][0], s1_encoding, s1["VV"][1])
+        vh = _s1_to_db(s1["VH"][0], s1_encoding, s1["VH"][1])
         sar = np.stack([encode_s1_db(vv), encode_s1_db(vh)], axis=-1)
         sar_doy = doys.astype(np.int16)
         notes.append(f"S1 from the datacube has no orbit direction: read as {s1_orbit}")
@@ -517,7 +517,6 @@ def load_geotiff_stack(
     bands_dn, valid = _s2_validity(s2, 0.0 if s2.dtype.kind == "u" else None)
     # DN 0 is the GeoTIFF no-data value for L2A; an all-zero observation is no data anyway.
     masks = (valid & np.stack(masks_l)).astype(np.uint8)
-    bands_dn[masks == 0] = np.where(valid[masks == 0][..., None], bands_dn[masks == 0], 0)
     date_objs = [_dt.date(int(d[:4]), int(d[4:6]), int(d[6:])) for d in dates]
     doys = np.array([x.timetuple().tm_yday for x in date_objs], dtype=np.int32)
     if s1_vv:
