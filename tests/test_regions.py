@@ -111,7 +111,8 @@ def test_fiji_spans_the_antimeridian():
     fiji = resolve_region(region="FJI")
     ixs = {t.ix for t in fiji.tiles}
     assert 1799 in ixs and -1800 in ixs
-    assert all(abs(t.ix) >= 1760 for t in fiji.tiles)  # nothing in between: no wrap-around box
+    # Only tiles near the antimeridian (Fiji reaches 174.5E and 178.3W): no wrap-around box.
+    assert all(abs(t.ix) >= 1740 for t in fiji.tiles)
     assert 100 < len(fiji.tiles) < 1000
 
 
@@ -434,8 +435,8 @@ def test_mask_at_the_antimeridian():
 
 
 def test_contains_is_vectorised(kenya):
-    lon = np.array([[36.82, 32.58], [39.66, 180.0]])
-    lat = np.array([[-1.29, 0.35], [-4.05, 0.0]])
+    lon = np.array([[36.82, 32.58], [36.07, 180.0]])  # Nairobi, Kampala, Nakuru, ocean
+    lat = np.array([[-1.29, 0.35], [-0.30, 0.0]])
     assert kenya.contains(lon, lat).tolist() == [[True, False], [True, False]]
 
 
