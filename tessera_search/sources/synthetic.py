@@ -54,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from collections.abc import Iterable
@@ -152,11 +152,13 @@ _TEXTURE_CELL = 200.0
 
 # --- embedding parameters (standardised units: variance fractions per channel) ---------
 _DIM = 128
-_PROTO_VAR = 0.45  # between-class variance
+_PROTO_VAR = 0.55  # between-class variance
+_PROTO_SKEW = 1.5  # log-normal outward skew of prototype values
+_NOISE_SKEW = 0.8  # share of pixel-noise variance that is outward-skewed (exponential)
 _PARCEL_RANK = 12
 _PARCEL_LOWRANK_VAR = 0.15
-_PARCEL_ISO_VAR = 0.04
-_TEXTURE_VAR = 0.08
+_PARCEL_ISO_VAR = 0.03
+_TEXTURE_VAR = 0.06
 _YEAR_MIX = 0.2  # share of a prototype's direction that is new each year
 _PARCEL_YEAR_MIX = 0.6  # share of a parcel offset's direction that is new each year
 _CONFUSABLE_STEP = 4.0  # |P[barley] - P[wheat]| before per-channel standardisation
@@ -164,6 +166,32 @@ _BANK_ROWS = 1 << 14
 # Nominal land-class mix (measured over 200 random tiles, seeds 0 and 7), used to standardise.
 _NOMINAL_MIX = {FOREST: 0.18, GRASS: 0.21, MAIZE: 0.14, WHEAT: 0.11, BARLEY: 0.09,
                 RICE: 0.09, TEA: 0.12, TOWN: 0.05}
+# Shares of each class's prototype that come from shared group vectors (the rest is its own).
+_CLASS_GROUPS = {
+    FOREST: {"vegetation": 0.25, "woody": 0.35},
+    TEA: {"vegetation": 0.25, "woody": 0.35},
+    GRASS: {"vegetation": 0.25, "herbaceous": 0.35},
+    MAIZE: {"vegetation": 0.25, "herbaceous": 0.2, "crop": 0.25},
+    WHEAT: {"vegetation": 0.25, "herbaceous": 0.2, "crop": 0.25},
+    RICE: {"vegetation": 0.25, "herbaceous": 0.2, "crop": 0.25},
+    BARLEY: {"vegetation": 0.25, "herbaceous": 0.2, "crop": 0.25},  # replaced by wheat + step
+}
+# Mixed parcels: each parcel leans a random share (0 .. _LEAN_MAX, most near 0) towards
+# one of its class's look-alikes, drawn per parcel and year; a few lean past half way.
+_LOOKALIKES = {
+    FOREST: (TEA, GRASS, FOREST),
+    GRASS: (MAIZE, WHEAT, FOREST),
+    MAIZE: (RICE, WHEAT, GRASS),
+    WHEAT: (BARLEY, MAIZE, GRASS),
+    BARLEY: (WHEAT, MAIZE, GRASS),
+    RICE: (MAIZE, GRASS, WHEAT),
+    TEA: (FOREST, GRASS, MAIZE),
+    TOWN: (GRASS, MAIZE, TOWN),
+}
+_N_LOOKALIKES = 3
+_LEAN_MAX = 0.6
+_LEAN_POWER = 2.5  # lean = _LEAN_MAX * u ** _LEAN_POWER, u uniform
+_LEAN_LEVELS = 16
 # Pixel-noise amplitude per class relative to the mean (towns are heterogeneous).
 _NOISE_AMP = {FOREST: 0.8, GRASS: 1.0, MAIZE: 1.0, WHEAT: 1.0, BARLEY: 1.0, RICE: 1.0,
               TEA: 0.9, TOWN: 1.4}
@@ -429,13 +457,19 @@ def _layout(grid: TileGrid, year: int, seed: int) -> _Layout:
     del lon, lat
 
     win, box, jit = _voronoi(pos, _PARCEL_CELL, _stable_key(seed, "parcels"))
-    used, inverse = np.unique(win, return_inverse=True)
+    # Parcels present in the grid, numbered in lattice order (a linear-time np.unique).
+    present = np.zeros(int(np.prod(box.dims)), dtype=bool)
+    present[win] = True
+    used = np.flatnonzero(present)
+    number = np.zeros(present.size, dtype=np.int32)
+    number[used] = np.arange(used.size, dtype=np.int32)
+    parcel = number[win]
+    del present, number, win
     cells = box.unflatten(used)
     points = (cells.T + jit[:, used]) * _PARCEL_CELL
     keys = _hash(_stable_key(seed, "parcel-id"), cells[:, 0], cells[:, 1], cells[:, 2])
     pcls, clear_year = _parcel_classes(points, keys, year, seed)
 
-    parcel = inverse.astype(np.int32)
     classes = pcls[parcel]
     natural = np.flatnonzero(classes == 255)
     forest = _noise(pos[:, natural], _FOREST, _stable_key(seed, "forest")) > _FOREST_LEVEL
@@ -494,7 +528,26 @@ class _Model:
     iso: np.ndarray  # (128,): std * isotropic parcel amplitude
     bank1: np.ndarray  # (_BANK_ROWS, 128): pixel-noise halves, std * e_j / sqrt(2)
     bank2: np.ndarray
+    lean: np.ndarray  # (11 * _N_LOOKALIKES * _LEAN_LEVELS, 128): std * lean * (P[look-alike] - P[c])
     amp: np.ndarray  # (11,) pixel-noise amplitude per class (0 for water and nodata)
+
+
+def _standardise(proto: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Centre and scale prototypes per channel so that, under the nominal class mix and
+    counting mixed parcels (_LOOKALIKES), the class-driven part of every channel has mean
+    0 and variance _PROTO_VAR.
+    """
+    e1 = _LEAN_MAX / (_LEAN_POWER + 1.0)  # E[lean]
+    e2 = _LEAN_MAX**2 / (2.0 * _LEAN_POWER + 1.0)  # E[lean^2]
+    mean_of = proto.copy()
+    lean_var = np.zeros_like(proto)
+    for c, alikes in _LOOKALIKES.items():
+        diffs = np.stack([proto[o] - proto[c] for o in alikes])  # (k, 128)
+        mean_of[c] = proto[c] + e1 * diffs.mean(axis=0)
+        lean_var[c] = e2 * (diffs**2).mean(axis=0) - (e1 * diffs.mean(axis=0)) ** 2
+    centre = (w * mean_of).sum(axis=0)
+    var = (w * ((mean_of - centre) ** 2 + lean_var)).sum(axis=0)
+    return (proto - centre) * np.sqrt(_PROTO_VAR / var)
 
 
 def _weights() -> np.ndarray:
@@ -504,17 +557,58 @@ def _weights() -> np.ndarray:
     return w / w.sum()
 
 
+def _class_vectors(rng: np.random.Generator, outward: np.ndarray) -> np.ndarray:
+    """(11, 128) class prototype directions with a similarity hierarchy (unstandardised).
+
+    Each class mixes shared group vectors (_CLASS_GROUPS) with its own, so crops resemble
+    each other, forest resembles tea and grassland sits between crops and trees. Every
+    component is skewed outward per channel (towards the sign of the channel's mean,
+    log-normal with _PROTO_SKEW): each class then has a few channels far from the mean,
+    which gives per-pixel scales like the real ones (median ~0.064) without heavier
+    extreme tails than Gaussian data.
+    """
+
+    def skewed() -> np.ndarray:
+        v = outward * np.exp(_PROTO_SKEW * rng.standard_normal(_DIM))
+        return (v - v.mean()) / v.std()
+
+    groups = {g: skewed() for g in ("vegetation", "herbaceous", "crop", "woody")}
+    out = np.zeros((_N_CLASSES, _DIM))
+    for c in _LAND:
+        mix = _CLASS_GROUPS.get(int(c), {})
+        out[c] = np.sqrt(1.0 - sum(mix.values())) * skewed()
+        for g, v in mix.items():
+            out[c] += np.sqrt(v) * groups[g]
+    return out
+
+
 @lru_cache(maxsize=4)
 def _seed_tables(seed: int):
     """Per-seed: base prototypes, texture directions, parcel subspace, pixel banks."""
     rng = np.random.default_rng(_stable_key(seed, "model"))
-    base = rng.standard_normal((_N_CLASSES, _DIM))
-    dirs = rng.standard_normal((2, _N_CLASSES, _DIM)) / np.sqrt(2.0)
-    q, _ = np.linalg.qr(rng.standard_normal((_DIM, _PARCEL_RANK)))
-    subspace = q.T  # (rank, 128) orthonormal rows
+    base = _class_vectors(rng, np.sign(_reference_stats()[0]))
+    dirs = rng.standard_normal((2, _N_CLASSES, _DIM))
+    # Texture directions: weighted mean of D1^2 + D2^2 is 1 in every channel.
+    dirs /= np.sqrt((_weights()[:, None] * (dirs**2).sum(axis=0)).sum(axis=0))
+    # Parcel subspace: orthonormal rows with equal weight in every channel (columns of a
+    # Sylvester-Hadamard matrix with random channel signs, rotated within the subspace),
+    # so every channel gets the same parcel-level variance.
+    hadamard = np.ones((1, 1))
+    while hadamard.shape[0] < _DIM:
+        hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+    cols = rng.choice(np.arange(1, _DIM), _PARCEL_RANK, replace=False)
+    signs = rng.choice([-1.0, 1.0], _DIM)
+    rot, _ = np.linalg.qr(rng.standard_normal((_PARCEL_RANK, _PARCEL_RANK)))
+    subspace = rot.T @ (hadamard[:, cols] * signs[:, None]).T / np.sqrt(_DIM)  # (rank, 128)
     step = rng.standard_normal(_PARCEL_RANK)
     delta = (step / np.linalg.norm(step)) @ subspace * _CONFUSABLE_STEP
-    bank = rng.standard_normal((2, _BANK_ROWS, _DIM)).astype(np.float32)
+    # Pixel noise: unit variance per channel, partly exponential and skewed outward (towards
+    # the sign of the channel's mean), which gives per-pixel scales the upper tail of the
+    # real ones (p99.9 ~0.119, p99.99 ~0.137).
+    outward = np.sign(_reference_stats()[0])
+    gauss = rng.standard_normal((2, _BANK_ROWS, _DIM))
+    expo = rng.exponential(size=(2, _BANK_ROWS, _DIM)) - 1.0
+    bank = (np.sqrt(1 - _NOISE_SKEW) * gauss + np.sqrt(_NOISE_SKEW) * outward * expo).astype(np.float32)
     return base, dirs, subspace, delta, bank
 
 
@@ -523,19 +617,18 @@ def _model(seed: int, year: int) -> _Model:
     mean, std = (a.astype(np.float64) for a in _reference_stats())
     base, dirs, subspace, delta, bank = _seed_tables(seed)
     yrng = np.random.default_rng(_stable_key(seed, "model-year", year))
-    fresh = yrng.standard_normal(base.shape)
+    fresh = _class_vectors(yrng, np.sign(mean))
     proto = np.sqrt(1.0 - _YEAR_MIX**2) * base + _YEAR_MIX * fresh
-    proto[BARLEY] = proto[WHEAT] + delta  # the confusable pair, in the parcel subspace
-    # Standardise per channel under the nominal class mix: mean 0, variance _PROTO_VAR.
     w = _weights()[:, None]
-    proto -= (w * proto).sum(axis=0)
-    proto *= np.sqrt(_PROTO_VAR / (w * proto**2).sum(axis=0))
+    proto = _standardise(proto, w)
+    proto[BARLEY] = proto[WHEAT] + delta  # the confusable pair, in the parcel subspace
+    proto = _standardise(proto, w)
     proto[[NODATA_CLASS, WATER, RIVER]] = 0.0
 
     lowrank = np.sqrt(_PARCEL_LOWRANK_VAR * _DIM / _PARCEL_RANK)
     basis = subspace * lowrank  # per-channel variance: lowrank^2 * sum_k U_kj^2
     parcel_var = (basis**2).sum(axis=0) + _PARCEL_ISO_VAR
-    tex_var = (w * (dirs[0] ** 2 + dirs[1] ** 2)).sum(axis=0) * _TEXTURE_VAR
+    tex_var = _TEXTURE_VAR  # directions are normalised per channel (_seed_tables)
     amp = np.zeros(_N_CLASSES)
     for c, v in _NOISE_AMP.items():
         amp[c] = v
@@ -558,8 +651,19 @@ def _model(seed: int, year: int) -> _Model:
         iso=(np.sqrt(_PARCEL_ISO_VAR) * std).astype(np.float32),
         bank1=bank[0] * e.astype(np.float32),
         bank2=bank[1] * e.astype(np.float32),
+        lean=_lean_rows(proto, std),
         amp=amp.astype(np.float32),
     )
+
+
+def _lean_rows(proto: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Lookup rows for mixed parcels: std * lean * (P[look-alike] - P[c]), float32."""
+    rows = np.zeros((_N_CLASSES, _N_LOOKALIKES, _LEAN_LEVELS, _DIM))
+    leans = np.linspace(0.0, _LEAN_MAX, _LEAN_LEVELS)
+    for c, alikes in _LOOKALIKES.items():
+        for k, other in enumerate(alikes):
+            rows[c, k] = leans[:, None] * (std * (proto[other] - proto[c]))[None, :]
+    return rows.reshape(-1, _DIM).astype(np.float32)
 
 
 def _texture_levels() -> np.ndarray:
@@ -593,6 +697,9 @@ def _embed(grid: TileGrid, layout: _Layout, seed: int, year: int) -> tuple[np.nd
     model = _model(seed, year)
     h, w = grid.shape
     offsets = _parcel_offsets(layout.parcel_keys, model, seed, year)
+    hl = _hash(_stable_key(seed, "lean", year), layout.parcel_keys.view(np.int64))
+    lean_of = ((_uniform(hl) * _N_LOOKALIKES).astype(np.int64) * _LEAN_LEVELS
+               + np.rint(_uniform(hl, 1) ** _LEAN_POWER * (_LEAN_LEVELS - 1)).astype(np.int64))
     emb = np.empty((h * w, _DIM), dtype=np.int8)
     scales = np.empty(h * w, dtype=np.float32)
     classes = layout.classes.ravel()
@@ -618,6 +725,8 @@ def _embed(grid: TileGrid, layout: _Layout, seed: int, year: int) -> tuple[np.nd
         np.take(model.texture, cls * _TEX_LEVELS + _texture_index(tex[1, sl]), axis=0, out=ts)
         xs += ts
         np.take(offsets, parcel[sl], axis=0, out=ts)
+        xs += ts
+        np.take(model.lean, cls * (_N_LOOKALIKES * _LEAN_LEVELS) + lean_of[parcel[sl]], axis=0, out=ts)
         xs += ts
         hh = _hash(key, np.arange(r0, r1)[:, None] + row0, np.arange(w)[None, :] + col0).ravel()
         np.take(model.bank1, (hh & mask).astype(np.intp), axis=0, out=ts)
@@ -714,7 +823,6 @@ class SynthesisReport:
     skipped: int
     version: str = "v1"
     seconds: float = 0.0
-    failures: list[str] = field(default_factory=list)
 
 
 def truth_path(out: str | os.PathLike[str], tile: Tile, year: int) -> Path:
@@ -754,6 +862,7 @@ def synthesize_mirror(
     if not version or "/" in version or version.startswith("."):
         raise InvalidInputError(f"dataset version {version!r} is not a directory name such as v1")
     state = _check_out(out, seed)
+    _write_state(out, state)  # mark the directory synthetic before the first tile lands
 
     start = time.perf_counter()
     written = skipped = 0

@@ -1,0 +1,579 @@
+"""Building an index: choose parameters, train once on a spread sample, build shards.
+
+One index per (name, year, dataset version). The pipeline, shard-shaped so that a
+distributed engine can run :func:`build_shard` on many machines against the same
+trained file:
+
+1. :func:`choose_params` picks the faiss factory string and search defaults from the
+   number of vectors (see ``docs/index.md``);
+2. :func:`train` fits the coarse quantizer and PQ codebooks on a sample spread over the
+   region (evenly spaced tiles, a seeded random draw of pixels in each), once per index;
+3. :func:`build_shard` reads whole tiles from the store, keeps the pixels that are valid,
+   owned by the tile and inside the region, normalises them (cosine = inner product on
+   unit vectors; the per-pixel scale cancels), adds them under their pixel IDs, and
+   writes the shard's files atomically;
+4. :func:`build_index` strings these together with a lock, a progress bar, resumption
+   (finished shards of an interrupted build are kept) and the catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexBusyError, InvalidInputError, NoCoverageError
+from ..grid import Tile, pack_ids
+from .shards import (
+    DIMS,
+    LOCK,
+    TRAINED,
+    ShardFiles,
+    ShardPlan,
+    current_generation,
+    generations,
+    index_dir,
+    plan_shards,
+    read_faiss_index,
+    read_manifest,
+    set_current,
+    write_faiss_index,
+    write_manifest,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MEMORY",
+    "BuildReport",
+    "IndexParams",
+    "build_index",
+    "build_shard",
+    "choose_params",
+    "default_index_name",
+    "parse_size",
+    "train",
+]
+
+DEFAULT_MAX_MEMORY = 2 << 30
+_FORMAT = "tessera-search-index/1"
+_SEED = 1234
+_BATCH = 65536  # vectors converted to float32 and added at a time (32 MiB)
+_FULL_TILE_BYTES = 1200 * 1200 * (DIMS + 4 + 1)  # a whole tile read: int8 + scales + mask
+_IVF_RE = re.compile(r"IVF(\d+)")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+# -- parameters ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How an index is built and searched by default.
+
+    factory: faiss factory string (inner-product metric); nlist: IVF lists (None for a
+    non-IVF factory); train_size: training vectors; nprobe: default lists probed per
+    query (raised automatically when k needs more candidates); refine_factor: the search
+    over-fetches ``refine_factor * k`` candidates and re-ranks them exactly; seed: the
+    sample and k-means seed.
+    """
+
+    factory: str
+    nlist: int | None
+    train_size: int
+    nprobe: int
+    refine_factor: int
+    seed: int = _SEED
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or text such as ``"2GiB"``, ``"512M"``, ``"1.5 GB"`` (binary units)."""
+    if isinstance(size, int):
+        value = size
+    else:
+        m = _SIZE_RE.match(str(size))
+        if not m:
+            raise InvalidInputError(f"{size!r} is not a size; use e.g. 512MiB, 2GiB or a number of bytes")
+        value = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+    if value <= 0:
+        raise InvalidInputError(f"a size must be positive, got {size!r}")
+    return value
+
+
+def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | str = DEFAULT_MAX_MEMORY) -> IndexParams:
+    """Parameters for an index of ``n_vectors`` (documented in ``docs/index.md``).
+
+    - nlist: the power of two nearest sqrt(n), at most n / 39 (faiss' minimum of 39
+      training points per centroid) and 65536;
+    - codes: PQ16 (16 bytes, 8 dimensions per sub-quantizer), so codes + IDs take 24
+      bytes per vector; exact re-ranking from the stored int8 vectors restores recall;
+    - training sample: 64 per list, at least 65536 and at most 2 M vectors (or all of
+      them), and at most a quarter of ``max_memory`` as float32;
+    - nprobe: nlist / 64, at least 16; refine_factor 10.
+    ``factory`` overrides the index type (any faiss factory string; nlist read from it).
+    """
+    n = max(int(n_vectors), 1)
+    budget = parse_size(max_memory)
+    if factory is None:
+        nlist = 2 ** round(math.log2(math.sqrt(n)))
+        nlist = int(max(1, min(nlist, n // 39, 65536)))
+        factory = f"IVF{nlist},PQ16"
+    else:
+        factory = factory.strip()
+        m = _IVF_RE.search(factory)
+        nlist = int(m.group(1)) if m else None
+    lists = nlist or 1
+    train_size = min(n, max(65536, 64 * lists), 2_000_000, max(1, budget // 4 // (DIMS * 4)))
+    nprobe = min(lists, max(16, lists // 64))
+    return IndexParams(factory=factory, nlist=nlist, train_size=int(train_size), nprobe=int(nprobe), refine_factor=10)
+
+
+def _new_index(factory: str):
+    """An untrained index for ``factory`` with the inner-product metric and 64-bit IDs."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(DIMS, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"faiss cannot build the factory string {factory!r}: {str(exc).strip().splitlines()[-1]}") from exc
+    if faiss.try_extract_index_ivf(index) is None and not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.IndexIDMap2(index)  # flat, HNSW, PQ...: IDs kept beside the codes
+    return index
+
+
+def _bytes_per_vector(index) -> int:
+    """Resident bytes per added vector: codes plus the 8-byte ID."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return int(ivf.code_size) + 8
+    return int(index.sa_code_size()) + 8 if hasattr(index, "sa_code_size") else DIMS * 4 + 8
+
+
+def default_index_name(region, year: int) -> str:
+    """``kenya-2023``, ``bbox-36.7_-1.4_36.9_-1.2-2023``, ``tiles-grid_36.85_-1.25-2023``..."""
+    label = region.name
+    m = re.match(r"^(.*?)\s*\(([A-Z]{3})\)$", label)  # "Kenya (KEN)" -> "kenya"
+    if m:
+        label = m.group(1)
+    elif label.startswith("bbox "):
+        label = "bbox-" + label[5:].replace(",", "_")
+    elif label.startswith("region file "):
+        label = Path(label[len("region file "):]).stem
+    elif label.startswith("tiles "):
+        names = label[len("tiles "):].split(",")
+        label = "tiles-" + (names[0] if len(names) == 1 else f"{names[0]}-and-{len(names) - 1}-more")
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", label.lower()).strip("-.") or "region"
+    return f"{slug}-{int(year)}"
+
+
+# -- reading tiles -------------------------------------------------------------------
+
+
+def _tile_vectors(store, year: int, tile: Tile, region) -> tuple[np.ndarray, np.ndarray]:
+    """The tile's indexable pixels: ((n,) int64 IDs ascending, (n, 128) int8 vectors).
+
+    Valid, owned by the tile, inside the region, and not the zero vector (which has no
+    direction).
+    """
+    data = store.read(tile, year)
+    mask = data.valid & region.mask(data.grid)
+    emb = data.embeddings
+    rows, cols = np.nonzero(mask)
+    vecs = emb[rows, cols]
+    nonzero = np.any(vecs != 0, axis=1)
+    if not nonzero.all():
+        rows, cols, vecs = rows[nonzero], cols[nonzero], vecs[nonzero]
+    ids = pack_ids(tile.ix, tile.iy, rows, cols)
+    return ids, np.ascontiguousarray(vecs)
+
+
+def normalise(vecs: np.ndarray) -> np.ndarray:
+    """(n, 128) int8 -> (n, 128) float32 unit vectors (the per-pixel scale cancels in cosine)."""
+    x = np.asarray(vecs, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms == 0] = 1.0
+    x /= norms[:, None]
+    return x
+
+
+# -- training ------------------------------------------------------------------------
+
+
+def _sample_tiles(names: list[str], counts: list[int], train_size: int) -> list[int]:
+    """Evenly spaced positions in the sorted tile list: the sample spreads over the region."""
+    n_pick = min(len(names), max(1, math.ceil(train_size / 2048)))
+    picks = np.unique(np.round(np.linspace(0, len(names) - 1, n_pick)).astype(int))
+    return [int(i) for i in picks if counts[i] > 0]
+
+
+def train(store, year: int, tiles: list[Tile], counts: list[int], region, params: IndexParams,
+          progress: Callable[[int], None] | None = None):
+    """Train a fresh index on a sample spread over ``tiles``; returns the empty trained index.
+
+    Deterministic: the same tiles, counts and params give the same sample, and faiss'
+    k-means runs with a fixed seed.
+    """
+    import faiss
+
+    from .gpu import train_index
+
+    names = [t.name for t in tiles]
+    picks = _sample_tiles(names, counts, params.train_size)
+    total = sum(counts[i] for i in picks)
+    parts = []
+    for i in picks:
+        tile = tiles[i]
+        ids, vecs = _tile_vectors(store, year, tile, region)
+        quota = min(len(ids), math.ceil(params.train_size * counts[i] / max(total, 1)))
+        if quota < len(ids):
+            rng = np.random.default_rng([params.seed, tile.ix + 1800, tile.iy + 900])
+            vecs = vecs[np.sort(rng.choice(len(ids), quota, replace=False))]
+        parts.append(normalise(vecs))
+        if progress:
+            progress(1)
+    if not parts or sum(len(p) for p in parts) == 0:
+        raise NoCoverageError("no valid pixels to train on in the region's stored tiles")
+    x = np.concatenate(parts)
+    index = _new_index(params.factory)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = params.seed
+        if ivf.nlist > len(x):
+            raise InvalidInputError(
+                f"factory {params.factory!r} asks for {ivf.nlist} lists but the region has only {len(x)} "
+                "training vectors; use fewer lists (IVFn with n <= vectors / 39)"
+            )
+    train_index(index, x)
+    return index
+
+
+# -- shards --------------------------------------------------------------------------
+
+
+def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path, files: ShardFiles,
+                progress: Callable[[int], None] | None = None) -> dict:
+    """Build one shard (whole ``tiles``) from the trained index; write its files atomically.
+
+    Returns ``{"shard", "tiles", "n_vectors", "bytes_resident"}``. Independent of every
+    other shard: a distributed engine can run this on any machine holding the store and
+    ``trained_path``. Reads the next tile while faiss adds the current one.
+    """
+    import faiss
+
+    from .._io import atomic_path
+    from .gpu import to_gpu
+
+    index = read_faiss_index(trained_path, mmap=False)
+    gpu_index = to_gpu(index)
+    target = gpu_index if gpu_index is not None else index
+    n = 0
+    with atomic_path(files.ids) as tmp_ids, atomic_path(files.vectors) as tmp_vec, atomic_path(files.index) as tmp_idx, \
+            open(tmp_ids, "wb") as f_ids, open(tmp_vec, "wb") as f_vec, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_tile_vectors, store, year, tiles[0], region) if tiles else None
+        for i in range(len(tiles)):
+            ids, vecs = pending.result()
+            pending = pool.submit(_tile_vectors, store, year, tiles[i + 1], region) if i + 1 < len(tiles) else None
+            for s in range(0, len(ids), _BATCH):
+                target.add_with_ids(normalise(vecs[s:s + _BATCH]), ids[s:s + _BATCH])
+            f_ids.write(ids.astype("<i8").tobytes())
+            f_vec.write(vecs.tobytes())
+            n += len(ids)
+            del ids, vecs
+            if progress:
+                progress(1)
+        f_ids.flush()
+        f_vec.flush()
+        os.fsync(f_ids.fileno())
+        os.fsync(f_vec.fileno())
+        if gpu_index is not None:
+            index = faiss.index_gpu_to_cpu(gpu_index)
+        faiss.write_index(index, str(tmp_idx))
+    return {"shard": files.number, "tiles": [t.name for t in tiles], "n_vectors": int(n),
+            "bytes_resident": int(n * _bytes_per_vector(index))}
+
+
+# -- the whole build -----------------------------------------------------------------
+
+
+@dataclass
+class BuildReport:
+    """What a build did. ``up_to_date`` when the complete index already matched."""
+
+    name: str
+    year: int
+    dataset_version: str
+    region: str
+    path: Path
+    generation: str
+    tiles: list[str]
+    skipped_tiles: list[str]
+    n_vectors: int
+    n_shards: int
+    shards_built: int
+    shards_reused: int
+    params: IndexParams
+    seconds: float
+    up_to_date: bool = False
+    synthetic: bool = False
+    shards: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["params"] = self.params.to_json()
+        return d
+
+
+@contextlib.contextmanager
+def build_lock(idir: Path, name: str) -> Iterator[None]:
+    """Hold ``<index dir>/.build.lock`` exclusively; IndexBusyError when another build holds it."""
+    import fcntl
+
+    idir.mkdir(parents=True, exist_ok=True)
+    f = open(idir / LOCK, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise IndexBusyError(
+            f"index {name} is being built by pid {holder}; wait for it to finish, or stop it and rerun "
+            "`tessera-search build-index` (finished shards are kept)"
+        ) from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            f.seek(0)
+            f.truncate()
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def _resolve(region, bbox, region_file, tiles):
+    if region is not None and not isinstance(region, str):
+        if any(v is not None for v in (bbox, region_file, tiles)):
+            raise InvalidInputError("give a Region or region options, not both")
+        return region
+    from ..regions import resolve_region
+
+    return resolve_region(region=region, bbox=bbox, region_file=region_file, tiles=tiles)
+
+
+def _build_key(year, version, region, tile_attrs, params, capacity) -> str:
+    geom = getattr(region, "geometry", None)
+    doc = {
+        "format": _FORMAT,
+        "year": int(year),
+        "dataset_version": version,
+        "region": region.name,
+        "geometry": None if geom is None else hashlib.sha256(geom.wkb).hexdigest(),
+        "tiles": [[a["tile"], int(a.get("n_valid", 0)), a.get("ingested_at")] for a in tile_attrs],
+        "params": params.to_json(),
+        "capacity": int(capacity),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _next_generation(idir: Path) -> Path:
+    gens = generations(idir)
+    last = max((int(p.name.split("-")[1]) for p in gens if p.name.split("-")[1].isdigit()), default=0)
+    return idir / f"gen-{last + 1:05d}"
+
+
+def build_index(
+    region=None,
+    year: int | None = None,
+    *,
+    bbox: str | None = None,
+    region_file: str | os.PathLike[str] | None = None,
+    tiles: list[str] | str | None = None,
+    source: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    factory: str | None = None,
+    max_memory: int | str = DEFAULT_MAX_MEMORY,
+    home: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    rebuild: bool = False,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> BuildReport:
+    """Build (or resume, or confirm up to date) the index of a region for ``year``.
+
+    ``region`` is a :class:`~tessera_search.regions.Region` or a country name; or give
+    ``bbox``, ``region_file`` or ``tiles`` instead. Tiles the store lacks are fetched
+    from ``source`` first (tiles no source offers are skipped and listed). ``name``
+    defaults to :func:`default_index_name`. ``max_memory`` bounds the build's memory
+    (shard size and training sample follow from it). An interrupted build, rerun with the
+    same arguments, keeps its finished shards; ``rebuild`` starts afresh even when the
+    complete index is up to date. ``on_shard(done, total)`` is called after each shard.
+
+    Raises IndexBusyError when another process builds the same index,
+    NoCoverageError when no tile of the region can be had, InvalidInputError when the
+    tiles mix dataset versions.
+    """
+    from .._progress import progress_bar, warn
+    from ..catalog import Catalog
+    from ..config import resolve_home
+    from ..ingest import download
+    from ..store import TileStore
+
+    if year is None:
+        raise InvalidInputError("a year is required, e.g. year=2023")
+    t0 = time.monotonic()
+    home = resolve_home(home)
+    reg = _resolve(region, bbox, region_file, tiles)
+    budget = parse_size(max_memory)
+    store, catalog = TileStore(home), Catalog(home)
+    missing = [t for t in reg.tiles if not store.has(t, year)]
+    if missing:
+        download(missing, year, source=source, home=home, progress=progress)
+    present = [t for t in reg.tiles if store.has(t, year)]
+    skipped = [t.name for t in reg.tiles if not store.has(t, year)]
+    if not present:
+        raise NoCoverageError(
+            f"none of the {len(reg.tiles)} tiles of {reg.name} for {year} could be stored; "
+            "check the source (`--source DIR|URL|synthetic`) and run `tessera-search download`"
+        )
+    if skipped:
+        warn(f"{len(skipped)} tile(s) of {reg.name} not available for {year}, left out: "
+             + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    attrs = [store.attrs(t, year) for t in present]
+    versions: dict[str, list[str]] = {}
+    for a in attrs:
+        versions.setdefault(str(a.get("dataset_version", "")), []).append(a["tile"])
+    if len(versions) > 1:
+        detail = "; ".join(f"{v or '(none)'}: {', '.join(ts[:3])}{' ...' if len(ts) > 3 else ''}" for v, ts in sorted(versions.items()))
+        raise InvalidInputError(
+            f"the tiles of {reg.name} for {year} mix dataset versions ({detail}); an index holds one "
+            "version: re-download the odd tiles with `tessera-search download --dataset-version ...`"
+        )
+    version = next(iter(versions))
+    synthetic = any(bool(a.get("synthetic", False)) for a in attrs)
+    name = name or default_index_name(reg, year)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise InvalidInputError(f"index name {name!r} may hold only letters, digits, '.', '_' and '-'")
+    counts = [int(a.get("n_valid", 0)) for a in attrs]
+    params = choose_params(sum(counts), factory, budget)
+    idir = index_dir(home, name)
+
+    with build_lock(idir, name):
+        probe = _new_index(params.factory)
+        per_vector = _bytes_per_vector(probe)
+        fixed = 2 * _FULL_TILE_BYTES + _BATCH * DIMS * 8 + (params.nlist or 1) * DIMS * 4 * 2
+        capacity = (budget - fixed) // (2 * per_vector)  # faiss' list vectors may double when growing
+        if capacity < max(counts, default=1):
+            need = fixed + 2 * per_vector * max(counts, default=1)
+            raise InvalidInputError(f"max_memory {budget:,} bytes is too small for one tile; allow at least {need:,}")
+        plan = plan_shards([(t.name, c) for t, c in zip(present, counts)], capacity)
+        key = _build_key(year, version, reg, attrs, params, capacity)
+
+        current = current_generation(idir)
+        if current is not None and not rebuild:
+            man = read_manifest(current)
+            if man.get("key") == key and man.get("status") == "complete":
+                return _report(man, current, skipped, params, t0, up_to_date=True)
+        gen = None
+        for g in generations(idir):
+            if g == current:
+                continue
+            try:
+                man = read_manifest(g)
+            except Exception:
+                man = {}
+            if gen is None and not rebuild and man.get("key") == key and man.get("status") == "building":
+                gen = g
+            else:
+                shutil.rmtree(g, ignore_errors=True)  # stale: another key or an abandoned build
+        if gen is None:
+            gen = _next_generation(idir)
+            gen.mkdir(parents=True)
+            manifest = {
+                "format": _FORMAT, "key": key, "name": name, "year": int(year), "dataset_version": version,
+                "region": reg.name, "synthetic": synthetic, "params": params.to_json(), "plan": plan.to_json(),
+                "tiles": [t.name for t in present], "skipped_tiles": skipped,
+                "grids": {a["tile"]: {"epsg": int(a["epsg"]), "transform": list(a["transform"]),
+                                      "height": int(a["height"]), "width": int(a["width"])} for a in attrs},
+                "shards": {}, "status": "building", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            write_manifest(gen, manifest)
+        else:
+            manifest = read_manifest(gen)
+        if catalog.index(name) is None:
+            catalog.upsert_index({"name": name, "year": int(year), "dataset_version": version, "region": reg.name,
+                                  "factory": params.factory, "params": params.to_json(), "dims": DIMS,
+                                  "n_vectors": 0, "n_shards": len(plan.shards), "status": "building"})
+
+        by_name = {t.name: t for t in present}
+        trained_path = gen / TRAINED
+        todo = [i for i in range(len(plan.shards))
+                if not (str(i) in manifest["shards"] and ShardFiles(gen, i).exist())]
+        reused = len(plan.shards) - len(todo)
+        n_train_tiles = len(_sample_tiles([t.name for t in present], counts, params.train_size))
+        total_steps = (0 if trained_path.exists() else n_train_tiles) + sum(len(plan.shards[i]) for i in todo)
+        with progress_bar(progress, f"index {name}", total_steps) as advance:
+            if not trained_path.exists():
+                write_faiss_index(train(store, year, present, counts, reg, params, advance), trained_path)
+            for done, i in enumerate(todo, 1):
+                info = build_shard(store, year, [by_name[t] for t in plan.shards[i]], reg, trained_path,
+                                   ShardFiles(gen, i), advance)
+                manifest["shards"][str(i)] = info
+                write_manifest(gen, manifest)
+                if on_shard:
+                    on_shard(reused + done, len(plan.shards))
+        manifest["status"] = "complete"
+        manifest["n_vectors"] = sum(int(s["n_vectors"]) for s in manifest["shards"].values())
+        manifest["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_manifest(gen, manifest)
+        set_current(idir, gen)
+        _record(catalog, manifest, gen)
+        # Keep the previous generation for readers that opened it just before the switch.
+        for g in generations(idir):
+            if g not in (gen, current):
+                shutil.rmtree(g, ignore_errors=True)
+        rep = _report(manifest, gen, skipped, params, t0)
+        rep.shards_built, rep.shards_reused = len(todo), reused
+        return rep
+
+
+def _record(catalog, manifest: dict, gen: Path) -> None:
+    name = manifest["name"]
+    catalog.delete_index(name)
+    catalog.upsert_index({
+        "name": name, "year": manifest["year"], "dataset_version": manifest["dataset_version"],
+        "region": manifest["region"], "factory": manifest["params"]["factory"],
+        "params": {**manifest["params"], "generation": gen.name, "synthetic": manifest.get("synthetic", False)},
+        "dims": DIMS, "n_vectors": manifest["n_vectors"], "n_shards": len(manifest["shards"]), "status": "complete",
+    })
+    for key in sorted(manifest["shards"], key=int):
+        info = manifest["shards"][key]
+        catalog.record_shard(name, int(key), str(ShardFiles(gen, int(key)).index), info["tiles"], info["n_vectors"])
+
+
+def _report(manifest: dict, gen: Path, skipped: list[str], params: IndexParams, t0: float, up_to_date: bool = False) -> BuildReport:
+    shards = [manifest["shards"][k] for k in sorted(manifest["shards"], key=int)]
+    return BuildReport(
+        name=manifest["name"], year=int(manifest["year"]), dataset_version=manifest["dataset_version"],
+        region=manifest["region"], path=gen, generation=gen.name, tiles=list(manifest["tiles"]),
+        skipped_tiles=skipped, n_vectors=int(sum(s["n_vectors"] for s in shards)), n_shards=len(shards),
+        shards_built=0, shards_reused=len(shards), params=params, seconds=time.monotonic() - t0,
+        up_to_date=up_to_date, synthetic=bool(manifest.get("synthetic", False)), shards=shards,
+    )
