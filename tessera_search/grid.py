@@ -273,7 +273,10 @@ def expected_grid(tile: Tile, epsg: int | None = None) -> TileGrid:
     xs, ys = _to_utm(epsg).transform(lons, lats)
     xmin = math.floor(xs.min() / PIXEL_SIZE) * PIXEL_SIZE
     xmax = math.ceil(xs.max() / PIXEL_SIZE) * PIXEL_SIZE
-    ymin = math.floor(ys.min() / PIXEL_SIZE) * PIXEL_SIZE
+    # A pixel row holds y in (bottom, top] (rows run down, rows = floor), so a cell's
+    # south edge lying exactly on the lattice (the equator in a northern zone, y = 0)
+    # needs one more row below, or points on the edge fall outside their tile's grid.
+    ymin = (math.ceil(ys.min() / PIXEL_SIZE) - 1) * PIXEL_SIZE
     ymax = math.ceil(ys.max() / PIXEL_SIZE) * PIXEL_SIZE
     width = int(round((xmax - xmin) / PIXEL_SIZE))
     height = int(round((ymax - ymin) / PIXEL_SIZE))
@@ -337,10 +340,7 @@ def _pixel_centres(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
 
 def pack_ids(ix, iy, row, col) -> np.ndarray:
     """Pack (tile ix, tile iy, row, col) into int64 pixel IDs (layout: module docstring)."""
-    ix = np.asarray(ix, dtype=np.int64)
-    iy = np.asarray(iy, dtype=np.int64)
-    row = np.asarray(row, dtype=np.int64)
-    col = np.asarray(col, dtype=np.int64)
+    ix, iy, row, col = (_int64(v, "tile index, row or column") for v in (ix, iy, row, col))
     if (
         np.any((ix < _IX_MIN) | (ix > _IX_MAX))
         or np.any((iy < _IY_MIN) | (iy > _IY_MAX))
@@ -355,7 +355,7 @@ def pack_ids(ix, iy, row, col) -> np.ndarray:
 
 def unpack_ids(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Inverse of :func:`pack_ids`: (ix, iy, row, col) int64 arrays."""
-    ids = np.asarray(ids, dtype=np.int64)
+    ids = _int64(ids, "not a pixel ID")
     if np.any((ids < 0) | (ids > MAX_ID)):
         raise ValueError("not a pixel ID (negative or beyond the layout)")
     ix = ((ids >> _IX_SHIFT) & ((1 << _IX_BITS) - 1)) + _IX_MIN
@@ -367,6 +367,14 @@ def unpack_ids(ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     row = (ids >> _ROW_SHIFT) & ((1 << _ROW_BITS) - 1)
     col = ids & ((1 << _COL_BITS) - 1)
     return ix, iy, row, col
+
+
+def _int64(values, what: str) -> np.ndarray:
+    """``values`` as int64; integers beyond int64 are out of range (ValueError, not OverflowError)."""
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        raise ValueError(f"{what} out of the pixel-ID range (beyond 64 bits)") from None
 
 
 def tile_id_prefix(tile: Tile) -> int:

@@ -100,21 +100,23 @@ def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-k of ``s`` (n, E) by value, descending; ties: lower column first.
 
-    Returns (values (n, k), columns (n, k)). ``s`` is overwritten.
+    Returns (values (n, k), columns (n, k)). ``s`` (C-contiguous) is overwritten.
     """
     n, e = s.shape
-    rows = np.arange(n)
-    if k <= _ARGMAX_K or k >= e:
-        if k >= e:
-            cols = np.argsort(-s, axis=1, kind="stable")
-            return np.take_along_axis(s, cols, axis=1), cols
+    if k >= e:
+        cols = np.argsort(-s, axis=1, kind="stable")
+        return np.take_along_axis(s, cols, axis=1), cols
+    if k <= _ARGMAX_K:
+        flat = s.reshape(-1)
+        base = np.arange(n, dtype=np.intp) * e
         cols = np.empty((n, k), dtype=np.intp)
         vals = np.empty((n, k), dtype=s.dtype)
         for j in range(k):
             c = s.argmax(axis=1)  # first maximum: lower column wins ties
+            pos = base + c
             cols[:, j] = c
-            vals[:, j] = s[rows, c]
-            s[rows, c] = -np.inf
+            vals[:, j] = flat[pos]
+            flat[pos] = -np.inf
         return vals, cols
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
     pv = np.take_along_axis(s, part, axis=1)
@@ -177,22 +179,23 @@ class KNNClassifier:
 
     def votes(self, x: np.ndarray) -> np.ndarray:
         """(n, n_classes) float64 vote totals of the k neighbours."""
-        dist, cols = self.kneighbors(x)
-        n = dist.shape[0]
         if self.weights == "uniform":
-            w = np.ones_like(dist, dtype=np.float64)
+            # Distances do not matter: rank by x . e (|x| is the same for every example).
+            s = np.asarray(x, dtype=np.float32) @ self.examples_
+            _, cols = _topk(s, self.k)
+            w = None
         else:
+            dist, cols = self.kneighbors(x)
             with np.errstate(divide="ignore"):
                 w = 1.0 / dist.astype(np.float64)
             inf = np.isinf(w)
             rows_inf = inf.any(axis=1)
             w[rows_inf] = inf[rows_inf]
-        votes = np.zeros((n, self.n_classes), dtype=np.float64)
-        ycls = self.y_[cols]
-        rows = np.arange(n)
-        for j in range(self.k):
-            votes[rows, ycls[:, j]] += w[:, j]
-        return votes
+        n, c = cols.shape[0], self.n_classes
+        # One bincount over (pixel, class) cells sums every neighbour's vote.
+        cell = (np.arange(n, dtype=np.intp) * c)[:, None] + self.y_[cols]
+        votes = np.bincount(cell.ravel(), weights=None if w is None else w.ravel(), minlength=n * c)
+        return votes.reshape(n, c).astype(np.float64, copy=False)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """((n,) class indices, (n,) float32 confidence = the winner's vote share)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -62,18 +63,22 @@ SPECIAL = [
 NAME_RE = re.compile(r"^grid_-?\d{1,3}\.\d5_-?\d{1,2}\.\d5$")
 
 
-def with_special(test):
-    """Decorate a ``@given(tile=...)`` test to also run on every SPECIAL tile."""
-    for ix, iy in SPECIAL:
-        test = example(tile=Tile(ix, iy))(test)
-    return test
+def with_special(**other):
+    """Make a ``@given(tile=..., **other)`` test also run on every SPECIAL tile."""
+
+    def decorate(test):
+        for ix, iy in SPECIAL:
+            test = example(tile=Tile(ix, iy), **other)(test)
+        return test
+
+    return decorate
 
 
 # ----------------------------------------------------------------------------- tile names
 
 
 @FAST
-@with_special
+@with_special()
 @given(tile=TILES)
 def test_tile_name_round_trip(tile):
     name = tile.name
@@ -141,7 +146,7 @@ def test_point_to_tile_cell_contains_point(lon, lat):
 
 
 @FAST
-@with_special
+@with_special()
 @given(tile=TILES)
 def test_tile_centre_and_corners_map_to_the_tile(tile):
     w, s, e, n = tile.bounds
@@ -169,17 +174,20 @@ def test_utm_zone_of_a_point(lon, lat):
     zone = epsg % 100
     assert (epsg // 100) == (326 if lat >= 0 else 327)
     assert 1 <= zone <= 60
-    if lon < 180.0:
-        # (lon + 180) / 6 rounds: -1e-57 is zone 31's. Allow float rounding, no more.
-        west = -180.0 + 6.0 * (zone - 1)
-        assert west - 1e-12 <= lon < west + 6.0 + 1e-12
+    # (lon + 180) / 6 rounds (-1e-57 lands in zone 31, 179.99999999999997 in zone 1):
+    # the zone is exact up to float rounding, no more.
+    assert zone in {_exact_zone(lon - 1e-9), _exact_zone(lon), _exact_zone(lon + 1e-9)}
+
+
+def _exact_zone(lon: float) -> int:
+    return int((Fraction(lon) + 180) // 6) % 60 + 1
 
 
 @pytest.mark.parametrize("k", range(-30, 30))
 def test_zone_boundaries_fall_on_cell_edges(k):
     # lon = 6k is a zone boundary and a cell edge: the cells either side are in
     # neighbouring zones, and no cell straddles two zones.
-    east, west = Tile(60 * k, 10), Tile(60 * k - 1, 10)
+    east, west = Tile(60 * k, 10), Tile((60 * k - 1 + 1800) % 3600 - 1800, 10)
     assert east.epsg == 32600 + (k + 30) % 60 + 1
     assert west.epsg == 32600 + (k + 29) % 60 + 1
     assert utm_epsg(*east.bounds[:2]) == east.epsg
@@ -190,7 +198,7 @@ def test_zone_boundaries_fall_on_cell_edges(k):
 
 
 @GRIDS
-@with_special
+@with_special(seed=0)
 @given(tile=TILES, seed=st.integers(0, 2**32 - 1))
 def test_pixel_to_lonlat_to_pixel_is_identity(tile, seed):
     grid = expected_grid(tile)
@@ -211,12 +219,13 @@ def test_pixel_to_lonlat_to_pixel_is_identity(tile, seed):
 
 
 @GRIDS
-@with_special
+@with_special()
 @given(tile=TILES)
 def test_expected_grid_covers_its_cell(tile):
     grid = expected_grid(tile)
     w, s, e, n = tile.bounds
-    t = np.linspace(0.0, 1.0, 7)
+    # Points along the cell's edges, the open east and north edges just inside.
+    t = np.linspace(0.0, 1.0 - 1e-8, 7)
     lon = np.r_[w + (e - w) * t, np.full(7, e - 1e-9), w + (e - w) * t, np.full(7, w)]
     lat = np.r_[np.full(7, s), s + (n - s) * t, np.full(7, n - 1e-9), s + (n - s) * t]
     lon = np.where(lon >= 180.0, lon - 360.0, lon)
@@ -244,7 +253,7 @@ def _cell_area_m2(tile: Tile) -> float:
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@with_special
+@with_special(seed=0)
 @given(tile=TILES, seed=st.integers(0, 2**32 - 1))
 def test_owned_pixels_have_centres_in_the_cell(tile, seed):
     grid = expected_grid(tile)
@@ -368,7 +377,7 @@ def test_pack_unpack_arrays(seed, n):
 @FAST
 @given(
     field=st.sampled_from(["ix", "iy", "row", "col"]),
-    value=st.one_of(st.integers(max_value=-1801), st.integers(min_value=65536, max_value=2**40)),
+    value=st.one_of(st.integers(max_value=-1801), st.integers(min_value=65536)),
 )
 @example(field="ix", value=1800)
 @example(field="iy", value=900)

@@ -390,7 +390,7 @@ def encode(
     out: str | os.PathLike[str],
     *,
     weights: str | os.PathLike[str] | None = None,
-    config: str = "v1.0",
+    config: str | EncoderConfig = "v1.0",
     batch_size: int = 1024,
     device: str | None = None,
     seed: int = 0,

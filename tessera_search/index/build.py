@@ -117,8 +117,11 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
 
     - nlist: the power of two nearest sqrt(n), at most n / 39 (faiss' minimum of 39
       training points per centroid) and 65536;
-    - codes: PQ16 (16 bytes, 8 dimensions per sub-quantizer), so codes + IDs take 24
-      bytes per vector; exact re-ranking from the stored int8 vectors restores recall;
+    - codes: PQ32x4, 32 sub-quantizers of 4 dimensions with 16 centroids each: 16 bytes,
+      so codes + IDs take 24 bytes per vector. 4-bit codes train about 50x faster than
+      8-bit PQ16 for the same bytes and recall after re-rank, and plain (not fast-scan)
+      IVF lists can be memory-mapped. Exact re-ranking from the stored int8 vectors
+      restores the recall PQ alone lacks;
     - training sample: 64 per list, at least 65536 and at most 2 M vectors (or all of
       them), and at most a quarter of ``max_memory`` as float32;
     - nprobe: nlist / 64, at least 16; refine_factor 10.
@@ -129,7 +132,7 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
     if factory is None:
         nlist = 2 ** round(math.log2(math.sqrt(n)))
         nlist = int(max(1, min(nlist, n // 39, 65536)))
-        factory = f"IVF{nlist},PQ16"
+        factory = f"IVF{nlist},PQ32x4"
     else:
         factory = factory.strip()
         m = _IVF_RE.search(factory)
@@ -414,6 +417,7 @@ def build_index(
     home: str | os.PathLike[str] | None = None,
     progress: bool = True,
     rebuild: bool = False,
+    shard_size: int | None = None,
     on_shard: Callable[[int, int], None] | None = None,
 ) -> BuildReport:
     """Build (or resume, or confirm up to date) the index of a region for ``year``.
@@ -424,7 +428,9 @@ def build_index(
     defaults to :func:`default_index_name`. ``max_memory`` bounds the build's memory
     (shard size and training sample follow from it). An interrupted build, rerun with the
     same arguments, keeps its finished shards; ``rebuild`` starts afresh even when the
-    complete index is up to date. ``on_shard(done, total)`` is called after each shard.
+    complete index is up to date. ``shard_size`` caps the vectors per shard below what
+    ``max_memory`` allows (more, smaller shards for a distributed engine).
+    ``on_shard(done, total)`` is called after each shard.
 
     Raises IndexBusyError when another process builds the same index,
     NoCoverageError when no tile of the region can be had, InvalidInputError when the
@@ -483,6 +489,8 @@ def build_index(
         if capacity < max(counts, default=1):
             need = fixed + 2 * per_vector * max(counts, default=1)
             raise InvalidInputError(f"max_memory {budget:,} bytes is too small for one tile; allow at least {need:,}")
+        if shard_size is not None:
+            capacity = min(capacity, max(1, int(shard_size)))
         plan = plan_shards([(t.name, c) for t, c in zip(present, counts)], capacity)
         key = _build_key(year, version, reg, attrs, params, capacity)
 

@@ -20,9 +20,9 @@ it is generated in, and a window of a tile's grid equals that window of the whol
   and grassland, split per pixel by a finer noise so that forest edges are organic),
   farmland (one crop per parcel, a few pastures), tea estates (clustered), towns (parcels
   near sparse town centres, compact clusters).
-- **Water**: lakes (a noise field above a threshold) and rivers (the zero line of a smooth
-  noise field, 12-36 m wide, where a presence field allows). Water has no embedding: NaN
-  scale, zero vector, landmask 0.
+- **Water**: lakes (a noise field above a threshold) and rivers (a level line of a smooth,
+  domain-warped noise field, 12-36 m wide, a few kilometres apart). Water has no
+  embedding: NaN scale, zero vector, landmask 0.
 - **Years**: water, parcels and zones never change. A parcel's crop rotates in some years
   (about 18% of farm parcels grow another crop in a given year) and a few natural parcels
   are cleared (forest becomes grassland from a seeded year in 2018-2025 on). Class
@@ -33,17 +33,22 @@ Embeddings
 Built in the standardised space of ``reference/embedding-stats.json``
 (``x = mean + std * z``), per pixel of class c in parcel p::
 
-    z = P[c, year] + O[p, year] + t1 * D1[c] + t2 * D2[c] + a[c] * noise
+    z = P[c] + lean[p] * (P[c'] - P[c]) + O[p] + t1 * D1[c] + t2 * D2[c] + a[c] * noise
 
-``P`` are class prototypes, standardised per channel so that under the nominal class
-mix every channel's mean and variance match the reference statistics; ``O`` is a
-parcel-level offset, mostly in a 12-dimensional subspace shared by all classes (so parcels
+``P`` are class prototypes (per year) with a similarity hierarchy (crops resemble each
+other, forest resembles tea), skewed outward per channel and standardised so that under
+the nominal class mix every channel's mean and variance match the reference statistics.
+``lean[p]`` makes a parcel partly resemble a look-alike class ``c'`` (mostly a little, a
+few percent of parcels more than half way: mixed or mis-managed fields). ``O`` is a
+parcel-level offset, mostly in a 12-dimensional subspace shared by all classes (parcels
 of one class differ along a few directions, as real fields do); ``t1, t2`` are smooth
-(about 200 m) texture fields; the pixel noise fills each channel's remaining variance.
-**Wheat and barley are a confusable pair**: barley's prototype is wheat's plus a short
-step inside the parcel subspace, so parcel-to-parcel variation overlaps the difference
-between them. The float vectors are quantized with the production rule
-(:func:`tessera_search.quant.quantize`), which gives per-pixel scales like the real ones.
+(about 200 m) texture fields; the pixel noise (partly outward-skewed) fills each
+channel's remaining variance. **Wheat and barley are the confusable pair**: barley's
+prototype is wheat's plus a short step inside the parcel subspace, so parcel-to-parcel
+variation overlaps the difference between them. Parcel terms (``lean``, ``O``) depend on
+the parcel and year only, so a parcel split by a tile edge looks the same in both tiles.
+The float vectors are quantized with the production rule
+(:func:`tessera_search.quant.quantize`).
 
 Randomness is counter-based (integer hashes of seed, lattice cell, pixel and year) or
 seeded by a stable BLAKE2 digest, never Python's salted ``hash()``.
@@ -161,7 +166,7 @@ _PARCEL_ISO_VAR = 0.03
 _TEXTURE_VAR = 0.06
 _YEAR_MIX = 0.2  # share of a prototype's direction that is new each year
 _PARCEL_YEAR_MIX = 0.6  # share of a parcel offset's direction that is new each year
-_CONFUSABLE_STEP = 4.0  # |P[barley] - P[wheat]| before per-channel standardisation
+_CONFUSABLE_STEP = 4.0  # |P[barley] - P[wheat]| (standardised units, before re-standardising)
 _BANK_ROWS = 1 << 14
 # Nominal land-class mix (measured over 200 random tiles, seeds 0 and 7), used to standardise.
 _NOMINAL_MIX = {FOREST: 0.18, GRASS: 0.21, MAIZE: 0.14, WHEAT: 0.11, BARLEY: 0.09,
@@ -175,6 +180,7 @@ _CLASS_GROUPS = {
     WHEAT: {"vegetation": 0.25, "herbaceous": 0.2, "crop": 0.25},
     RICE: {"vegetation": 0.25, "herbaceous": 0.2, "crop": 0.25},
     BARLEY: {"vegetation": 0.25, "herbaceous": 0.2, "crop": 0.25},  # replaced by wheat + step
+    TOWN: {"vegetation": 0.15, "herbaceous": 0.1},  # gardens and verges
 }
 # Mixed parcels: each parcel leans a random share (0 .. _LEAN_MAX, most near 0) towards
 # one of its class's look-alikes, drawn per parcel and year; a few lean past half way.
@@ -211,6 +217,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _P3 = np.uint64(0x165667B19E3779F9)
+_MASK64 = (1 << 64) - 1
 
 
 def _stable_key(*parts: object) -> int:
@@ -243,7 +250,7 @@ def _hash(key: int, *coords) -> np.ndarray:
 def _uniform(h: np.ndarray, which: int = 0) -> np.ndarray:
     """float32 in [0, 1) from a uint64 hash; ``which`` picks independent-ish streams."""
     if which:
-        h = _mix(h ^ np.uint64(which * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF))
+        h = _mix(h ^ np.uint64((which * 0x632BE59BD9B4E019) & _MASK64))
     return (h >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
 
 
@@ -316,7 +323,7 @@ def _noise(pos: np.ndarray, octaves, key: int, grad: bool = False):
     wsum = sum(w for _, w in octaves)
     for k, (cell, weight) in enumerate(octaves):
         box = _Box(pos, cell, pad=0)
-        table = _uniform(_hash(key + k, *box.cells()).ravel())
+        table = _uniform(_hash((key + k) & _MASK64, *box.cells()).ravel())
         w = np.float32(weight / wsum)
         for s in range(0, n, 4 * _CHUNK_PIXELS):
             sl = slice(s, min(n, s + 4 * _CHUNK_PIXELS))
@@ -405,8 +412,7 @@ class _Layout:
 
 def _parcel_classes(points: np.ndarray, keys: np.ndarray, year: int, seed: int):
     """Per parcel: class code for ``year`` (255 = natural land) and the year it is cleared."""
-    n = len(keys)
-    u = [_uniform(_hash(_stable_key(seed, "parcel-draws"), keys.view(np.int64)), k) for k in range(7)]
+    u = [_uniform(_hash(_stable_key(seed, "parcel-draws"), keys.view(np.int64)), k) for k in range(5)]
     zone = _noise(points, _ZONE, _stable_key(seed, "zone"))
     tea_area = _noise(points, _TEA, _stable_key(seed, "tea")) > _TEA_LEVEL
     natural = zone < _NATURAL_LEVEL
@@ -427,7 +433,6 @@ def _parcel_classes(points: np.ndarray, keys: np.ndarray, year: int, seed: int):
     clear_year = np.where(
         u[3] < _CLEAR_SHARE, first + np.floor(u[4] * (last - first + 1)).astype(np.int64), 10_000
     )
-    assert cls.shape == (n,)
     return cls, clear_year
 
 
@@ -909,7 +914,7 @@ def _check_out(out: Path, seed: int) -> dict:
             old_seed = int(state["seed"])
             state.setdefault("years", {})
         except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptTileError(
+            raise InvalidInputError(
                 f"{state_path} is not a synthetic mirror record ({exc}); remove it or choose another --out"
             ) from exc
         if old_seed != seed or state.get("generator_version") != GENERATOR_VERSION:
@@ -1016,7 +1021,7 @@ def _write_state(out: Path, state: dict) -> None:
     ]
     for y in sorted(state["years"]):
         names = state["years"][y]
-        lines.append(f"- {y} ({len(names)} tiles): {', '.join(names)}")
+        lines.append(f"- {y} ({len(names)} tile{'s' if len(names) != 1 else ''}): {', '.join(names)}")
     lines += ["", "## Class legend", "", "| code | class | embedding |", "|---:|---|---|"]
     for code, name in CLASSES.items():
         kind = "none (NaN scale, landmask 0)" if code in WATER_CLASSES else (

@@ -1,0 +1,72 @@
+"""Index commands: build-index, indexes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._app import app, state
+from ._console import out_console, print_json
+from .options import BBox, Json, Region, RegionFile, Source, Tiles, Year, region_from_options
+
+
+@app.command("build-index")
+def build_index(
+    year: Year,
+    region: Region = None, bbox: BBox = None, region_file: RegionFile = None, tile: Tiles = None,
+    source: Source = None,
+    name: Annotated[str | None, typer.Option("--name", help="Index name. Default: from region and year, e.g. kenya-2023.", show_default=False)] = None,
+    factory: Annotated[str | None, typer.Option("--factory", help="faiss factory string overriding the chosen index type, e.g. IVF4096,PQ32x4.", show_default=False)] = None,
+    max_memory: Annotated[str, typer.Option("--max-memory", help="Memory bound for the build (shard size and training sample follow), e.g. 2GiB.")] = "2GiB",
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build afresh even when the index is up to date.")] = False,
+    json: Json = False,
+) -> None:
+    """Build (or resume) a sharded IVF-PQ index of a region's pixels for one year."""
+    from ..index import build_index as do_build
+
+    reg = region_from_options(region, bbox, region_file, tile)
+    rep = do_build(reg, year, source=source, name=name, factory=factory, max_memory=max_memory,
+                   home=state.home, progress=not json, rebuild=rebuild)
+    if json:
+        print_json(rep.to_json())
+        return
+    con = out_console()
+    label = " [bold magenta](SYNTHETIC)[/]" if rep.synthetic else ""
+    if rep.up_to_date:
+        con.print(f"index [bold]{rep.name}[/]{label} is up to date: {rep.n_vectors:,} pixels in {rep.n_shards} shard(s)", highlight=False)
+        return
+    con.print(
+        f"index [bold]{rep.name}[/]{label}: {rep.n_vectors:,} pixels of {len(rep.tiles)} tiles ({rep.region}, {rep.year}, "
+        f"{rep.dataset_version}) in {rep.n_shards} shard(s) ({rep.shards_built} built, {rep.shards_reused} kept), "
+        f"{rep.params.factory}, {rep.seconds:.1f} s", highlight=False,
+    )
+    if rep.skipped_tiles:
+        con.print(f"{len(rep.skipped_tiles)} tile(s) not available, left out: {', '.join(rep.skipped_tiles)}", highlight=False)
+
+
+@app.command()
+def indexes(json: Json = False) -> None:
+    """List the indexes in the workspace."""
+    from ..index import list_indexes
+
+    rows = list_indexes(state.home)
+    if json:
+        print_json({"indexes": [
+            {k: r[k] for k in ("name", "year", "dataset_version", "region", "factory", "params", "n_vectors",
+                               "n_shards", "status", "created_at", "updated_at")} for r in rows]})
+        return
+    con = out_console()
+    if not rows:
+        con.print("no indexes (build one with `tessera-search build-index`)")
+        return
+    from rich.table import Table
+
+    table = Table(title="indexes")
+    for col in ("name", "year", "version", "region", "factory", "pixels", "shards", "status"):
+        table.add_column(col)
+    for r in rows:
+        synth = " [bold magenta](SYNTHETIC)[/]" if (r.get("params") or {}).get("synthetic") else ""
+        table.add_row(r["name"] + synth, str(r["year"]), str(r["dataset_version"]), str(r["region"]), str(r["factory"]),
+                      f"{int(r['n_vectors'] or 0):,}", str(r["n_shards"]), str(r["status"]))
+    con.print(table)
