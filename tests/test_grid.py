@@ -46,7 +46,7 @@ ROWS = st.integers(0, 65535)
 
 FAST = settings(max_examples=150, deadline=None)
 GRIDS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-HEAVY = settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HEAVY = settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # (ix, iy) of the places every grid property must also hold at.
 SPECIAL = [
@@ -229,7 +229,10 @@ def test_expected_grid_covers_its_cell(tile):
     lon = np.r_[w + (e - w) * t, np.full(7, e - 1e-9), w + (e - w) * t, np.full(7, w)]
     lat = np.r_[np.full(7, s), s + (n - s) * t, np.full(7, n - 1e-9), s + (n - s) * t]
     lon = np.where(lon >= 180.0, lon - 360.0, lon)
-    _, _, inside = lonlat_to_pixel(grid, lon, lat)
+    # The south pole is one point with every longitude (and every -900 row tile):
+    # UTM puts it on the central meridian, outside most of those tiles' grids.
+    keep = lat > -90.0
+    _, _, inside = lonlat_to_pixel(grid, lon[keep], lat[keep])
     assert inside.all()
 
 
@@ -296,18 +299,17 @@ def _neighbours(tile: Tile) -> list[Tile]:
 @HEAVY
 @example(tile=Tile(59, 0), seed=1)  # zone boundary east, equator (and a CRS change) south
 @example(tile=Tile(1799, 300), seed=2)  # the antimeridian (and a zone change) east
-@example(tile=Tile(-1, 839), seed=3)  # 84N
 @given(tile=st.builds(Tile, IX, UTM_IY), seed=st.integers(0, 2**32 - 1))
 def test_owned_pixels_of_neighbours_partition_space(tile, seed):
     """Each pixel centre of a zone's lattice is owned by exactly one tile: its point's tile."""
     same_zone = [t for t in _neighbours(tile) if t.epsg == tile.epsg]
     grids = {t: expected_grid(t) for t in same_zone}
-    owned_keys = {}
+    owned_keys = {}  # tile -> sorted lattice keys of its owned pixels
     for t, grid in grids.items():
         rows, cols = np.nonzero(owned_mask(grid))
-        owned_keys[t] = _lattice_keys(grid, rows, cols)
-    everything = np.concatenate(list(owned_keys.values()))
-    assert np.unique(everything).size == everything.size  # no pixel centre owned twice
+        owned_keys[t] = np.sort(_lattice_keys(grid, rows, cols))
+    everything = np.sort(np.concatenate(list(owned_keys.values())))
+    assert (np.diff(everything) != 0).all()  # no pixel centre owned twice
     # Every pixel centre of this tile's grid is owned by the tile holding its point,
     # and by no other tile of the same zone.
     grid = grids[tile]
@@ -315,13 +317,19 @@ def test_owned_pixels_of_neighbours_partition_space(tile, seed):
     rows = rng.integers(0, grid.height, 400)
     cols = rng.integers(0, grid.width, 400)
     keys = _lattice_keys(grid, rows, cols)
+    held = {t: _isin_sorted(keys, k) for t, k in owned_keys.items()}
     lon, lat = pixel_to_lonlat(grid, rows, cols)
-    for key, x, y in zip(keys, lon, lat, strict=True):
+    for i, (x, y) in enumerate(zip(lon, lat, strict=True)):
         owner = tile_for_point(x, y)
-        holders = [t for t, k in owned_keys.items() if np.isin(key, k)]
+        holders = [t for t, h in held.items() if h[i]]
         assert holders == ([owner] if owner in owned_keys else [])
         if owner.epsg == tile.epsg and owner not in owned_keys:
             pytest.fail(f"{owner} shares the zone but is not a neighbour of {tile}")
+
+
+def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    pos = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[pos] == values
 
 
 def test_a_point_just_below_180_is_owned_by_the_tile_it_maps_to():

@@ -373,6 +373,16 @@ def test_explicit_tiles():
         resolve_region(tiles=["grid_36.8_-1.25"])
 
 
+def test_explicit_tiles_contain_the_points_tile_for_point_gives_them():
+    region = resolve_region(tiles=["grid_-179.95_0.05", "grid_179.95_0.05"])
+    rng = np.random.default_rng(3)
+    lon = np.r_[rng.uniform(179.8, 180.0, 300), rng.uniform(-180.0, -179.8, 300), 180.0, 179.99999999999]
+    lat = np.r_[rng.uniform(-0.05, 0.25, 600), 0.05, 0.0]
+    expected = [tile_for_point(x, y) in region.tiles for x, y in zip(lon, lat, strict=True)]
+    assert region.contains(lon, lat).tolist() == expected
+    assert region.contains(np.nan, 0.05).tolist() is False
+
+
 def test_exactly_one_region_option():
     with pytest.raises(InvalidInputError, match="no region was given"):
         resolve_region()

@@ -151,6 +151,12 @@ def _new_index(factory: str):
         index = faiss.index_factory(DIMS, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise InvalidInputError(f"faiss cannot build the factory string {factory!r}: {str(exc).strip().splitlines()[-1]}") from exc
+    # Polysemous training only reorders codes for Hamming pre-filtering, which we never
+    # use, and costs most of PQ training time (5.6 s of 5.9 s for PQ32x4 on 3,600 vectors).
+    sub = faiss.try_extract_index_ivf(index) or index
+    sub = faiss.downcast_index(sub) if hasattr(faiss, "downcast_index") else sub
+    if hasattr(sub, "do_polysemous_training"):
+        sub.do_polysemous_training = False
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index = faiss.IndexIDMap2(index)  # flat, HNSW, PQ...: IDs kept beside the codes
     return index
@@ -271,7 +277,7 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
                 progress: Callable[[int], None] | None = None) -> dict:
     """Build one shard (whole ``tiles``) from the trained index; write its files atomically.
 
-    Returns ``{"shard", "tiles", "n_vectors", "bytes_resident"}``. Independent of every
+    Returns ``{"shard", "tiles", "n_vectors", "bytes_resident", "seconds"}``. Independent of every
     other shard: a distributed engine can run this on any machine holding the store and
     ``trained_path``. Reads the next tile while faiss adds the current one.
     """
@@ -280,6 +286,7 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
     from .._io import atomic_path
     from .gpu import to_gpu
 
+    t0 = time.monotonic()
     index = read_faiss_index(trained_path, mmap=False)
     gpu_index = to_gpu(index)
     target = gpu_index if gpu_index is not None else index
@@ -306,7 +313,7 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
             index = faiss.index_gpu_to_cpu(gpu_index)
         faiss.write_index(index, str(tmp_idx))
     return {"shard": files.number, "tiles": [t.name for t in tiles], "n_vectors": int(n),
-            "bytes_resident": int(n * _bytes_per_vector(index))}
+            "bytes_resident": int(n * _bytes_per_vector(index)), "seconds": round(time.monotonic() - t0, 3)}
 
 
 # -- the whole build -----------------------------------------------------------------
@@ -539,7 +546,10 @@ def build_index(
         total_steps = (0 if trained_path.exists() else n_train_tiles) + sum(len(plan.shards[i]) for i in todo)
         with progress_bar(progress, f"index {name}", total_steps) as advance:
             if not trained_path.exists():
+                t_train = time.monotonic()
                 write_faiss_index(train(store, year, present, counts, reg, params, advance), trained_path)
+                manifest["train_seconds"] = round(time.monotonic() - t_train, 3)
+                write_manifest(gen, manifest)
             for done, i in enumerate(todo, 1):
                 info = build_shard(store, year, [by_name[t] for t in plan.shards[i]], reg, trained_path,
                                    ShardFiles(gen, i), advance)

@@ -1,0 +1,388 @@
+"""Benchmark: tessera-search's sharded index against exact search and bare faiss.
+
+    python benchmarks/bench_index.py [--sizes 1e6,1e7] [--queries 30] [--work DIR]
+
+For each size, in one run and on the same int8 vectors:
+
+- **data**: a seeded synthetic landscape written straight into a tile store (whole
+  0.1 degree tiles on their real UTM grids): fields of 24 land-cover classes, each class a
+  prototype drawn from the per-channel mean/std of real TESSERA embeddings
+  (``/work/shared/reference/embedding-stats.json`` when present), each field offset from
+  its prototype, each pixel varying around its field (low-rank, like real embeddings,
+  plus a little isotropic noise), a river of no-data pixels; quantized per pixel to
+  int8 + scale exactly like the releases;
+- **ours**: ``build_index`` end to end (read store, mask, normalise, add, write) with its
+  default parameters, then ``Index.search`` at k = 10 and k = 1000 (warm);
+- **bare faiss**: the same factory string and the same trained quantizer, ``add_with_ids``
+  of the same normalised vectors held in memory, searched at the same nprobe without
+  re-ranking;
+- **exact**: brute-force cosine over the int8 vectors (chunked float32 matrix-vector
+  products over every vector, then argpartition), the ground truth and the latency
+  baseline.
+
+Each phase runs in its own process so its peak RSS is its own. Prints a Markdown table
+and writes ``bench_index.json`` beside the work directory. Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+YEAR = 2023
+SEED = 7
+N_CLASSES = 24
+RANK = 16
+STATS = Path("/work/shared/reference/embedding-stats.json")
+
+
+# -- synthetic data ------------------------------------------------------------------
+
+
+def _stats() -> tuple[np.ndarray, np.ndarray]:
+    if STATS.exists():
+        d = json.loads(STATS.read_text())
+        return np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32)
+    return np.zeros(128, np.float32), np.full(128, 1.8, np.float32)
+
+
+def _tiles_for(n_pixels: float):
+    from tessera_search.grid import Tile
+
+    # Tiles near Nairobi hold about 1.1 M owned pixels each, ~4 % of them river.
+    n_tiles = max(1, math.ceil(n_pixels / 1.06e6))
+    side = math.ceil(math.sqrt(n_tiles))
+    return [Tile(360 + i % side, -20 + i // side) for i in range(n_tiles)]
+
+
+def make_tile(tile, seed: int = SEED):
+    """One whole synthetic tile (TileData) on the tile's real UTM grid."""
+    from tessera_search.grid import expected_grid
+    from tessera_search.quant import quantize
+    from tessera_search.sources.base import TileData
+
+    mean, std = _stats()
+    world = np.random.default_rng(seed)  # shared by every tile: the same classes everywhere
+    protos = mean + std * world.standard_normal((N_CLASSES, 128)).astype(np.float32)
+    b_field = world.standard_normal((RANK, 128)).astype(np.float32) / np.sqrt(RANK)
+    b_pixel = world.standard_normal((RANK, 128)).astype(np.float32) / np.sqrt(RANK)
+    rng = np.random.default_rng([seed, tile.ix + 1800, tile.iy + 900])
+    grid = expected_grid(tile)
+    h, w = grid.shape
+    # Fields: a jittered block grid of 30-60 pixel cells, each a class and an offset.
+    fh, fw = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+    rows = (np.arange(h)[:, None] + rng.integers(0, fh, (1, w)) // 3) // fh
+    cols = (np.arange(w)[None, :] + rng.integers(0, fw, (h, 1)) // 3) // fw
+    field = (rows * (w // fw + 2) + cols).astype(np.int64)
+    n_fields = int(field.max()) + 1
+    f_class = rng.integers(0, N_CLASSES, n_fields)
+    f_off = (rng.standard_normal((n_fields, RANK)).astype(np.float32) @ b_field) * std * 0.35
+    emb = np.empty((h, w, 128), np.int8)
+    scales = np.empty((h, w), np.float32)
+    for r0 in range(0, h, 128):
+        f = field[r0:r0 + 128]
+        m = f.size
+        x = protos[f_class[f.ravel()]] + f_off[f.ravel()]
+        x += (rng.standard_normal((m, RANK)).astype(np.float32) @ b_pixel) * std * 0.2
+        x += rng.standard_normal((m, 128)).astype(np.float32) * std * 0.05
+        q, s = quantize(x)
+        emb[r0:r0 + 128] = q.reshape(f.shape + (128,))
+        scales[r0:r0 + 128] = s.reshape(f.shape)
+    # A river: a sinuous band of no-data pixels.
+    cc = (w / 2 + w / 6 * np.sin(np.arange(h) / h * 2 * np.pi * rng.uniform(0.5, 2))).astype(int)
+    band = np.abs(np.arange(w)[None, :] - cc[:, None]) < 25
+    scales[band] = np.nan
+    emb[band] = 0
+    return TileData(tile, YEAR, emb, scales, grid, "v1", "synthetic-bench", True)
+
+
+# -- phases (each in its own process) ------------------------------------------------
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def phase_data(home: Path, size: float) -> dict:
+    from tessera_search.catalog import Catalog
+    from tessera_search.store import TileStore
+
+    store, catalog = TileStore(home), Catalog(home)
+    t0 = time.perf_counter()
+    tiles = _tiles_for(size)
+    for tile in tiles:
+        if not store.has(tile, YEAR):
+            catalog.record_tile(store.write(make_tile(tile)))
+    return {"tiles": [t.name for t in tiles], "seconds": time.perf_counter() - t0, "peak_rss": _peak_rss()}
+
+
+def phase_build(home: Path, size: float) -> dict:
+    from tessera_search.index import build_index
+    from tessera_search.regions import resolve_region
+
+    region = resolve_region(tiles=[t.name for t in _tiles_for(size)])
+    t0 = time.perf_counter()
+    rep = build_index(region, YEAR, home=home, progress=False, name="bench", rebuild=True)
+    total = time.perf_counter() - t0
+    man = json.loads((rep.path / "manifest.json").read_text())
+    add_seconds = sum(s["seconds"] for s in man["shards"].values())
+    return {"n_vectors": rep.n_vectors, "n_shards": rep.n_shards, "factory": rep.params.factory,
+            "params": rep.params.to_json(), "total_seconds": total, "train_seconds": man.get("train_seconds"),
+            "add_seconds": add_seconds, "throughput": rep.n_vectors / add_seconds, "peak_rss": _peak_rss(),
+            "disk_bytes": sum(p.stat().st_size for p in rep.path.iterdir())}
+
+
+def _query_set(home: Path, n: int):
+    """(n, 128) unit float32 query vectors: indexed pixels drawn with a fixed seed."""
+    from tessera_search.index import open_index
+    from tessera_search.index.build import normalise
+
+    idx = open_index("bench", home=home)
+    rng = np.random.default_rng(123)
+    out = []
+    for _ in range(n):
+        s = idx.shards[int(rng.integers(len(idx.shards)))]
+        out.append(np.asarray(s.vectors[int(rng.integers(s.n_vectors))]))
+    return normalise(np.stack(out))
+
+
+def _all_vectors(home: Path):
+    from tessera_search.index import open_index
+
+    idx = open_index("bench", home=home)
+    ids = np.concatenate([np.asarray(s.ids) for s in idx.shards])
+    vecs = np.concatenate([np.asarray(s.vectors) for s in idx.shards])
+    return idx, ids, vecs
+
+
+def phase_exact(home: Path, n_queries: int, out: Path) -> dict:
+    """Ground truth (top 1000 per query) and the exact int8 scan's latency."""
+    _, ids, x8 = _all_vectors(home)
+    inv = 1.0 / np.sqrt(np.einsum("ij,ij->i", x8.astype(np.float32), x8.astype(np.float32)))
+    Q = _query_set(home, n_queries)
+    chunk = 1 << 20
+
+    def scan(q: np.ndarray, k: int) -> np.ndarray:
+        best_s, best_i = [], []
+        for s0 in range(0, len(x8), chunk):
+            sims = (x8[s0:s0 + chunk].astype(np.float32) @ q) * inv[s0:s0 + chunk]
+            top = np.argpartition(-sims, k - 1)[:k] if len(sims) > k else np.arange(len(sims))
+            best_s.append(sims[top])
+            best_i.append(top + s0)
+        s, i = np.concatenate(best_s), np.concatenate(best_i)
+        o = np.lexsort((ids[i], -s))[:k]
+        return ids[i[o]]
+
+    truth, lat = [], []
+    for q in Q:
+        t0 = time.perf_counter()
+        truth.append(scan(q, 1000))
+        lat.append(time.perf_counter() - t0)
+    np.save(out, np.stack(truth))
+    return {"median_s": float(np.median(lat)), "p95_s": float(np.percentile(lat, 95)), "peak_rss": _peak_rss(),
+            "n": int(len(ids))}
+
+
+def _recall(got: np.ndarray, truth: np.ndarray, k: int) -> float:
+    return len(np.intersect1d(got[:k], truth[:k])) / k
+
+
+def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
+    import faiss
+
+    from tessera_search.index import open_index
+
+    truth = np.load(truth_path)
+    Q = _query_set(home, n_queries)
+    rss0 = _rss()
+    idx = open_index("bench", home=home)
+    resident = 0
+    for s in idx.shards:
+        ivf = faiss.extract_index_ivf(s.index)
+        resident += sum(ivf.invlists.list_size(i) for i in range(ivf.nlist)) * (ivf.code_size + 8)
+        resident += ivf.quantizer.ntotal * ivf.d * 4 + ivf.d * 4 * 256  # centroids + codebooks
+    for q in Q[:5]:  # warm
+        idx.search(q, k=1000)
+    lat, r10, r1000 = [], [], []
+    for q, t in zip(Q, truth):
+        t0 = time.perf_counter()
+        res = idx.search(q, k=1000)
+        lat.append(time.perf_counter() - t0)
+        r1000.append(_recall(res.ids, t, 1000))
+        r10.append(_recall(idx.search(q, k=10).ids, t, 10))
+    nprobe = res.nprobe
+    # End to end from a point: read the pixel from the store, search, locate the matches.
+    from tessera_search.grid import Tile, pixel_to_lonlat, unpack_ids
+    from tessera_search.query import query_index
+
+    e2e = []
+    for pid in idx.shards[0].ids[:: max(1, idx.shards[0].n_vectors // 10)][:10]:
+        ix, iy, r, c = unpack_ids(int(pid))
+        lon, lat_ = pixel_to_lonlat(idx.grid(Tile(int(ix), int(iy))), r, c)
+        t0 = time.perf_counter()
+        query_index(idx, (float(lon), float(lat_)), k=1000, record=False)
+        e2e.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(lat)), "p95_s": float(np.percentile(lat, 95)),
+            "recall10": float(np.mean(r10)), "recall1000": float(np.mean(r1000)), "nprobe": nprobe,
+            "resident_bytes": int(resident), "bytes_per_vector": resident / idx.n_vectors,
+            "rss_after_queries": _rss() - rss0, "peak_rss": _peak_rss(),
+            "e2e_median_s": float(np.median(e2e))}
+
+
+def phase_bare(home: Path, n_queries: int, truth_path: Path, nprobe: int) -> dict:
+    import faiss
+
+    from tessera_search.index import open_index
+    from tessera_search.index.build import normalise
+
+    truth = np.load(truth_path)
+    Q = _query_set(home, n_queries)
+    idx, ids, x8 = _all_vectors(home)
+    x = np.empty((len(x8), 128), np.float32)
+    for s0 in range(0, len(x8), 1 << 20):
+        x[s0:s0 + (1 << 20)] = normalise(x8[s0:s0 + (1 << 20)])
+    del x8
+    index = faiss.read_index(str(idx.generation / "trained.faissindex"))  # same factory, same training
+    t0 = time.perf_counter()
+    index.add_with_ids(x, ids)
+    add_s = time.perf_counter() - t0
+    del x
+    ivf = faiss.extract_index_ivf(index)
+    params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+    for q in Q[:5]:
+        index.search(q[None], 1000, params=params)
+    lat, r10, r1000 = [], [], []
+    for q, t in zip(Q, truth):
+        t0 = time.perf_counter()
+        _, got = index.search(q[None], 1000, params=params)
+        lat.append(time.perf_counter() - t0)
+        r1000.append(_recall(got[0], t, 1000))
+        _, got10 = index.search(q[None], 10, params=params)
+        r10.append(_recall(got10[0], t, 10))
+    return {"add_seconds": add_s, "throughput": len(ids) / add_s, "median_s": float(np.median(lat)),
+            "p95_s": float(np.percentile(lat, 95)), "recall10": float(np.mean(r10)),
+            "recall1000": float(np.mean(r1000)), "bytes_per_vector": ivf.code_size + 8, "peak_rss": _peak_rss()}
+
+
+# -- orchestration -------------------------------------------------------------------
+
+
+def _run_phase(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"phase {args} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
+
+
+def _fmt_table(results: list[dict]) -> str:
+    lines = [
+        "| metric | " + " | ".join(f"{r['n_vectors'] / 1e6:.1f} M pixels" for r in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+
+    def row(label, fn):
+        lines.append(f"| {label} | " + " | ".join(fn(r) for r in results) + " |")
+
+    row("tiles / shards", lambda r: f"{len(r['data']['tiles'])} / {r['build']['n_shards']}")
+    row("factory (nprobe, re-rank candidates)", lambda r: f"`{r['build']['factory']}` ({r['ours']['nprobe']}, {10 * 1000})")
+    row("recall@10 ours / bare faiss", lambda r: f"{r['ours']['recall10']:.3f} / {r['bare']['recall10']:.3f}")
+    row("recall@1000 ours / bare faiss", lambda r: f"{r['ours']['recall1000']:.3f} / {r['bare']['recall1000']:.3f}")
+    row("query latency k=1000 median / p95, ours (ms)", lambda r: f"{r['ours']['median_s'] * 1e3:.1f} / {r['ours']['p95_s'] * 1e3:.1f}")
+    row("query latency k=1000 median / p95, bare faiss (ms)", lambda r: f"{r['bare']['median_s'] * 1e3:.1f} / {r['bare']['p95_s'] * 1e3:.1f}")
+    row("exact int8 scan median / p95 (ms)", lambda r: f"{r['exact']['median_s'] * 1e3:.0f} / {r['exact']['p95_s'] * 1e3:.0f}")
+    row("speed-up of ours over exact (median)", lambda r: f"{r['exact']['median_s'] / r['ours']['median_s']:.0f}x")
+    row("query from a point, end to end, median (ms)", lambda r: f"{r['ours']['e2e_median_s'] * 1e3:.1f}")
+    row("build throughput ours: read+normalise+add+write (vectors/s)", lambda r: f"{r['build']['throughput']:,.0f}")
+    row("bare faiss add throughput (vectors/s)", lambda r: f"{r['bare']['throughput']:,.0f}")
+    row("ours / bare faiss throughput", lambda r: f"{r['build']['throughput'] / r['bare']['throughput']:.0%}")
+    row("training time (s), whole build (s)", lambda r: f"{r['build']['train_seconds']:.0f}, {r['build']['total_seconds']:.0f}")
+    row("resident bytes per pixel (codes + IDs + centroids)", lambda r: f"{r['ours']['bytes_per_vector']:.1f}")
+    row("RSS growth after warm queries (MiB)", lambda r: f"{r['ours']['rss_after_queries'] / 2**20:.0f}")
+    row("on disk per pixel (index + re-rank copy)", lambda r: f"{r['build']['disk_bytes'] / r['n_vectors']:.0f} B")
+    row("peak RSS: build / query / bare faiss / exact (GiB)",
+        lambda r: " / ".join(f"{r[p]['peak_rss'] / 2**30:.2f}" for p in ("build", "ours", "bare", "exact")))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1e6,1e7", help="valid pixels per run, comma separated (default 1e6,1e7)")
+    ap.add_argument("--queries", type=int, default=30)
+    ap.add_argument("--work", default="/tmp/tessera-bench-index", help="work directory (kept between runs)")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--home", help=argparse.SUPPRESS)
+    ap.add_argument("--truth", help=argparse.SUPPRESS)
+    ap.add_argument("--nprobe", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        home = Path(args.home)
+        if args.phase == "data":
+            res = phase_data(home, args.size)
+        elif args.phase == "build":
+            res = phase_build(home, args.size)
+        elif args.phase == "exact":
+            res = phase_exact(home, args.queries, Path(args.truth))
+        elif args.phase == "ours":
+            res = phase_ours(home, args.queries, Path(args.truth))
+        else:
+            res = phase_bare(home, args.queries, Path(args.truth), args.nprobe)
+        print(json.dumps(res))
+        return
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for size in [float(s) for s in args.sizes.split(",")]:
+        home = work / f"n{size:.0e}"
+        common = ["--size", str(size), "--home", str(home), "--queries", str(args.queries)]
+        truth = str(home / "truth.npy")
+        r = {"size": size}
+        for phase in ("data", "build", "exact", "ours"):
+            t0 = time.perf_counter()
+            r[phase] = _run_phase(["--phase", phase, *common, "--truth", truth])
+            print(f"[{size:.0e}] {phase}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        r["bare"] = _run_phase(["--phase", "bare", *common, "--truth", truth, "--nprobe", str(r["ours"]["nprobe"])])
+        r["n_vectors"] = r["build"]["n_vectors"]
+        results.append(r)
+        shutil.rmtree(home / "index" / "bench", ignore_errors=True) if os.environ.get("BENCH_CLEAN") else None
+    doc = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "results": results}
+    (work / "bench_index.json").write_text(json.dumps(doc, indent=1))
+    print(f"machine: {doc['machine']}; date {doc['date']}\n")
+    print(_fmt_table(results))
+
+
+if __name__ == "__main__":
+    main()
