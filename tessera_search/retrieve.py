@@ -645,25 +645,30 @@ def write_quicklook(result: Retrieval, index, path, max_size: int = 1024) -> Pat
                     rgb = np.clip(((v - mean) @ basis - lo_p) / np.maximum(hi_p - lo_p, 1e-9), 0, 1)
                     arr[:3, r, c] = (30 + 200 * rgb.T).astype(np.uint8)
                     arr[3, r, c] = 1
-                sel = np.array([n == t.name for n in result.tiles])
-                arr[0, result.rows[sel], result.cols[sel]] = 255
-                arr[1, result.rows[sel], result.cols[sel]] = 215
-                arr[2, result.rows[sel], result.cols[sel]] = 1
-                arr[3, result.rows[sel], result.cols[sel]] = 2
                 w.write_tile(g, arr)
         with rasterio.open(stage) as src:
             f = max(src.width / max_size, src.height / max_size, 1.0)
             wpx, hpx = max(1, int(round(src.width / f))), max(1, int(round(src.height / f)))
             img = src.read(out_shape=(4, hpx, wpx), resampling=Resampling.nearest)
-            # matches must stay visible when decimated: max-pool the match flag
-            flag = src.read(4, out_shape=(hpx, wpx), resampling=Resampling.max)
-            transform = src.transform * src.transform.scale(src.width / wpx, src.height / hpx)
+            transform = src.transform @ src.transform.scale(src.width / wpx, src.height / hpx)
             src_crs = src.crs
     finally:
         stage.unlink(missing_ok=True)
+    from pyproj import Transformer
+
+    to_img = Transformer.from_crs(4326, src_crs.to_wkt(), always_xy=True)
+    def to_pixel(x, y):  # north-up: (col, row) of map coordinates in the quicklook
+        return (np.asarray(x) - transform.c) / transform.a, (np.asarray(y) - transform.f) / transform.e
+
     rgb = np.transpose(img[:3], (1, 2, 0)).copy()
     rgb[img[3] == 0] = 255
-    rgb[flag == 2] = (255, 215, 0)
+    # Matches are painted from their coordinates, so they stay visible however much the
+    # picture is decimated.
+    mx, my = to_img.transform(result.lon, result.lat)
+    mc, mr = to_pixel(mx, my)
+    mc, mr = np.floor(mc).astype(int), np.floor(mr).astype(int)
+    ok = (mc >= 0) & (mc < wpx) & (mr >= 0) & (mr < hpx)
+    rgb[mr[ok], mc[ok]] = (255, 215, 0)
     header, footer = 22, 34
     canvas = Image.new("RGB", (wpx + 20, hpx + header + footer + 10), "white")
     canvas.paste(Image.fromarray(rgb), (10, header + 5))
@@ -673,14 +678,10 @@ def write_quicklook(result: Retrieval, index, path, max_size: int = 1024) -> Pat
              + (" - SYNTHETIC data" if result.synthetic else ""))
     draw.text((10, 4), title, fill=(0, 0, 0), font=font)
     draw.rectangle([9, header + 4, 10 + wpx, header + 5 + hpx], outline=(0, 0, 0))
-    from pyproj import Transformer
-
-    to_img = Transformer.from_crs(4326, src_crs.to_wkt(), always_xy=True)
-    inv = ~transform
     for ex, colour, cross in ([(e, (0, 200, 255), False) for e in result.query.get("positives", [])]
                               + [(e, (220, 0, 0), True) for e in result.query.get("negatives", [])]):
         x, y = to_img.transform(ex["lon"], ex["lat"])
-        c, r = inv * (x, y)
+        c, r = to_pixel(x, y)
         px, py = 10 + c, header + 5 + r
         if 0 <= c < wpx and 0 <= r < hpx:
             if cross:

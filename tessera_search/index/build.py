@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexBusyError, InvalidInputError, NoCoverageError
+from ..errors import IndexBusyError, IndexCorruptError, InvalidInputError, NoCoverageError
 from ..grid import Tile, pack_ids
 from .shards import (
     DIMS,
@@ -112,7 +112,8 @@ def parse_size(size: int | str) -> int:
     return value
 
 
-def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | str = DEFAULT_MAX_MEMORY) -> IndexParams:
+def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | str = DEFAULT_MAX_MEMORY,
+                  gpu: bool | None = None) -> IndexParams:
     """Parameters for an index of ``n_vectors`` (documented in ``docs/index.md``).
 
     - nlist: the power of two nearest sqrt(n), at most n / 39 (faiss' minimum of 39
@@ -121,7 +122,9 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
       so codes + IDs take 24 bytes per vector. 4-bit codes train about 50x faster than
       8-bit PQ16 for the same bytes and recall after re-rank, and plain (not fast-scan)
       IVF lists can be memory-mapped. Exact re-ranking from the stored int8 vectors
-      restores the recall PQ alone lacks;
+      restores the recall PQ alone lacks. With a GPU (``gpu``, default: whether faiss
+      sees one) the codes are PQ16 (8-bit, the same 16 bytes), which faiss' GPU IVF-PQ
+      supports and 4-bit PQ is not;
     - training sample: 64 per list, at least 65536 and at most 2 M vectors (or all of
       them), and at most a quarter of ``max_memory`` as float32;
     - nprobe: nlist / 64, at least 16; refine_factor 10.
@@ -132,7 +135,11 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
     if factory is None:
         nlist = 2 ** round(math.log2(math.sqrt(n)))
         nlist = int(max(1, min(nlist, n // 39, 65536)))
-        factory = f"IVF{nlist},PQ32x4"
+        if gpu is None:
+            from .gpu import gpu_count
+
+            gpu = gpu_count() > 0
+        factory = f"IVF{nlist},PQ16" if gpu else f"IVF{nlist},PQ32x4"
     else:
         factory = factory.strip()
         m = _IVF_RE.search(factory)
@@ -389,6 +396,20 @@ def _resolve(region, bbox, region_file, tiles):
     return resolve_region(region=region, bbox=bbox, region_file=region_file, tiles=tiles)
 
 
+def _estimate_counts(region, tiles: list[Tile], attrs: list[dict]) -> list[int]:
+    """Indexable pixels per tile, estimated without reading pixels: valid pixels times the
+    share of the tile's cell inside the region (exact for tiles wholly inside)."""
+    counts = [int(a.get("n_valid", 0)) for a in attrs]
+    geom = getattr(region, "geometry", None)
+    if geom is None or not tiles:
+        return counts
+    import shapely
+
+    boxes = shapely.box(*np.array([t.bounds for t in tiles]).T)
+    share = shapely.area(shapely.intersection(geom, boxes)) / shapely.area(boxes)
+    return [int(math.ceil(c * min(max(float(f), 0.0), 1.0))) for c, f in zip(counts, share)]
+
+
 def _build_key(year, version, region, tile_attrs, params, capacity) -> str:
     geom = getattr(region, "geometry", None)
     doc = {
@@ -443,11 +464,7 @@ def build_index(
     NoCoverageError when no tile of the region can be had, InvalidInputError when the
     tiles mix dataset versions.
     """
-    from .._progress import progress_bar, warn
-    from ..catalog import Catalog
     from ..config import resolve_home
-    from ..ingest import download
-    from ..store import TileStore
 
     if year is None:
         raise InvalidInputError("a year is required, e.g. year=2023")
@@ -455,6 +472,21 @@ def build_index(
     home = resolve_home(home)
     reg = _resolve(region, bbox, region_file, tiles)
     budget = parse_size(max_memory)
+    name = name or default_index_name(reg, year)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise InvalidInputError(f"index name {name!r} may hold only letters, digits, '.', '_' and '-'")
+    idir = index_dir(home, name)
+    with build_lock(idir, name):
+        return _build_locked(reg, int(year), name, idir, home, source, factory, budget, progress, rebuild,
+                             shard_size, on_shard, t0)
+
+
+def _build_locked(reg, year, name, idir, home, source, factory, budget, progress, rebuild, shard_size, on_shard, t0):
+    from .._progress import progress_bar, warn
+    from ..catalog import Catalog
+    from ..ingest import download
+    from ..store import TileStore
+
     store, catalog = TileStore(home), Catalog(home)
     missing = [t for t in reg.tiles if not store.has(t, year)]
     if missing:
@@ -481,95 +513,89 @@ def build_index(
         )
     version = next(iter(versions))
     synthetic = any(bool(a.get("synthetic", False)) for a in attrs)
-    name = name or default_index_name(reg, year)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
-        raise InvalidInputError(f"index name {name!r} may hold only letters, digits, '.', '_' and '-'")
-    counts = [int(a.get("n_valid", 0)) for a in attrs]
+    counts = _estimate_counts(reg, present, attrs)
     params = choose_params(sum(counts), factory, budget)
-    idir = index_dir(home, name)
+    probe = _new_index(params.factory)
+    per_vector = _bytes_per_vector(probe)
+    fixed = 2 * _FULL_TILE_BYTES + _BATCH * DIMS * 8 + (params.nlist or 1) * DIMS * 4 * 2
+    capacity = (budget - fixed) // (2 * per_vector)  # faiss' list vectors may double when growing
+    if capacity < max(counts, default=1):
+        need = fixed + 2 * per_vector * max(counts, default=1)
+        raise InvalidInputError(f"max_memory {budget:,} bytes is too small for one tile; allow at least {need:,}")
+    if shard_size is not None:
+        capacity = min(capacity, max(1, int(shard_size)))
+    plan = plan_shards([(t.name, c) for t, c in zip(present, counts)], capacity)
+    key = _build_key(year, version, reg, attrs, params, capacity)
 
-    with build_lock(idir, name):
-        probe = _new_index(params.factory)
-        per_vector = _bytes_per_vector(probe)
-        fixed = 2 * _FULL_TILE_BYTES + _BATCH * DIMS * 8 + (params.nlist or 1) * DIMS * 4 * 2
-        capacity = (budget - fixed) // (2 * per_vector)  # faiss' list vectors may double when growing
-        if capacity < max(counts, default=1):
-            need = fixed + 2 * per_vector * max(counts, default=1)
-            raise InvalidInputError(f"max_memory {budget:,} bytes is too small for one tile; allow at least {need:,}")
-        if shard_size is not None:
-            capacity = min(capacity, max(1, int(shard_size)))
-        plan = plan_shards([(t.name, c) for t, c in zip(present, counts)], capacity)
-        key = _build_key(year, version, reg, attrs, params, capacity)
-
-        current = current_generation(idir)
-        if current is not None and not rebuild:
-            man = read_manifest(current)
-            if man.get("key") == key and man.get("status") == "complete":
-                return _report(man, current, skipped, params, t0, up_to_date=True)
-        gen = None
-        for g in generations(idir):
-            if g == current:
-                continue
-            try:
-                man = read_manifest(g)
-            except Exception:
-                man = {}
-            if gen is None and not rebuild and man.get("key") == key and man.get("status") == "building":
-                gen = g
-            else:
-                shutil.rmtree(g, ignore_errors=True)  # stale: another key or an abandoned build
-        if gen is None:
-            gen = _next_generation(idir)
-            gen.mkdir(parents=True)
-            manifest = {
-                "format": _FORMAT, "key": key, "name": name, "year": int(year), "dataset_version": version,
-                "region": reg.name, "synthetic": synthetic, "params": params.to_json(), "plan": plan.to_json(),
-                "tiles": [t.name for t in present], "skipped_tiles": skipped,
-                "grids": {a["tile"]: {"epsg": int(a["epsg"]), "transform": list(a["transform"]),
-                                      "height": int(a["height"]), "width": int(a["width"])} for a in attrs},
-                "shards": {}, "status": "building", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            write_manifest(gen, manifest)
+    current = current_generation(idir)
+    if current is not None and not rebuild:
+        man = read_manifest(current)
+        if man.get("key") == key and man.get("status") == "complete":
+            return _report(man, current, skipped, params, t0, up_to_date=True)
+    gen = None
+    for g in generations(idir):
+        if g == current:
+            continue
+        try:
+            man = read_manifest(g)
+        except IndexCorruptError:  # a generation that died before its first manifest
+            man = {}
+        if gen is None and not rebuild and man.get("key") == key and man.get("status") == "building":
+            gen = g
         else:
-            manifest = read_manifest(gen)
-        if catalog.index(name) is None:
-            catalog.upsert_index({"name": name, "year": int(year), "dataset_version": version, "region": reg.name,
-                                  "factory": params.factory, "params": params.to_json(), "dims": DIMS,
-                                  "n_vectors": 0, "n_shards": len(plan.shards), "status": "building"})
-
-        by_name = {t.name: t for t in present}
-        trained_path = gen / TRAINED
-        todo = [i for i in range(len(plan.shards))
-                if not (str(i) in manifest["shards"] and ShardFiles(gen, i).exist())]
-        reused = len(plan.shards) - len(todo)
-        n_train_tiles = len(_sample_tiles([t.name for t in present], counts, params.train_size))
-        total_steps = (0 if trained_path.exists() else n_train_tiles) + sum(len(plan.shards[i]) for i in todo)
-        with progress_bar(progress, f"index {name}", total_steps) as advance:
-            if not trained_path.exists():
-                t_train = time.monotonic()
-                write_faiss_index(train(store, year, present, counts, reg, params, advance), trained_path)
-                manifest["train_seconds"] = round(time.monotonic() - t_train, 3)
-                write_manifest(gen, manifest)
-            for done, i in enumerate(todo, 1):
-                info = build_shard(store, year, [by_name[t] for t in plan.shards[i]], reg, trained_path,
-                                   ShardFiles(gen, i), advance)
-                manifest["shards"][str(i)] = info
-                write_manifest(gen, manifest)
-                if on_shard:
-                    on_shard(reused + done, len(plan.shards))
-        manifest["status"] = "complete"
-        manifest["n_vectors"] = sum(int(s["n_vectors"]) for s in manifest["shards"].values())
-        manifest["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            shutil.rmtree(g, ignore_errors=True)  # stale: another key or an abandoned build
+    if gen is None:
+        gen = _next_generation(idir)
+        gen.mkdir(parents=True)
+        manifest = {
+            "format": _FORMAT, "key": key, "name": name, "year": int(year), "dataset_version": version,
+            "region": reg.name, "synthetic": synthetic, "params": params.to_json(), "plan": plan.to_json(),
+            "tiles": [t.name for t in present], "skipped_tiles": skipped,
+            "grids": {a["tile"]: {"epsg": int(a["epsg"]), "transform": list(a["transform"]),
+                                  "height": int(a["height"]), "width": int(a["width"])} for a in attrs},
+            "shards": {}, "status": "building", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         write_manifest(gen, manifest)
-        set_current(idir, gen)
-        _record(catalog, manifest, gen)
-        # Keep the previous generation for readers that opened it just before the switch.
-        for g in generations(idir):
-            if g not in (gen, current):
-                shutil.rmtree(g, ignore_errors=True)
-        rep = _report(manifest, gen, skipped, params, t0)
-        rep.shards_built, rep.shards_reused = len(todo), reused
-        return rep
+    else:
+        manifest = read_manifest(gen)
+    if catalog.index(name) is None:
+        catalog.upsert_index({"name": name, "year": int(year), "dataset_version": version, "region": reg.name,
+                              "factory": params.factory, "params": params.to_json(), "dims": DIMS,
+                              "n_vectors": 0, "n_shards": len(plan.shards), "status": "building"})
+
+    by_name = {t.name: t for t in present}
+    trained_path = gen / TRAINED
+    todo = [i for i in range(len(plan.shards))
+            if not (str(i) in manifest["shards"] and ShardFiles(gen, i).exist())]
+    reused = len(plan.shards) - len(todo)
+    n_train_tiles = len(_sample_tiles([t.name for t in present], counts, params.train_size))
+    total_steps = (0 if trained_path.exists() else n_train_tiles) + sum(len(plan.shards[i]) for i in todo)
+    with progress_bar(progress, f"index {name}", total_steps) as advance:
+        if not trained_path.exists():
+            t_train = time.monotonic()
+            write_faiss_index(train(store, year, present, counts, reg, params, advance), trained_path)
+            manifest["train_seconds"] = round(time.monotonic() - t_train, 3)
+            write_manifest(gen, manifest)
+        for done, i in enumerate(todo, 1):
+            info = build_shard(store, year, [by_name[t] for t in plan.shards[i]], reg, trained_path,
+                               ShardFiles(gen, i), advance)
+            manifest["shards"][str(i)] = info
+            write_manifest(gen, manifest)
+            if on_shard:
+                on_shard(reused + done, len(plan.shards))
+    manifest["status"] = "complete"
+    manifest["n_vectors"] = sum(int(s["n_vectors"]) for s in manifest["shards"].values())
+    manifest["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_manifest(gen, manifest)
+    set_current(idir, gen)
+    _record(catalog, manifest, gen)
+    # Keep the previous generation for readers that opened it just before the switch.
+    for g in generations(idir):
+        if g not in (gen, current):
+            shutil.rmtree(g, ignore_errors=True)
+    rep = _report(manifest, gen, skipped, params, t0)
+    rep.shards_built, rep.shards_reused = len(todo), reused
+    return rep
 
 
 def _record(catalog, manifest: dict, gen: Path) -> None:

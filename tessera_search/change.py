@@ -1,0 +1,759 @@
+"""Change between two years: per-pixel cosine distance maps and the most changed places.
+
+For every pixel of a region stored in both years ``A`` and ``B``::
+
+    d = 1 - cos(a, b) = 1 - (a . b) / (|a| |b|)        float32, in [0, 2]
+
+computed on the int8 vectors as stored: each year's vector is ``scale * int8`` with a
+positive per-pixel scale, so the scales cancel in the cosine and pixels are never
+dequantized. The dot products are exact (int8 products summed over 128 dimensions stay
+below 2**24, so float32 sums are integers). ``d`` is NaN where either year's pixel is
+invalid (water, no-data scale), where either vector is all zeros (no direction), and
+where the pixel is outside the region or not owned by the tile
+(:meth:`tessera_search.regions.Region.mask`).
+
+Streaming
+---------
+:func:`change_map` reads one tile (both years) at a time, writes its window of the COG
+(:class:`tessera_search.export.RasterWriter`), adds its distances to a fixed 20,000-bin
+histogram over [0, 2] and keeps its best local peaks for ``top``; memory does not grow
+with the region. Summary percentiles come from the histogram (within 1e-4 of exact);
+mean, minimum and maximum are exact.
+
+Grids
+-----
+The output is on year ``A``'s grid of each tile. Year ``B``'s grid must have the same
+CRS and pixel size and lie on the same pixel lattice; a different extent (a release that
+added or dropped an edge row) is fine, and pixels of ``A``'s grid outside ``B``'s are
+NaN. Anything else (another UTM zone, a shifted lattice) raises
+:class:`~tessera_search.errors.InvalidInputError` rather than resampling embeddings.
+
+Most changed places (``top``)
+-----------------------------
+The ``top`` largest distances, thinned so that no two places are closer than
+``min_separation`` metres, greedily in decreasing distance. Two stages keep memory
+bounded: per tile, a greedy over all its pixels on the tile's grid picks up to
+``2 * top + 16`` local peaks (suppressing pixels whose grid distance is below
+``0.999 * min_separation``, never more than the true rule would); then a global greedy
+over the best ``max(32 * top, 1024)`` peaks of all tiles decides, with distances
+measured on the WGS84 ellipsoid (the arc through the Earth-centred chord), so the rule
+holds across tiles and UTM zones. Only near tile edges can this differ from one greedy
+over every pixel of the region (by picking another pixel of the same place). Ties go to
+the lower (tile, row, col).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError, NoDataError, TileNotFoundError
+from .grid import Tile, TileGrid, owned_mask, pixel_to_lonlat
+
+__all__ = [
+    "ChangeResult",
+    "ChangeStats",
+    "change_map",
+    "cosine_distance",
+    "parse_years",
+    "write_change_quicklook",
+]
+
+_BLOCK = 65536  # pixels per block of the distance computation (~70 MB of temporaries)
+_HIST_BINS = 20000  # histogram of distances over [0, 2]: bins of 1e-4
+_LOCAL_SLACK = 0.999  # local suppression radius factor: UTM scale error is below 0.1 %
+_WGS84_A = 6378137.0
+_WGS84_E2 = 6.69437999014e-3
+_MEAN_RADIUS = 6371008.8
+
+# Colour ramp of the quicklook: (position in [0, 1], RGB); low change is dark.
+_RAMP = (
+    (0.0, (24, 26, 56)),
+    (0.3, (84, 40, 128)),
+    (0.55, (186, 54, 104)),
+    (0.8, (240, 120, 52)),
+    (1.0, (252, 234, 90)),
+)
+
+
+# ======================================================================================
+# The distance
+# ======================================================================================
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``1 - cos(a, b)`` along the last axis: (..., D) int8 (or float) -> (...) float32.
+
+    NaN where either vector is all zeros. Clipped to [0, 2]. Exact for int8 inputs with
+    D <= 1024 (integer float32 sums), so identical vectors give 0 and orthogonal ones 1.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        raise InvalidInputError(f"vectors of shapes {a.shape} and {b.shape} cannot be compared")
+    shape = a.shape[:-1]
+    af = a.reshape(-1, a.shape[-1]).astype(np.float32)
+    bf = b.reshape(-1, b.shape[-1]).astype(np.float32)
+    return _distance_rows(af, bf).reshape(shape)
+
+
+def _distance_rows(af: np.ndarray, bf: np.ndarray) -> np.ndarray:
+    """(N,) float32 distances of float32 rows (see :func:`cosine_distance`)."""
+    dot = np.einsum("ij,ij->i", af, bf, dtype=np.float32).astype(np.float64)
+    na = np.einsum("ij,ij->i", af, af, dtype=np.float32).astype(np.float64)
+    nb = np.einsum("ij,ij->i", bf, bf, dtype=np.float32).astype(np.float64)
+    den = np.sqrt(na * nb)
+    ok = den > 0
+    cos = np.divide(dot, den, out=np.zeros_like(dot), where=ok)
+    out = np.clip(1.0 - cos, 0.0, 2.0).astype(np.float32)
+    out[~ok] = np.nan
+    return out
+
+
+def parse_years(text: str | Sequence[int]) -> tuple[int, int]:
+    """``"2020,2024"`` (or a pair) -> ``(2020, 2024)``: two distinct integer years."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",")]
+    else:
+        parts = list(text)
+    try:
+        years = [int(p) for p in parts]
+        if any(isinstance(p, float) and p != int(p) for p in parts):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"--years {text!r} is not two integer years A,B, e.g. 2020,2024") from None
+    if len(years) != 2:
+        raise InvalidInputError(f"--years {text!r} needs exactly two years A,B, e.g. 2020,2024")
+    if years[0] == years[1]:
+        raise InvalidInputError(f"--years {text!r} names the same year twice; give two different years")
+    if not all(1900 <= y <= 2200 for y in years):
+        raise InvalidInputError(f"--years {text!r}: years must be between 1900 and 2200")
+    return years[0], years[1]
+
+
+# ======================================================================================
+# Results
+# ======================================================================================
+
+
+@dataclass
+class ChangeStats:
+    """Distances over the pixels valid in both years (``None`` when there are none).
+
+    Percentiles are read from a histogram of 1e-4 wide bins (the upper edge of the bin
+    holding the percentile); mean, min and max are exact.
+    """
+
+    valid_pixels: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("valid_pixels", "mean", "p50", "p95", "p99", "min", "max")}
+
+
+@dataclass
+class ChangeResult:
+    """What :func:`change_map` made.
+
+    ``top_*`` arrays are aligned, most changed first: ``top_lon``/``top_lat`` (degrees,
+    pixel centres), ``top_tile`` (names), ``top_row``/``top_col`` (on the tile's grid of
+    year A), ``top_distance``.
+    """
+
+    years: tuple[int, int]
+    region: str
+    path: Path | None
+    files: list[Path]
+    tiles: list[Tile]
+    skipped: list[Tile]
+    stats: ChangeStats
+    crs: str | None
+    transform: tuple | None
+    width: int | None
+    height: int | None
+    synthetic: bool
+    dataset_versions: dict[int, str]
+    min_separation: float
+    top_lon: np.ndarray = field(default_factory=lambda: np.empty(0))
+    top_lat: np.ndarray = field(default_factory=lambda: np.empty(0))
+    top_tile: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    top_row: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    top_col: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    top_distance: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    top_path: Path | None = None
+    quicklooks: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def top(self) -> list[dict]:
+        """The most changed places as records (rank 1 = most changed)."""
+        return [
+            {"rank": i + 1, "lon": float(self.top_lon[i]), "lat": float(self.top_lat[i]),
+             "tile": str(self.top_tile[i]), "row": int(self.top_row[i]), "col": int(self.top_col[i]),
+             "distance": float(self.top_distance[i])}
+            for i in range(self.top_distance.size)
+        ]
+
+    def to_json(self) -> dict:
+        return {
+            "years": list(self.years),
+            "region": self.region,
+            "out": str(self.path) if self.path else None,
+            "files": [str(p) for p in self.files],
+            "stats": self.stats.to_json(),
+            "top": self.top(),
+            "top_out": str(self.top_path) if self.top_path else None,
+            "min_separation_m": self.min_separation,
+            "tiles": [t.name for t in self.tiles],
+            "skipped": [t.name for t in self.skipped],
+            "crs": self.crs,
+            "transform": list(self.transform) if self.transform else None,
+            "width": self.width,
+            "height": self.height,
+            "synthetic": self.synthetic,
+            "dataset_versions": {str(y): v for y, v in self.dataset_versions.items()},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# ======================================================================================
+# Tiles: selection, fetching, grids
+# ======================================================================================
+
+
+def _region_tiles(region) -> tuple[str, list[Tile], Callable[[TileGrid], np.ndarray]]:
+    """(name, tiles, mask function) of a Region or an iterable of Tiles."""
+    if hasattr(region, "tiles") and hasattr(region, "mask"):
+        return str(getattr(region, "name", "region")), list(region.tiles), region.mask
+    tiles = sorted(set(region)) if isinstance(region, Iterable) else []
+    if not tiles or not all(isinstance(t, Tile) for t in tiles):
+        raise InvalidInputError("region must be a Region (resolve_region) or a non-empty list of Tiles")
+    return f"tiles {','.join(t.name for t in tiles[:3])}{',...' if len(tiles) > 3 else ''}", tiles, owned_mask
+
+
+def _download_command(tiles: Sequence[Tile], year: int) -> str:
+    if len(tiles) <= 6:
+        return "tessera-search download " + " ".join(f"--tile {t.name}" for t in tiles) + f" --year {year}"
+    w = min(t.ix for t in tiles) / 10.0
+    s = min(t.iy for t in tiles) / 10.0
+    e = (max(t.ix for t in tiles) + 1) / 10.0
+    n = (max(t.iy for t in tiles) + 1) / 10.0
+    return f"tessera-search download --bbox {w:.1f},{s:.1f},{e:.1f},{n:.1f} --year {year}"
+
+
+def _missing_message(missing: dict[int, list[Tile]], name: str, years: tuple[int, int]) -> str:
+    parts, cmds = [], []
+    for year, tiles in missing.items():
+        if not tiles:
+            continue
+        shown = ", ".join(t.name for t in tiles[:6]) + (f", ... ({len(tiles)} tiles)" if len(tiles) > 6 else "")
+        parts.append(f"{year}: {shown}")
+        cmds.append(f"`{_download_command(tiles, year)}`")
+    return (
+        f"the change {years[0]} -> {years[1]} of {name} needs tiles that are not in the store "
+        f"({'; '.join(parts)}); run {' and '.join(cmds)} (add --source DIR|URL|synthetic to fetch "
+        "from elsewhere), or pass --source to `tessera-search change` to fetch them first"
+    )
+
+
+def _ensure_both_years(store, tiles: list[Tile], years: tuple[int, int], name: str, home, source,
+                       progress: bool) -> tuple[list[Tile], list[Tile]]:
+    """(tiles stored in both years, tiles skipped because the source lacks them)."""
+    missing = {y: [t for t in tiles if not store.has(t, y)] for y in years}
+    if not any(missing.values()):
+        return tiles, []
+    if source is None:
+        raise TileNotFoundError(_missing_message(missing, name, years))
+    from .ingest import download
+
+    for year, todo in missing.items():
+        if todo:
+            download(todo, year, source=source, home=home, progress=progress)
+    ready = [t for t in tiles if all(store.has(t, y) for y in years)]
+    skipped = [t for t in tiles if t not in set(ready)]
+    if not ready:
+        still = {y: [t for t in tiles if not store.has(t, y)] for y in years}
+        raise TileNotFoundError(
+            f"source {source} could not provide the tiles of {name} for both years "
+            f"({'; '.join(f'{y}: {len(v)} missing' for y, v in still.items())}); check the source and the years "
+            f"with `tessera-search download --year YEAR --source {source} ...`"
+        )
+    return ready, skipped
+
+
+def _overlap(ga: TileGrid, gb: TileGrid, year_a: int, year_b: int) -> tuple[int, int]:
+    """(row, col) of grid B's origin on grid A's lattice; raises when they do not share it."""
+    a0, _, c0, _, e0, f0 = ga.transform
+    a1, _, c1, _, e1, f1 = gb.transform
+    if ga.epsg != gb.epsg or a0 != a1 or e0 != e1:
+        raise InvalidInputError(
+            f"tile {ga.tile.name} is stored on different grids in {year_a} ({ga.crs}, {a0:g} m pixels) and "
+            f"{year_b} ({gb.crs}, {a1:g} m pixels); change needs one pixel grid: re-download one year from the "
+            f"same dataset version (`tessera-search download --tile {ga.tile.name} --year {year_b} "
+            "--dataset-version ...`)"
+        )
+    dc, dr = (c1 - c0) / a0, (f1 - f0) / e0
+    if abs(dc - round(dc)) > 1e-6 or abs(dr - round(dr)) > 1e-6:
+        raise InvalidInputError(
+            f"tile {ga.tile.name}: the {year_b} grid is shifted by a fraction of a pixel against {year_a} "
+            f"({dc:.3f}, {dr:.3f} pixels); change does not resample embeddings: re-download one year from "
+            "the same dataset version"
+        )
+    return int(round(dr)), int(round(dc))
+
+
+def _tile_distance(store, tile: Tile, years: tuple[int, int], mask_of) -> tuple[TileGrid, np.ndarray, dict]:
+    """(grid of year A, (H, W) float32 distances with NaN, {year: attrs}) of one tile."""
+    da = store.read(tile, years[0])
+    db = store.read(tile, years[1])
+    ga, gb = da.grid, db.grid
+    if da.embeddings.shape[-1] != db.embeddings.shape[-1]:
+        raise InvalidInputError(
+            f"tile {tile.name} has {da.embeddings.shape[-1]}-d embeddings in {years[0]} and "
+            f"{db.embeddings.shape[-1]}-d in {years[1]}; both years must come from the same model"
+        )
+    dr, dc = _overlap(ga, gb, *years)
+    # Pixels of A's grid that B's grid covers, and B's pixel for each.
+    r0, r1 = max(0, dr), min(ga.height, dr + gb.height)
+    c0, c1 = max(0, dc), min(ga.width, dc + gb.width)
+    use = np.zeros(ga.shape, dtype=bool)
+    if r0 < r1 and c0 < c1:
+        use[r0:r1, c0:c1] = db.valid[r0 - dr:r1 - dr, c0 - dc:c1 - dc]
+    use &= da.valid & mask_of(ga)
+    flat = np.flatnonzero(use)
+    rows, cols = np.divmod(flat, ga.width)
+    flat_b = (rows - dr) * gb.width + (cols - dc)
+    ea = da.embeddings.reshape(-1, da.embeddings.shape[-1])
+    eb = db.embeddings.reshape(-1, db.embeddings.shape[-1])
+    dist = np.full(ga.height * ga.width, np.nan, dtype=np.float32)
+    for s in range(0, flat.size, _BLOCK):
+        dist[flat[s:s + _BLOCK]] = _distance_rows(
+            ea[flat[s:s + _BLOCK]].astype(np.float32), eb[flat_b[s:s + _BLOCK]].astype(np.float32)
+        )
+    meta = {y: {"dataset_version": d.dataset_version, "synthetic": d.synthetic} for y, d in zip(years, (da, db))}
+    return ga, dist.reshape(ga.shape), meta
+
+
+# ======================================================================================
+# Most changed places
+# ======================================================================================
+
+
+def _disk(radius_px: float) -> tuple[int, np.ndarray]:
+    """(R, (2R+1, 2R+1) bool): offsets whose centre distance is below ``radius_px`` pixels."""
+    r = int(math.ceil(radius_px))
+    off = np.arange(-r, r + 1)
+    return r, (off[:, None] ** 2 + off[None, :] ** 2) < radius_px**2
+
+
+def _local_peaks(dist: np.ndarray, want: int, radius_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of up to ``want`` greedy peaks of (H, W) ``dist`` (NaN ignored).
+
+    Pixels in decreasing distance (ties: lower flat index); a pixel closer than
+    ``radius_px`` pixels to an earlier pick is skipped.
+    """
+    h, w = dist.shape
+    values = dist.ravel()
+    flat = np.flatnonzero(np.isfinite(values))
+    if flat.size == 0 or want <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = flat[np.argsort(-values[flat], kind="stable")]
+    if radius_px <= 1.0:  # only the pixel itself is within the radius
+        return np.divmod(order[:want].astype(np.int64), w)
+    r, disk = _disk(radius_px)
+    supp = np.zeros((h + 2 * r, w + 2 * r), dtype=bool)
+    picks: list[int] = []
+    for s in range(0, order.size, 4096):
+        block = order[s:s + 4096]
+        br, bc = np.divmod(block, w)
+        alive = ~supp[br + r, bc + r]
+        for pr, pc in zip(br[alive].tolist(), bc[alive].tolist(), strict=True):
+            if supp[pr + r, pc + r]:
+                continue
+            picks.append(pr * w + pc)
+            supp[pr:pr + 2 * r + 1, pc:pc + 2 * r + 1] |= disk
+            if len(picks) >= want:
+                break
+        if len(picks) >= want:
+            break
+    return np.divmod(np.array(picks, dtype=np.int64), w)
+
+
+def _ecef(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """(N, 3) Earth-centred coordinates (metres) of points on the WGS84 ellipsoid."""
+    lam, phi = np.radians(lon), np.radians(lat)
+    n = _WGS84_A / np.sqrt(1.0 - _WGS84_E2 * np.sin(phi) ** 2)
+    return np.stack([n * np.cos(phi) * np.cos(lam), n * np.cos(phi) * np.sin(lam),
+                     n * (1.0 - _WGS84_E2) * np.sin(phi)], axis=-1)
+
+
+def _ground_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Metres between ECEF points: the arc through their chord (exact to ~1e-9 at 100 m)."""
+    chord = np.sqrt(np.sum((np.asarray(p) - np.asarray(q)) ** 2, axis=-1))
+    return 2.0 * _MEAN_RADIUS * np.arcsin(np.minimum(chord / (2.0 * _MEAN_RADIUS), 1.0))
+
+
+class _Places:
+    """The running pool of local peaks over all tiles, bounded to the best ``cap``."""
+
+    def __init__(self, top: int, min_separation: float) -> None:
+        self.top = top
+        self.min_separation = min_separation
+        self.cap = max(32 * top, 1024)
+        self.cols = {"distance": np.empty(0, np.float32), "key": np.empty(0, np.int64), "row": np.empty(0, np.int64),
+                     "col": np.empty(0, np.int64), "lon": np.empty(0), "lat": np.empty(0),
+                     "tile": np.empty(0, dtype=object)}
+
+    def add(self, grid: TileGrid, dist: np.ndarray) -> None:
+        if self.top <= 0:
+            return
+        radius_px = _LOCAL_SLACK * self.min_separation / grid.transform[0]
+        rows, cols = _local_peaks(dist, 2 * self.top + 16, radius_px)
+        if rows.size == 0:
+            return
+        lon, lat = pixel_to_lonlat(grid, rows, cols)
+        t = grid.tile
+        new = {"distance": dist[rows, cols], "key": np.full(rows.size, (t.ix + 1800) * 2000 + t.iy + 900),
+               "row": rows, "col": cols, "lon": lon, "lat": lat,
+               "tile": np.full(rows.size, t.name, dtype=object)}
+        self.cols = {k: np.concatenate([self.cols[k], new[k]]) for k in self.cols}
+        order = self._order()
+        if order.size > self.cap:
+            self.cols = {k: v[order[:self.cap]] for k, v in self.cols.items()}
+
+    def _order(self) -> np.ndarray:
+        c = self.cols
+        return np.lexsort((c["col"], c["row"], c["key"], -c["distance"].astype(np.float64)))
+
+    def select(self) -> dict[str, np.ndarray]:
+        """The global greedy: best first, skipping places within ``min_separation``."""
+        order = self._order()
+        c = {k: v[order] for k, v in self.cols.items()}
+        xyz = _ecef(c["lon"], c["lat"])
+        chosen: list[int] = []
+        taken = np.empty((self.top, 3))
+        for i in range(order.size):
+            if len(chosen) >= self.top:
+                break
+            if chosen and self.min_separation > 0:
+                if _ground_distance(taken[:len(chosen)], xyz[i]).min() < self.min_separation:
+                    continue
+            taken[len(chosen)] = xyz[i]
+            chosen.append(i)
+        sel = np.array(chosen, dtype=np.intp)
+        return {k: v[sel] for k, v in c.items()}
+
+
+# ======================================================================================
+# Statistics
+# ======================================================================================
+
+
+class _Histogram:
+    """Streaming summary of distances in [0, 2]: exact count, sum, min, max; binned percentiles."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(_HIST_BINS, dtype=np.int64)
+        self.n = 0
+        self.total = 0.0
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    def add(self, values: np.ndarray) -> None:
+        v = values[np.isfinite(values)].astype(np.float64)
+        if v.size == 0:
+            return
+        idx = np.minimum((v * (_HIST_BINS / 2.0)).astype(np.int64), _HIST_BINS - 1)
+        self.counts += np.bincount(idx, minlength=_HIST_BINS)
+        self.n += int(v.size)
+        self.total += float(v.sum())
+        self.lo = min(self.lo, float(v.min()))
+        self.hi = max(self.hi, float(v.max()))
+
+    def quantile(self, q: float) -> float:
+        """Upper edge of the bin holding the q-quantile, within [min, max]."""
+        rank = max(1, math.ceil(q * self.n))
+        b = int(np.searchsorted(np.cumsum(self.counts), rank))
+        return float(min(max((b + 1) * 2.0 / _HIST_BINS, self.lo), self.hi))
+
+    def stats(self) -> ChangeStats:
+        if self.n == 0:
+            return ChangeStats()
+        return ChangeStats(
+            valid_pixels=self.n, mean=self.total / self.n, p50=self.quantile(0.5), p95=self.quantile(0.95),
+            p99=self.quantile(0.99), min=self.lo, max=self.hi,
+        )
+
+
+# ======================================================================================
+# The map
+# ======================================================================================
+
+
+def change_map(
+    region,
+    years: str | Sequence[int] = (),
+    out: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    source: str | None = None,
+    crs: str | None = None,
+    per_tile: bool = False,
+    top: int = 0,
+    min_separation: float = 100.0,
+    progress: bool = True,
+    *,
+    top_out: str | os.PathLike[str] | None = None,
+    quicklook: bool = True,
+) -> ChangeResult:
+    """Per-pixel cosine distance between the embeddings of ``years = (A, B)`` over ``region``.
+
+    ``region``: a :class:`~tessera_search.regions.Region` or a list of Tiles. ``out``: a
+    float32 COG (nodata NaN) of distances on the tiles' own UTM grid (one zone), or in
+    ``crs``, or one COG per tile (``per_tile``); plus ``<out>.png`` quicklooks unless
+    ``quicklook=False``; ``None`` computes statistics and places only. ``top``: the most
+    changed places, at least ``min_separation`` metres apart (``top_out`` writes them as
+    GeoJSON points). Tiles missing in a year raise
+    :class:`~tessera_search.errors.TileNotFoundError` naming them, unless ``source`` is
+    given: then they are downloaded, and tiles the source lacks are skipped
+    (``ChangeResult.skipped``). Raises :class:`~tessera_search.errors.NoDataError` when no
+    pixel is valid in both years.
+    """
+    from ._progress import progress_bar
+    from .config import resolve_home
+    from .store import TileStore
+
+    t0 = time.perf_counter()
+    ya, yb = parse_years(years)
+    top = int(top)
+    if top < 0:
+        raise InvalidInputError(f"--top must be 0 or more, got {top}")
+    min_separation = float(min_separation)
+    if not (math.isfinite(min_separation) and min_separation >= 0):
+        raise InvalidInputError(f"--min-separation must be finite metres >= 0, got {min_separation}")
+    if top_out is not None and top == 0:
+        raise InvalidInputError("--top-out writes the most changed places: give --top K as well")
+    if per_tile and out is None:
+        raise InvalidInputError("--per-tile needs --out (the file name stem of the per-tile COGs)")
+    name, tiles, mask_of = _region_tiles(region)
+    if not tiles:
+        raise InvalidInputError(f"{name} selects no tiles")
+    home = resolve_home(home)
+    store = TileStore(home)
+    tiles, skipped = _ensure_both_years(store, tiles, (ya, yb), name, home, source, progress)
+    attrs = {y: [store.attrs(t, y) for t in tiles] for y in (ya, yb)}
+    versions = {y: ",".join(sorted({str(a.get("dataset_version", "")) for a in attrs[y]})) for y in (ya, yb)}
+    synthetic = any(bool(a.get("synthetic")) for y in (ya, yb) for a in attrs[y])
+    grids = [store.grid(t, ya) for t in tiles]
+
+    tags = {
+        "software": "tessera-search change",
+        "years": f"{ya},{yb}",
+        "year_a": ya,
+        "year_b": yb,
+        "region": name,
+        "dataset_version": {str(y): v for y, v in versions.items()},
+        "synthetic": synthetic,
+        "metric": "cosine distance 1 - cos(a, b) of the int8 embeddings (per-pixel scales cancel)",
+        "nodata": "NaN: invalid in either year, outside the region, or not the tile's own pixel",
+    }
+    writer = None
+    if out is not None:
+        from .export import RasterWriter
+
+        writer = RasterWriter(
+            out, grids, count=1, dtype="float32", nodata=float("nan"), crs=crs, per_tile=per_tile, tags=tags,
+            band_descriptions=[f"cosine distance {ya} -> {yb}"], overview_resampling="average",
+        )
+    hist = _Histogram()
+    places = _Places(top, min_separation)
+    try:
+        if writer is not None:
+            writer.__enter__()
+        with progress_bar(progress, f"change {ya}->{yb}", len(tiles)) as advance:
+            for t in tiles:
+                grid, dist, _ = _tile_distance(store, t, (ya, yb), mask_of)
+                hist.add(dist)
+                places.add(grid, dist)
+                if writer is not None:
+                    writer.write_tile(grid, dist)
+                del dist
+                advance()
+        if hist.n == 0:
+            raise NoDataError(
+                f"{name} has no pixel valid in both {ya} and {yb} (water, no-data or outside the tiles); "
+                "check the region and the years with `tessera-search info`"
+            )
+        stats = hist.stats()
+        if writer is not None and not per_tile:
+            # Known only now: RasterWriter writes its tags when it finishes the mosaic.
+            writer.tags["stats"] = json.dumps(stats.to_json(), sort_keys=True)
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    files: list[Path] = []
+    plan = None
+    if writer is not None:
+        writer.__exit__(None, None, None)
+        files = list(writer.written)
+        plan = writer.plan
+    chosen = places.select() if top > 0 else None
+    result = ChangeResult(
+        years=(ya, yb), region=name, path=Path(out) if out is not None else None, files=files, tiles=list(tiles),
+        skipped=skipped, stats=stats, crs=plan.crs if plan else None,
+        transform=tuple(plan.transform) if plan else None, width=plan.width if plan else None,
+        height=plan.height if plan else None, synthetic=synthetic, dataset_versions=versions,
+        min_separation=min_separation,
+    )
+    if chosen is not None:
+        result.top_lon, result.top_lat = chosen["lon"], chosen["lat"]
+        result.top_tile, result.top_row, result.top_col = chosen["tile"], chosen["row"], chosen["col"]
+        result.top_distance = chosen["distance"].astype(np.float32)
+    if out is not None and quicklook:
+        vmax = _ramp_max(stats)
+        title = f"cosine distance {ya} -> {yb}, {name}" + (" - SYNTHETIC DATA" if synthetic else "")
+        marks = (result.top_lon, result.top_lat) if top > 0 else None
+        for path in files:
+            result.quicklooks.append(write_change_quicklook(path, vmax=vmax, title=title, places=marks))
+        files.extend(result.quicklooks)
+    if top_out is not None:
+        from .export import write_points_geojson
+
+        recs = result.top()
+        result.top_path = write_points_geojson(
+            top_out, result.top_lon, result.top_lat,
+            {k: [r[k] for r in recs] for k in ("rank", "distance", "tile", "row", "col")},
+            metadata={"kind": "most changed places", "years": [ya, yb], "region": name,
+                      "metric": "cosine distance", "min_separation_m": min_separation, "synthetic": synthetic,
+                      "dataset_versions": {str(y): v for y, v in versions.items()}},
+        )
+        files.append(result.top_path)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# ======================================================================================
+# Quicklook
+# ======================================================================================
+
+
+def _ramp_max(stats: ChangeStats) -> float:
+    """The ramp's top: the 99th percentile rounded up to 0.05 (at least 0.05, at most 2)."""
+    p = stats.p99 if stats.p99 is not None else 1.0
+    return float(min(2.0, max(0.05, math.ceil(p * 20.0 - 1e-9) / 20.0)))
+
+
+def _ramp(values: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours of values in [0, 1] (clipped) along :data:`_RAMP`."""
+    pos = np.array([p for p, _ in _RAMP])
+    cols = np.array([c for _, c in _RAMP], dtype=np.float64)
+    v = np.clip(values, 0.0, 1.0)
+    return np.stack([np.interp(v, pos, cols[:, i]) for i in range(3)], axis=-1).round().astype(np.uint8)
+
+
+def write_change_quicklook(
+    raster: str | os.PathLike[str],
+    png: str | os.PathLike[str] | None = None,
+    *,
+    vmax: float = 1.0,
+    title: str = "",
+    places: tuple[np.ndarray, np.ndarray] | None = None,
+    max_size: int = 1024,
+) -> Path:
+    """A PNG of a distance raster: colour ramp 0..``vmax``, colour bar, scale bar, places.
+
+    Nodata is white; values above ``vmax`` take the ramp's top colour. ``places``: (lon,
+    lat) degree arrays of ranked places, drawn as numbered rings (the first 50 inside the
+    picture). The raster is read decimated (from overviews, averaged) to at most
+    ``max_size`` pixels a side; one smaller than half that is enlarged by whole pixels.
+    """
+    import rasterio
+    from PIL import Image, ImageDraw, ImageFont
+    from rasterio.enums import Resampling
+
+    from ._io import atomic_path
+    from .export import _nice_length, _readable, quicklook_path
+
+    raster = Path(raster)
+    png = quicklook_path(raster) if png is None else Path(png)
+    with rasterio.open(raster) as src:
+        f = max(src.width / max_size, src.height / max_size, 1.0)
+        w, h = max(1, int(round(src.width / f))), max(1, int(round(src.height / f)))
+        arr = src.read(1, out_shape=(h, w), resampling=Resampling.average if f > 1 else Resampling.nearest)
+        crs = src.crs
+        tr = src.transform
+        sx, sy = src.width / w, src.height / h
+    up = max(1, (max_size // 2) // max(w, h))  # small rasters are enlarged, pixels kept square
+    if up > 1:
+        arr = np.repeat(np.repeat(arr, up, axis=0), up, axis=1)
+        h, w, sx, sy = h * up, w * up, sx / up, sy / up
+    empty = ~np.isfinite(arr)
+    rgb = np.full((h, w, 3), 255, dtype=np.uint8)
+    rgb[~empty] = _ramp(arr[~empty].astype(np.float64) / vmax)
+
+    font = ImageFont.load_default()
+    header = 22 if title else 0
+    bar_h = 14
+    footer = 30 + bar_h + 28
+    width = max(w + 20, 500)
+    canvas = Image.new("RGB", (width, h + header + footer + 10), "white")
+    canvas.paste(Image.fromarray(rgb), (10, header + 5))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((10, 4), title, fill=(0, 0, 0), font=font)
+    draw.rectangle([9, header + 4, 10 + w, header + 5 + h], outline=(0, 0, 0))
+
+    if places is not None and len(places[0]):
+        from pyproj import Transformer
+
+        lon, lat = (np.asarray(v, dtype=np.float64)[:50] for v in places)
+        x, y = Transformer.from_crs("EPSG:4326", crs.to_wkt(), always_xy=True).transform(lon, lat)
+        for i, (xi, yi) in enumerate(zip(np.atleast_1d(x), np.atleast_1d(y), strict=True)):
+            col, row = (float(xi) - tr.c) / tr.a, (float(yi) - tr.f) / tr.e  # north-up rasters
+            px, py = 10 + col / sx, header + 5 + row / sy
+            if not (10 <= px <= 10 + w and header + 5 <= py <= header + 5 + h):
+                continue
+            draw.ellipse([px - 6, py - 6, px + 6, py + 6], outline=(0, 0, 0), width=4)
+            draw.ellipse([px - 5, py - 5, px + 5, py + 5], outline=(255, 255, 255), width=2)
+            draw.text((px + 7, py - 7), str(i + 1), fill=(255, 255, 255), font=font,
+                      stroke_width=2, stroke_fill=(0, 0, 0))
+
+    # Scale bar: metres per quicklook pixel along x at the raster's centre.
+    metres_px = tr.a * sx
+    if crs is not None and crs.is_geographic:
+        centre_y = tr.f + tr.e * h * sy / 2
+        metres_px *= 111_320.0 * math.cos(math.radians(centre_y))
+    y0 = header + 5 + h + 12
+    length = _nice_length(metres_px * w / 4)
+    if length > 0:
+        bar = max(1, int(round(length / metres_px)))
+        draw.rectangle([10, y0, 10 + bar, y0 + 5], fill=(0, 0, 0))
+        label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+        draw.text((14 + bar, y0 - 3), label, fill=(0, 0, 0), font=font)
+    # Colour bar: 0 .. vmax.
+    y1 = y0 + 18
+    bw = min(256, width - 20)
+    ramp = _ramp(np.linspace(0.0, 1.0, bw))
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (10, y1))
+    draw.rectangle([9, y1 - 1, 10 + bw, y1 + bar_h], outline=(0, 0, 0))
+    for frac, text in ((0.0, "0"), (0.5, f"{vmax / 2:.3g}"), (1.0, f">= {vmax:.3g}")):
+        x = 10 + int(round(frac * (bw - 1)))
+        draw.line([x, y1 + bar_h, x, y1 + bar_h + 3], fill=(0, 0, 0))
+        tw = font.getlength(text)
+        draw.text((min(max(x - tw / 2, 10), 10 + bw - tw), y1 + bar_h + 5), text, fill=(0, 0, 0), font=font)
+    draw.text((20 + bw, y1 + 1), "cosine distance (white: no data)", fill=(0, 0, 0), font=font)
+    with atomic_path(png) as tmp:
+        canvas.save(tmp, format="PNG")
+        _readable(tmp)
+    return png
