@@ -434,7 +434,7 @@ class _Places:
 
     def _order(self) -> np.ndarray:
         c = self.cols
-        return np.lexsort((c["col"], c["row"], c["key"], c["distance"].astype(np.float64)))
+        return np.lexsort((c["col"], c["row"], c["key"], -c["distance"].astype(np.float64)))
 
     def select(self) -> dict[str, np.ndarray]:
         """The global greedy: best first, skipping places within ``min_separation``."""

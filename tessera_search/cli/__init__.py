@@ -19,7 +19,10 @@ from ._app import app
 __all__ = ["app", "main", "run"]
 
 
-_COMMAND_MODULES = ("commands_tiles", "commands_index", "commands_query", "commands_label", "commands_encoder")
+_COMMAND_MODULES = (
+    "commands_tiles", "commands_index", "commands_query", "commands_history", "commands_change",
+    "commands_label", "commands_encoder",
+)
 
 
 def _register() -> None:
