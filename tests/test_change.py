@@ -249,6 +249,15 @@ def test_source_fetches_missing_tiles(home, tmp_path):
     assert res.stats.valid_pixels > 0 and res.path is None and res.files == []
 
 
+def test_source_without_a_tile_in_one_year_skips_it(home, tmp_path):
+    mirror = tmp_path / "mirror"
+    write_mirror(mirror, [T1.name, T2.name], year=A, seed=1)
+    write_mirror(mirror, [T1.name], year=B, seed=2)
+    res = change_map([T1, T2], (A, B), None, home=home, source=str(mirror), progress=False)
+    assert res.tiles == [T1] and res.skipped == [T2]
+    assert res.to_json()["skipped"] == [T2.name]
+
+
 def test_no_valid_pixel_is_an_error(home):
     store = TileStore(home)
     a = small_tile(T1, A)
@@ -415,6 +424,12 @@ def test_cli_writes_files_and_json(change_cli, home, tmp_path):
 def test_cli_rejects_bad_years(change_cli, home, years):
     code, _, err = change_cli("--home", home, "change", "--tile", T1.name, "--years", years)
     assert code == 2 and "--years" in err
+
+
+@pytest.mark.parametrize("extra", [["--top-out", "x.geojson"], ["--per-tile"]])
+def test_cli_rejects_options_that_need_others(change_cli, home, extra):
+    code, _, err = change_cli("--home", home, "change", "--tile", T1.name, "--years", "2020,2024", *extra)
+    assert code == 2 and extra[0] in err
 
 
 def test_cli_missing_tiles_exit_1_with_next_step(change_cli, home):

@@ -48,6 +48,10 @@ def change(
         pair = parse_years(years)
     except InvalidInputError as exc:
         raise typer.BadParameter(str(exc), param_hint="--years") from None
+    if top_out is not None and top == 0:
+        raise typer.BadParameter("--top-out writes the --top places: give --top K as well", param_hint="--top-out")
+    if per_tile and out is None:
+        raise typer.BadParameter("--per-tile needs --out (the stem of the per-tile file names)", param_hint="--per-tile")
     reg = region_from_options(region, bbox, region_file, tile)
     res = change_map(reg, pair, out, home=state.home, source=source, crs=crs, per_tile=per_tile, top=top,
                      min_separation=min_separation, progress=not json, top_out=top_out)
