@@ -32,7 +32,7 @@ from .errors import (
 )
 from .grid import Tile, parse_point, pixel_to_lonlat, tile_for_point, unpack_ids
 
-__all__ = ["QueryPixel", "QueryResult", "query", "query_index", "query_vector"]
+__all__ = ["QueryPixel", "QueryResult", "index_pixel", "query", "query_index", "query_vector"]
 
 _COLUMNS = ["rank", "id", "lon", "lat", "tile", "row", "col", "similarity"]
 
@@ -202,11 +202,12 @@ def locate_ids(index, ids) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarra
     return lon, lat, names, rows, cols
 
 
-def query_index(index, point, k: int = 10, nprobe: int | None = None, refine_factor: int | None = None,
-                source=None, record: bool = True) -> QueryResult:
-    """Query an opened :class:`~tessera_search.index.Index` by the pixel at ``point``."""
-    from .catalog import Catalog
+def index_pixel(index, point, source=None) -> QueryPixel:
+    """The query pixel at ``point`` for an opened index: stored, valid, and in the index.
 
+    NoCoverageError when the point's tile or pixel is not in the index; NoDataError on
+    water / no data.
+    """
     lon, lat = _point(point)
     tile = tile_for_point(lon, lat)
     if tile.name not in set(index.tiles):
@@ -220,6 +221,16 @@ def query_index(index, point, k: int = 10, nprobe: int | None = None, refine_fac
             f"({lon}, {lat}) is outside index {index.name}: pixel row {qp.row}, col {qp.col} of {qp.tile} lies "
             f"outside its region ({index.region})"
         )
+    return qp
+
+
+def query_index(index, point, k: int = 10, nprobe: int | None = None, refine_factor: int | None = None,
+                source=None, record: bool = True) -> QueryResult:
+    """Query an opened :class:`~tessera_search.index.Index` by the pixel at ``point``."""
+    from .catalog import Catalog
+
+    qp = index_pixel(index, point, source=source)
+    lon, lat = qp.lon, qp.lat
     res = index.search(qp.vector, k=k, nprobe=nprobe, refine_factor=refine_factor)
     lons, lats, names, rows, cols = locate_ids(index, res.ids)
     params = {"k": int(k), "nprobe": res.nprobe, "refine_factor": int(refine_factor or index.params.get("refine_factor", 10)),

@@ -59,6 +59,7 @@ __all__ = [
     "QuerySpec",
     "Retrieval",
     "example_query",
+    "point_query",
     "history",
     "replay",
     "retrieve",
@@ -180,6 +181,15 @@ def example_query(
         warn(f"dropped {d}")
     q = combine(np.array([dirs[i] for i in pos_idx]), np.array([dirs[i] for i in neg_idx]) if neg_idx else None, push)
     return QuerySpec(q, yr, float(push), [info[i] for i in pos_idx], [info[i] for i in neg_idx], dropped)
+
+
+def point_query(index, point, source=None) -> QuerySpec:
+    """The query spec of one example pixel that must lie in ``index`` (the plain query)."""
+    from .query import index_pixel
+
+    qp = index_pixel(index, point, source=source)
+    return QuerySpec(np.asarray(qp.vector, np.float32), index.year, DEFAULT_PUSH,
+                     [{"kind": "point", "pixels": 1, **qp.to_json(), "lon": qp.centre_lon, "lat": qp.centre_lat}])
 
 
 # ======================================================================================

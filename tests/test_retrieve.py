@@ -250,3 +250,65 @@ def test_history_and_replay(world):
     again = replay(res.query_id, home=home)
     np.testing.assert_array_equal(again.ids, res.ids)
     np.testing.assert_array_equal(again.vector, res.vector)
+
+
+def test_cli_examples_modes_exports_history_replay(world, cli, tmp_path):
+    home, idx, truth = world
+    pos = _pixels_of(truth, WHEAT, 3, seed=7)
+    neg = _pixels_of(truth, BARLEY, 2, seed=8)
+    # an examples file: a positive polygon around a wheat pixel and a negative point
+    lon0, lat0 = pos[0]
+    d = 0.0002
+    ring = [[lon0 - d, lat0 - d], [lon0 + d, lat0 - d], [lon0 + d, lat0 + d], [lon0 - d, lat0 + d], [lon0 - d, lat0 - d]]
+    ex = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {"positive": True}},
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": list(neg[0])}, "properties": {"positive": "no"}},
+    ]}
+    (tmp_path / "ex.geojson").write_text(json.dumps(ex))
+    args = ["--home", home, "query", "--index", "w"]
+    for p in pos[1:]:
+        args += ["--point", f"{p[0]},{p[1]}"]
+    args += ["--negative", f"{neg[1][0]},{neg[1][1]}", "--examples", tmp_path / "ex.geojson"]
+    code, out, err = cli(*args, "--k", "40", "--min-separation", "100", "--json", "--out", tmp_path / "m.tif",
+                         "--crs", "EPSG:4326")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["count"] == 40 and len(doc["query"]["positives"]) == 3 and len(doc["query"]["negatives"]) == 2
+    assert doc["params"]["mode"] == "min_separation"
+    assert (tmp_path / "m.tif").exists() and (tmp_path / "m.png").exists()
+    with rasterio.open(tmp_path / "m.tif") as src:
+        assert int((src.read(1) == 1).sum()) > 0 and src.crs.to_epsg() == 4326
+        assert json.loads(src.tags()["query_params"])["min_separation"] == 100
+
+    code, out, err = cli(*args, "--group", "--k", "200", "--out", tmp_path / "blobs.geojson")
+    assert code == 0, err
+    assert "blobs" in out
+    feats = json.loads((tmp_path / "blobs.geojson").read_text())["features"]
+    assert feats and all(f["properties"]["area_m2"] > 0 for f in feats)
+
+    code, out, err = cli(*args, "--threshold", "0.7", "--json")
+    assert code == 0, err
+    sims = [m["similarity"] for m in json.loads(out)["matches"]]
+    assert sims and min(sims) >= 0.7
+
+    code, out, err = cli("--home", home, "query", "--index", "w", "--point", f"{pos[0][0]},{pos[0][1]}", "--k", "30",
+                         "--out", tmp_path / "w.tif", "--crs", "EPSG:4326")
+    assert code == 0, err
+    code, out, err = cli("--home", home, "query", "--index", "w", "--point", f"{pos[0][0]},{pos[0][1]}", "--k", "30",
+                         "--per-tile", "--out", tmp_path / "tiles")
+    assert code == 0, err
+    assert list((tmp_path / "tiles").glob("*.tif"))
+
+    code, out, err = cli("--home", home, "history", "--json")
+    assert code == 0
+    hist = json.loads(out)["queries"]
+    last = hist[0]
+    code, out, err = cli("--home", home, "query", "--replay", str(last["id"]), "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["count"] == last["n_results"]
+    code, out, err = cli("--home", home, "query", "--replay", "99999")
+    assert code == 1 and "IndexNotFoundError" in err and "history" in err
+    code, out, err = cli("--home", home, "query", "--index", "w", "--point", f"{pos[0][0]},{pos[0][1]}",
+                         "--threshold", "0.5", "--min-separation", "10")
+    assert code == 1 and "InvalidInputError" in err

@@ -1,4 +1,4 @@
-"""The query command: pixels most similar to the pixel at a point."""
+"""The query command: query by example, in every mode, with every export."""
 
 from __future__ import annotations
 
@@ -11,41 +11,105 @@ from ._app import app, state
 from ._console import out_console, print_json
 from .options import Json, Source
 
+_VECTOR_SUFFIXES = (".csv", ".parquet", ".geojson", ".json")
+
 
 @app.command()
 def query(
-    point: Annotated[str, typer.Option("--point", help="LON,LAT in degrees of the example pixel, e.g. 36.8,-1.3.")],
-    k: Annotated[int, typer.Option("--k", help="Number of matches.", min=1)] = 10,
+    point: Annotated[list[str] | None, typer.Option("--point", help="LON,LAT of a positive example pixel (repeatable), e.g. 36.8,-1.3.", show_default=False)] = None,
+    negative: Annotated[list[str] | None, typer.Option("--negative", help="LON,LAT of a negative example pixel (repeatable).", show_default=False)] = None,
+    examples: Annotated[Path | None, typer.Option("--examples", help="GeoJSON, GeoParquet or CSV of example points/polygons; a 'positive' property says positive (default) or negative.", show_default=False)] = None,
+    example_year: Annotated[int | None, typer.Option("--example-year", help="Take the examples' embeddings from this year (default: the index's).", show_default=False)] = None,
+    push: Annotated[float, typer.Option("--push", help="How far the query moves away from the negatives' mean: q = normalise(mean(pos) - push * mean(neg)).")] = 0.5,
+    k: Annotated[int, typer.Option("--k", help="Number of matches (top-k and --min-separation modes).", min=1)] = 10,
     index: Annotated[str | None, typer.Option("--index", help="Index name (see `tessera-search indexes`).", show_default=False)] = None,
     year: Annotated[int | None, typer.Option("--year", help="Use the one index built for this year.", show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Every pixel with cosine similarity >= S (up to --max-results).", show_default=False)] = None,
+    max_results: Annotated[int, typer.Option("--max-results", help="Bound on --threshold results.", min=1)] = 100_000,
+    min_separation: Annotated[float | None, typer.Option("--min-separation", help="Metres between results: k different places, not k pixels of one field.", min=0, show_default=False)] = None,
+    group: Annotated[bool, typer.Option("--group", help="Merge connected matching pixels into blobs, ranked by size and similarity.")] = False,
     nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists probed per shard (default: from the index, raised for large k).", min=1, show_default=False)] = None,
     source: Source = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Also write the matches to FILE (.csv, .parquet or .geojson).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write results: .tif (COG mask + PNG), .png, .geojson, .parquet or .csv; a directory with --per-tile.", show_default=False)] = None,
+    values: Annotated[str, typer.Option("--values", help="What a .tif holds: mask (uint8 1/0, 255 nodata) or similarity (float32).")] = "mask",
+    crs: Annotated[str | None, typer.Option("--crs", help="Mosaic CRS for .tif, e.g. EPSG:4326 (needed when the tiles span UTM zones).", show_default=False)] = None,
+    per_tile: Annotated[bool, typer.Option("--per-tile", help="With --out DIR: one COG per tile on the tile's own grid.")] = False,
+    replay: Annotated[int | None, typer.Option("--replay", help="Rerun recorded query ID (see `tessera-search history`).", show_default=False)] = None,
     json: Json = False,
 ) -> None:
-    """Find the K pixels most similar (exact cosine) to the pixel at a point."""
+    """Find the pixels most like one or more example pixels (exact cosine similarity)."""
+    from ..errors import InvalidInputError
     from ..grid import parse_point
-    from ..query import query as do_query
 
-    lon, lat = parse_point(point)
-    res = do_query((lon, lat), k=k, index=index, year=year, nprobe=nprobe, home=state.home, source=source)
-    if out is not None:
-        res.write(out)
+    positives = [parse_point(p) for p in point or []]
+    negatives = [parse_point(p) for p in negative or []]
+    plain = (len(positives) == 1 and not negatives and examples is None and example_year is None
+             and threshold is None and not min_separation and not group and replay is None and not per_tile
+             and (out is None or out.suffix.lower() in _VECTOR_SUFFIXES))
+    if plain:
+        from ..query import query as do_query
+
+        res = do_query(positives[0], k=k, index=index, year=year, nprobe=nprobe, home=state.home, source=source)
+        files = [res.write(out)] if out is not None else []
+    else:
+        from ..index import open_index
+        from ..retrieve import example_query, export, point_query, replay as do_replay, retrieve
+
+        if replay is not None:
+            if positives or negatives or examples is not None:
+                raise InvalidInputError("--replay reruns a recorded query as it was; drop the examples")
+            res = do_replay(replay, home=state.home)
+            idx_name = res.index
+        else:
+            idx_name = index
+        with open_index(idx_name, year=year, home=state.home) as idx:
+            if replay is None:
+                if len(positives) == 1 and not negatives and examples is None and example_year is None:
+                    spec = point_query(idx, positives[0], source=source)
+                else:
+                    spec = example_query(idx.year, points=positives, negatives=negatives, examples=examples,
+                                         example_year=example_year, push=push, home=state.home, source=source)
+                res = retrieve(idx, spec, k=k, threshold=threshold, min_separation=min_separation, group=group,
+                               max_results=max_results, nprobe=nprobe)
+            files = export(res, idx, out, values=values, crs=crs, per_tile=per_tile) if out is not None else []
     if json:
-        print_json(res.to_json())
+        doc = res.to_json()
+        if files:
+            doc["files"] = [str(f) for f in files]
+        print_json(doc)
         return
+    _print_table(res, files)
+
+
+def _print_table(res, files) -> None:
     from rich.table import Table
 
     con = out_console()
     label = " (SYNTHETIC)" if res.synthetic else ""
     q = res.query
-    table = Table(title=f"{len(res)} pixels most like {q['tile']} row {q['row']} col {q['col']} "
-                        f"({q['centre_lon']:.5f}, {q['centre_lat']:.5f}) in {res.index}{label}")
-    for col in ("rank", "lon", "lat", "tile", "row", "col", "similarity"):
-        table.add_column(col, justify="right" if col not in ("tile",) else "left")
-    for m in res.matches():
-        table.add_row(str(m["rank"]), f"{m['lon']:.5f}", f"{m['lat']:.5f}", m["tile"], str(m["row"]), str(m["col"]),
-                      f"{m['similarity']:.4f}")
+    if "tile" in q:
+        what = f"{q['tile']} row {q['row']} col {q['col']} ({q['centre_lon']:.5f}, {q['centre_lat']:.5f})"
+    else:
+        what = f"{len(q.get('positives', []))} positive / {len(q.get('negatives', []))} negative example(s)"
+    blobs = getattr(res, "blobs", None)
+    if blobs is not None:
+        table = Table(title=f"{len(blobs)} blobs of {len(res)} pixels like {what} in {res.index}{label}")
+        for col in ("rank", "tile", "pixels", "area m2", "mean sim", "max sim", "lon", "lat"):
+            table.add_column(col, justify="left" if col == "tile" else "right")
+        for b in blobs[:200]:
+            table.add_row(str(b.rank), b.tile, str(b.n_pixels), f"{b.area_m2:,.0f}", f"{b.mean_similarity:.4f}",
+                          f"{b.max_similarity:.4f}", f"{b.lon:.5f}", f"{b.lat:.5f}")
+    else:
+        table = Table(title=f"{len(res)} pixels most like {what} in {res.index}{label}")
+        for col in ("rank", "lon", "lat", "tile", "row", "col", "similarity"):
+            table.add_column(col, justify="left" if col == "tile" else "right")
+        for m in res.matches():
+            table.add_row(str(m["rank"]), f"{m['lon']:.5f}", f"{m['lat']:.5f}", m["tile"], str(m["row"]),
+                          str(m["col"]), f"{m['similarity']:.4f}")
     con.print(table)
-    if out is not None:
-        con.print(f"wrote {out}", highlight=False)
+    if getattr(res, "truncated", False):
+        con.print("[yellow]stopped at --max-results: more pixels pass the threshold[/]")
+    if getattr(res, "query_id", None) is not None:
+        con.print(f"recorded as query {res.query_id} (rerun: tessera-search query --replay {res.query_id})", highlight=False)
+    for f in files:
+        con.print(f"wrote {f}", highlight=False)
