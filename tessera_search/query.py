@@ -32,7 +32,7 @@ from .errors import (
 )
 from .grid import Tile, parse_point, pixel_to_lonlat, tile_for_point, unpack_ids
 
-__all__ = ["QueryPixel", "QueryResult", "index_pixel", "query", "query_index", "query_vector"]
+__all__ = ["QueryPixel", "QueryResult", "index_pixel", "locate_ids", "query", "query_index", "query_vector"]
 
 _COLUMNS = ["rank", "id", "lon", "lat", "tile", "row", "col", "similarity"]
 

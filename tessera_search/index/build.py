@@ -10,8 +10,10 @@ trained file:
    region (evenly spaced tiles, a seeded random draw of pixels in each), once per index;
 3. :func:`build_shard` reads whole tiles from the store, keeps the pixels that are valid,
    owned by the tile and inside the region, normalises them (cosine = inner product on
-   unit vectors; the per-pixel scale cancels), adds them under their pixel IDs, and
-   writes the shard's files atomically;
+   unit vectors; the per-pixel scale cancels), adds them under their position in the
+   shard, and writes the shard's files atomically: the faiss index, the pixel IDs by
+   position (ascending: tiles in order, pixels row-major) and the int8 vectors by
+   position;
 4. :func:`build_index` strings these together with a lock, a progress bar, resumption
    (finished shards of an interrupted build are kept) and the catalog.
 """
@@ -304,8 +306,11 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
         for i in range(len(tiles)):
             ids, vecs = pending.result()
             pending = pool.submit(_tile_vectors, store, year, tiles[i + 1], region) if i + 1 < len(tiles) else None
+            # faiss holds each vector's position in the shard; the .ids file maps positions
+            # to pixel IDs, so re-ranking reads the vector at that position directly.
             for s in range(0, len(ids), _BATCH):
-                target.add_with_ids(normalise(vecs[s:s + _BATCH]), ids[s:s + _BATCH])
+                pos = np.arange(n + s, n + min(s + _BATCH, len(ids)), dtype=np.int64)
+                target.add_with_ids(normalise(vecs[s:s + _BATCH]), pos)
             f_ids.write(ids.astype("<i8").tobytes())
             f_vec.write(vecs.tobytes())
             n += len(ids)

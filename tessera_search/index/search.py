@@ -9,7 +9,8 @@ one unit-norm float32 query vector and:
 2. merges them into the overall best ``refine_factor * k`` (the shards share one trained
    quantizer, so their approximate scores compare);
 3. re-ranks those exactly: cosine between the query and each candidate's stored int8
-   vector, read by position from the shard's memory-mapped re-rank file;
+   vector, read at the candidate's position from the shard's memory-mapped re-rank file
+   (faiss stores positions; the shard's ``.ids`` map turns them into pixel IDs);
 4. returns the top k by exact cosine (ties broken by pixel ID), retrying with more
    lists probed when the probed lists held fewer than k vectors.
 """
@@ -53,6 +54,12 @@ class SearchResult:
         return len(self.ids)
 
 
+def _ivf(index):
+    import faiss
+
+    return faiss.try_extract_index_ivf(index)
+
+
 class Shard:
     """One opened shard: the faiss index (lists memory-mapped) and its re-rank vectors."""
 
@@ -61,12 +68,15 @@ class Shard:
         self.n_vectors = int(n_vectors)
         self.tiles = list(tiles)
         self.index = read_faiss_index(files.index, mmap=mmap)
+        ivf = _ivf(self.index)
+        if ivf is not None:
+            ivf.parallel_mode = 1  # one query: split the probed lists over threads (2x on 2 cores)
         self.ids, self.vectors = open_vectors(files, self.n_vectors)
         self._gpu = None
         self._gpu_tried = False
 
     def search(self, q: np.ndarray, r: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate best ``r``: ((m,) float32 scores, (m,) int64 IDs), m <= r, no -1."""
+        """Approximate best ``r``: ((m,) float32 scores, (m,) int64 positions), m <= r, no -1."""
         from .gpu import search_index, to_gpu
 
         if self.n_vectors == 0:
@@ -77,19 +87,26 @@ class Shard:
         keep = i[0] >= 0
         return d[0][keep], i[0][keep]
 
+    def pixel_ids(self, positions: np.ndarray) -> np.ndarray:
+        """(n,) int64 pixel IDs of the vectors at ``positions``."""
+        return np.asarray(self.ids[np.asarray(positions, dtype=np.int64)])
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """(n, 128) int8 stored vectors at ``positions`` (read in file order)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        order = np.argsort(positions, kind="stable")
+        out = np.empty((len(positions), DIMS), np.int8)
+        out[order] = self.vectors[positions[order]]
+        return out
+
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(bool found (n,), (n, 128) int8 vectors; zeros where not found) for pixel IDs."""
+        """(bool found (n,), (n,) positions; -1 where not found) for pixel IDs (binary search)."""
         ids = np.asarray(ids, dtype=np.int64)
         if self.n_vectors == 0:
-            return np.zeros(len(ids), bool), np.zeros((len(ids), DIMS), np.int8)
-        pos = np.searchsorted(self.ids, ids)
-        pos = np.minimum(pos, self.n_vectors - 1)
+            return np.zeros(len(ids), bool), np.full(len(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), self.n_vectors - 1)
         found = np.asarray(self.ids[pos]) == ids
-        order = np.argsort(pos, kind="stable")  # sequential page order through the map
-        vecs = np.zeros((len(ids), DIMS), np.int8)
-        vecs[order] = self.vectors[pos[order]]
-        vecs[~found] = 0
-        return found, vecs
+        return found, np.where(found, pos, -1)
 
 
 def exact_cosine(q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
@@ -220,16 +237,17 @@ class Index:
         else:
             parts = [shards[0].search(q, r, nprobe)]
         scores = np.concatenate([p[0] for p in parts])
-        ids = np.concatenate([p[1] for p in parts])
+        pos = np.concatenate([p[1] for p in parts])
         owner = np.concatenate([np.full(len(p[1]), j, np.int32) for j, p in enumerate(parts)])
-        if len(ids) > r:  # merge: the overall best r by the shared PQ approximation
+        if len(pos) > r:  # merge: the overall best r by the shared PQ approximation
             top = np.argpartition(-scores, r - 1)[:r]
-            ids, owner = ids[top], owner[top]
-        sims = np.empty(len(ids), np.float32)
+            pos, owner = pos[top], owner[top]
+        sims = np.empty(len(pos), np.float32)
+        ids = np.empty(len(pos), np.int64)
         for j in np.unique(owner):
             sel = np.flatnonzero(owner == j)
-            _, vecs = shards[j].lookup(ids[sel])
-            sims[sel] = exact_cosine(q, vecs)
+            sims[sel] = exact_cosine(q, shards[j].vectors_at(pos[sel]))
+            ids[sel] = shards[j].pixel_ids(pos[sel])
         order = top_k(ids, sims, k)
         return ids[order], sims[order], len(ids)
 

@@ -8,9 +8,9 @@ Layout under the workspace::
       gen-00002/
         manifest.json         identity, parameters, tiles, shard list, status
         trained.faissindex    the empty trained index (coarse centroids + PQ codebooks)
-        shard-00000.faissindex    IVF lists: codes + 64-bit pixel IDs (memory-mapped)
-        shard-00000.ids           (n,) int64 pixel IDs in ascending order (raw, memory-mapped)
-        shard-00000.vectors       (n, 128) int8 embeddings in the same order (raw, memory-mapped)
+        shard-00000.faissindex    IVF lists: codes + 64-bit positions in the shard (memory-mapped)
+        shard-00000.ids           (n,) int64 pixel ID at each position, ascending (raw, memory-mapped)
+        shard-00000.vectors       (n, 128) int8 embedding at each position (raw, memory-mapped)
 
 A build writes a new generation and, once every shard is in, switches ``CURRENT`` with
 one ``os.replace``; readers open the generation ``CURRENT`` names, so a query running
@@ -18,9 +18,11 @@ while a build runs sees the last complete index. Every file is written under a
 temporary name and renamed into place; a shard counts as done only once the manifest
 (itself replaced atomically) says so.
 
-The ``.ids`` and ``.vectors`` files are the exact re-rank source: the shard's indexed
-int8 vectors, sorted by pixel ID, read by position (``searchsorted`` on the IDs) from a
-memory map. They stay on disk; only the IVF lists (codes + IDs) count as resident.
+The faiss index stores each vector under its position in the shard (0..n-1), so a
+candidate's pixel ID and exact int8 vector are one direct read each from the ``.ids``
+and ``.vectors`` memory maps (a search by pixel ID would binary-search the IDs and touch
+some 12 pages per candidate). Both maps are opened for random access (no read-ahead);
+they stay on disk, and only the IVF lists (codes + 8-byte positions) count as resident.
 """
 
 from __future__ import annotations
@@ -193,13 +195,28 @@ def generations(idir: Path) -> list[Path]:
     return sorted(p for p in idir.iterdir() if p.is_dir() and p.name.startswith("gen-"))
 
 
+def _map(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only array over a raw file, advised for random access (no read-ahead)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)
+    arr = np.frombuffer(mm, dtype=dtype)
+    expected = int(np.prod(shape))
+    if arr.size != expected:
+        raise ValueError(f"{path.name} holds {arr.size} values, expected {expected}")
+    return arr.reshape(shape)
+
+
 def open_vectors(files: ShardFiles, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Memory maps of a shard's ((n,) int64 IDs, (n, 128) int8 vectors)."""
+    """Memory maps of a shard's ((n,) int64 IDs, (n, 128) int8 vectors), by position."""
     try:
         if n == 0:
             return np.zeros(0, np.int64), np.zeros((0, DIMS), np.int8)
-        ids = np.memmap(files.ids, dtype=np.int64, mode="r", shape=(n,))
-        vec = np.memmap(files.vectors, dtype=np.int8, mode="r", shape=(n, DIMS))
+        ids = _map(files.ids, np.dtype("<i8"), (n,))
+        vec = _map(files.vectors, np.int8, (n, DIMS))
     except (OSError, ValueError) as exc:
         raise IndexCorruptError(f"re-rank vectors of {files.stem} in {files.gen_dir} are unreadable: {exc}") from exc
     return ids, vec
