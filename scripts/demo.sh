@@ -23,6 +23,8 @@ m = r["matches"]
 print(f"{len(m)} matches from index {r['index']}; best: {m[0]['tile']} row {m[0]['row']} col {m[0]['col']} "
       f"(similarity {m[0]['similarity']:.4f}); 1000th similarity {m[-1]['similarity']:.4f}")
 PY
-echo "== 5. workspace summary"
+echo "== 5. 200 places like it, at least 100 m apart, as a COG mask with a PNG quicklook"
+tessera-search query --index nairobi-2023 --point 36.8,-1.3 --k 200 --min-separation 100 --out "$OUT/places.tif" > /dev/null
+echo "== 6. workspace summary"
 tessera-search info
-echo "outputs: $OUT/matches.json, $OUT/matches.geojson (workspace: $TESSERA_SEARCH_HOME)"
+echo "outputs: $OUT/matches.json, $OUT/matches.geojson, $OUT/places.tif, $OUT/places.png (workspace: $TESSERA_SEARCH_HOME)"
