@@ -124,12 +124,7 @@ class QueryResult:
 
     def matches(self) -> list[dict]:
         """One dict per match: rank (1-based), id, lon, lat, tile, row, col, similarity."""
-        return [
-            {"rank": i + 1, "id": int(self.ids[i]), "lon": float(self.lon[i]), "lat": float(self.lat[i]),
-             "tile": self.tiles[i], "row": int(self.rows[i]), "col": int(self.cols[i]),
-             "similarity": float(self.similarity[i])}
-            for i in range(len(self.ids))
-        ]
+        return match_dicts(self)
 
     def to_json(self) -> dict:
         """``{"index", "query", "matches": [...]}`` plus year, params and the synthetic label."""
@@ -183,6 +178,16 @@ class QueryResult:
             ],
         }
         tmp.write_text(json.dumps(doc))
+
+
+def match_dicts(result) -> list[dict]:
+    """The ranked matches of any result with ids, lon, lat, tiles, rows, cols, similarity arrays."""
+    r = result
+    return [
+        {"rank": i + 1, "id": int(r.ids[i]), "lon": float(r.lon[i]), "lat": float(r.lat[i]), "tile": r.tiles[i],
+         "row": int(r.rows[i]), "col": int(r.cols[i]), "similarity": float(r.similarity[i])}
+        for i in range(len(r.ids))
+    ]
 
 
 def locate_ids(index, ids) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:

@@ -50,8 +50,8 @@ import numpy as np
 from ._io import atomic_path
 from ._progress import warn
 from .config import resolve_home
-from .errors import InvalidInputError, NoDataError, TesseraSearchError
-from .grid import Tile, TileGrid, pixel_to_lonlat, unpack_ids
+from .errors import InvalidInputError, NoDataError
+from .grid import Tile, pixel_to_lonlat, unpack_ids
 
 __all__ = [
     "Blob",
@@ -244,12 +244,10 @@ class Retrieval:
         return len(self.ids)
 
     def matches(self) -> list[dict]:
-        return [
-            {"rank": i + 1, "id": int(self.ids[i]), "lon": float(self.lon[i]), "lat": float(self.lat[i]),
-             "tile": self.tiles[i], "row": int(self.rows[i]), "col": int(self.cols[i]),
-             "similarity": float(self.similarity[i])}
-            for i in range(len(self.ids))
-        ]
+        """One dict per match: rank (1-based), id, lon, lat, tile, row, col, similarity."""
+        from .query import match_dicts
+
+        return match_dicts(self)
 
     def to_json(self) -> dict:
         doc = {"index": self.index, "year": self.year, "dataset_version": self.dataset_version,
@@ -732,8 +730,3 @@ def export(result: Retrieval, index, path, values: str = "mask", crs: str | None
     if crs is not None:
         raise InvalidInputError("--crs applies to .tif output; points and polygons are written in lon/lat")
     return [write_vectors(result, path)]
-
-
-def _unused_guard() -> None:
-    """Keep TileGrid and TesseraSearchError referenced for type checkers."""
-    _ = (TileGrid, TesseraSearchError)

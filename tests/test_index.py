@@ -346,3 +346,24 @@ def _tiles_of(ids):
 
     ix, iy, _, _ = unpack_ids(np.asarray(ids))
     return ix, iy
+
+
+def test_count_estimate_uses_the_region_share_of_each_cell():
+    from tessera_search.index.build import _estimate_counts
+
+    tiles = [Tile.from_name("grid_36.75_-1.35"), Tile.from_name("grid_36.85_-1.35")]
+    attrs = [{"n_valid": 1000}, {"n_valid": 1000}]
+    half = resolve_region(bbox="36.7,-1.4,36.85,-1.3")  # all of the first cell, half of the second
+    assert _estimate_counts(half, tiles, attrs) == [1000, 500]
+    assert _estimate_counts(resolve_region(tiles=[t.name for t in tiles]), tiles, attrs) == [1000, 1000]
+
+
+def test_shard_search_returns_positions_that_map_to_pixel_ids(built):
+    home, _, rep = built
+    shard = open_index(rep.name, home=home).shards[1]
+    q = normalise(np.asarray(shard.vectors[11:12]))[0]
+    _, pos = shard.search(q, 5, 8)
+    assert pos[0] == 11 and shard.pixel_ids(pos)[0] == shard.ids[11]
+    assert np.array_equal(shard.vectors_at(pos[::-1]), np.asarray(shard.vectors)[pos[::-1]])
+    found, where = shard.lookup(np.array([shard.ids[11], 5], np.int64))
+    assert found.tolist() == [True, False] and where[0] == 11
