@@ -67,8 +67,9 @@ def built(tmp_path_factory):
 
 def test_choose_params_scales_with_vectors():
     small, big = choose_params(20_000, gpu=False), choose_params(10_000_000, gpu=False)
-    assert small.factory == "IVF128,PQ32x4" and small.nlist == 128
-    assert big.nlist == 4096 and big.factory == "IVF4096,PQ32x4"
+    assert small.factory == "IVF128,PQ32x4fsr" and small.nlist == 128
+    assert big.nlist == 4096 and big.factory == "IVF4096,PQ32x4fsr"
+    assert choose_params(200_000_000, gpu=False).factory == "IVF16384,PQ32x4"  # memory-mapped lists
     assert big.train_size == 64 * 4096 and small.train_size == 20_000
     assert choose_params(10_000_000, gpu=True).factory == "IVF4096,PQ16"  # 8-bit codes: faiss-gpu's IVF-PQ
     tiny = choose_params(100)
