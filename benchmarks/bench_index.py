@@ -219,7 +219,9 @@ def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
     resident = 0
     for s in idx.shards:
         ivf = faiss.extract_index_ivf(s.index)
-        resident += sum(ivf.invlists.list_size(i) for i in range(ivf.nlist)) * (ivf.code_size + 8)
+        sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
+        padded = -(-sizes // 32) * 32 if "FastScan" in type(ivf).__name__ else sizes  # fast-scan blocks of 32
+        resident += int(padded.sum()) * ivf.code_size + int(sizes.sum()) * 8
         resident += ivf.quantizer.ntotal * ivf.d * 4 + ivf.d * 4 * 256  # centroids + codebooks
     first = []
     for q in Q:  # first pass: pages of the lists and re-rank vectors come into memory

@@ -53,3 +53,12 @@ def write_mirror(root: Path, tiles, year: int = 2023, seed: int = 0, version: st
         out[data.tile.name] = data
     write_manifest(root, version)
     return out
+
+
+def _shared_dir() -> Path:
+    """``shared/`` beside the checkout (as CI lays it out), else the workplace's copy."""
+    here = Path(__file__).resolve().parents[2] / "shared"
+    return here if here.is_dir() else Path("/work/shared")
+
+
+SHARED = _shared_dir()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from tessera_search.encoder.config import get_config  # noqa: E402
 from tessera_search.encoder.model import ProjectionHead, TesseraEncoder  # noqa: E402
 from tessera_search.errors import CheckpointError  # noqa: E402
 
-FIX = Path("/work/shared/reference/encoder-fixtures")
+FIX = SHARED / Path("reference/encoder-fixtures")
 SMALL = get_config("v1.0", d_model=32, n_heads=2, n_layers=1, dim_feedforward=64)
 
 

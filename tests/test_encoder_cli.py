@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 
 from tessera_search.cli import main
 
-FIX = Path("/work/shared/reference/encoder-fixtures")
-CUBE = Path("/work/shared/data/worldcereal/belgium_patch_2020-2021.nc")
+FIX = SHARED / Path("reference/encoder-fixtures")
+CUBE = SHARED / Path("data/worldcereal/belgium_patch_2020-2021.nc")
 
 
 @pytest.fixture(autouse=True)

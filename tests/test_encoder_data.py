@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 
@@ -26,10 +28,10 @@ from tessera_search.grid import Tile, pixel_to_lonlat  # noqa: E402
 from tessera_search.quant import valid_scales  # noqa: E402
 from tessera_search.sources.layout import bucket_paths  # noqa: E402
 
-DATA = Path("/work/shared/data/worldcereal")
+DATA = SHARED / Path("data/worldcereal")
 CUBE = DATA / "belgium_patch_2020-2021.nc"
 TZ = DATA / "s2_tanzania_36MXB"
-FIX = Path("/work/shared/reference/encoder-fixtures")
+FIX = SHARED / Path("reference/encoder-fixtures")
 TINY_V10 = get_config("v1.0", d_model=32, n_heads=2, n_layers=1, dim_feedforward=64)
 TINY_V11 = get_config("v1.1", d_model=32, n_heads=2, n_layers=1, dim_feedforward=64, reducer_hidden=64)
 needs_data = pytest.mark.skipif(not CUBE.exists(), reason="shared real data not available")

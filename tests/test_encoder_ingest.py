@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from tessera_search.grid import Tile, owned_mask, pixel_to_lonlat  # noqa: E402
 from tessera_search.ingest import download  # noqa: E402
 from tessera_search.store import TileStore  # noqa: E402
 
-DATA = Path("/work/shared/data/worldcereal")
+DATA = SHARED / Path("data/worldcereal")
 TINY = get_config("v1.0", d_model=32, n_heads=2, n_layers=1, dim_feedforward=64)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 
@@ -27,9 +29,7 @@ from tessera_search.encoder.infer import encode_tile  # noqa: E402
 from tessera_search.encoder.model import doy_encoding  # noqa: E402
 from tessera_search.quant import quantize  # noqa: E402
 
-FIX = Path(__file__).resolve().parents[2] / "shared" / "reference" / "encoder-fixtures"
-if not FIX.exists():
-    FIX = Path("/work/shared/reference/encoder-fixtures")
+FIX = SHARED / "reference" / "encoder-fixtures"
 pytestmark = pytest.mark.skipif(not FIX.exists(), reason="encoder fixtures not available")
 
 

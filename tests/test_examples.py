@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 from test_label_data import PAIR, YEAR, ZONES, pair_landscape, zones_landscape
@@ -14,7 +16,7 @@ from tessera_search.examples import ExampleSet, read_examples, sample_examples
 from tessera_search.grid import lonlat_to_pixel, owned_mask, pixel_to_lonlat
 from tessera_search.store import TileStore
 
-UGANDA = Path(__file__).resolve().parents[2] / "shared" / "data" / "worldcereal" / "uganda_crop_points_2017.parquet"
+UGANDA = SHARED / "data" / "worldcereal" / "uganda_crop_points_2017.parquet"
 
 
 def _fc(features):

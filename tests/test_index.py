@@ -152,14 +152,24 @@ def test_similarities_are_exact_cosines(built):
     assert np.allclose(res.similarity, want, atol=1e-6)
 
 
-def test_mmap_read_searches_like_a_loaded_index(built):
-    home, _, rep = built
+@pytest.mark.parametrize("factory", ["IVF32,PQ32x4", "IVF32,PQ32x4fsr"])
+def test_mmap_read_searches_like_a_loaded_index(tmp_path, factory):
+    """IO_FLAG_MMAP (plain lists memory-mapped; fast-scan lists loaded) searches like a plain read."""
+    import faiss
+
+    _fill(tmp_path, tiles=NAIROBI_TILES[:1])
+    rep = build_index(tiles=NAIROBI_TILES[:1], year=2023, home=tmp_path, progress=False, factory=factory)
     files = ShardFiles(rep.path, 0)
     a, b = read_faiss_index(files.index, mmap=True), read_faiss_index(files.index, mmap=False)
+    if "fs" not in factory:  # the lists really are on disk
+        assert "OnDisk" in type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(a).invlists)).__name__
     q = normalise(np.random.default_rng(1).integers(-100, 100, (3, 128)).astype(np.int8))
     da, ia = search_index(a, None, q, 30, 8)
     db, ib = search_index(b, None, q, 30, 8)
     assert np.array_equal(ia, ib) and np.allclose(da, db)
+    idx = open_index(rep.name, home=tmp_path)
+    v = idx.shards[0].vectors[40].astype(np.float32)
+    assert idx.search(v, k=3).ids[0] == idx.shards[0].ids[40]
 
 
 def test_k_too_large_and_bad_vectors(built):

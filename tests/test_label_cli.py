@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 import rasterio
 from test_label_data import PAIR, YEAR, pair_landscape
 
-UGANDA = Path(__file__).resolve().parents[2] / "shared" / "data" / "worldcereal" / "uganda_crop_points_2017.parquet"
+UGANDA = SHARED / "data" / "worldcereal" / "uganda_crop_points_2017.parquet"
 
 
 @pytest.fixture(scope="module")

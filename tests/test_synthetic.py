@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from _helpers import SHARED
+
 import numpy as np
 import pytest
 
@@ -35,7 +37,7 @@ WHEAT, BARLEY = 6, 7
 # Mirror tiles: two neighbours far north, where grids are narrow (fast to write).
 MIRROR_A = Tile.from_name("grid_25.05_65.05")
 MIRROR_B = Tile.from_name("grid_25.15_65.05")
-REFERENCE_STATS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "embedding-stats.json"
+REFERENCE_STATS = SHARED / "reference" / "embedding-stats.json"
 
 
 def window(tile: Tile, height: int, width: int, row0: int | None = None, col0: int | None = None) -> TileGrid:
