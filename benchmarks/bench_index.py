@@ -115,10 +115,11 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
+    """Resident bytes: VmRSS (all), RssAnon (process memory) or RssFile (mapped file pages)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -212,15 +213,15 @@ def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
 
     from tessera_search.index import open_index
 
+    rss0, anon0, file0 = _rss(), _rss("RssAnon"), _rss("RssFile")  # before anything opens the index
     truth = np.load(truth_path)
     Q = _query_set(home, n_queries)
-    rss0 = _rss()
     idx = open_index("bench", home=home)
     resident = 0
     for s in idx.shards:
         ivf = faiss.extract_index_ivf(s.index)
         sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
-        padded = -(-sizes // 32) * 32 if "FastScan" in type(ivf).__name__ else sizes  # fast-scan blocks of 32
+        padded = -(-sizes // 32) * 32 if "FastScan" in type(s.index).__name__ else sizes  # fast-scan blocks of 32
         resident += int(padded.sum()) * ivf.code_size + int(sizes.sum()) * 8
         resident += ivf.quantizer.ntotal * ivf.d * 4 + ivf.d * 4 * 256  # centroids + codebooks
     first = []
@@ -251,7 +252,8 @@ def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
             "first_median_s": float(np.median(first)), "first_p95_s": float(np.percentile(first, 95)),
             "recall10": float(np.mean(r10)), "recall1000": float(np.mean(r1000)), "nprobe": nprobe,
             "resident_bytes": int(resident), "bytes_per_vector": resident / idx.n_vectors,
-            "rss_after_queries": _rss() - rss0, "peak_rss": _peak_rss(),
+            "rss_after_queries": _rss() - rss0, "anon_after_queries": _rss("RssAnon") - anon0,
+            "file_after_queries": _rss("RssFile") - file0, "peak_rss": _peak_rss(),
             "e2e_median_s": float(np.median(e2e))}
 
 
@@ -338,7 +340,9 @@ def _fmt_table(results: list[dict]) -> str:
     row("ours / bare faiss throughput", lambda r: f"{r['build']['throughput'] / r['bare']['throughput']:.0%}")
     row("training time (s), whole build (s)", lambda r: f"{r['build']['train_seconds']:.0f}, {r['build']['total_seconds']:.0f}")
     row("resident bytes per pixel (codes + IDs + centroids)", lambda r: f"{r['ours']['bytes_per_vector']:.1f}")
-    row("RSS growth after warm queries (MiB)", lambda r: f"{r['ours']['rss_after_queries'] / 2**20:.0f}")
+    row("RSS growth after warm queries: all / anonymous / mapped file pages (MiB)",
+        lambda r: f"{r['ours']['rss_after_queries'] / 2**20:.0f} / {r['ours'].get('anon_after_queries', 0) / 2**20:.0f}"
+                  f" / {r['ours'].get('file_after_queries', 0) / 2**20:.0f}")
     row("on disk per pixel (index + re-rank copy)", lambda r: f"{r['build']['disk_bytes'] / r['n_vectors']:.0f} B")
     row("peak RSS: build / query / bare faiss / exact (GiB)",
         lambda r: " / ".join(f"{r[p]['peak_rss'] / 2**30:.2f}" for p in ("build", "ours", "bare", "exact")))

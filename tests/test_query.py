@@ -142,7 +142,6 @@ def test_cli_query_errors(ws, cli):
          "IndexNotFoundError", "no index for 2019"),
         (["--point", "{},{}".format(*_lonlat(ws, "grid_36.75_-1.35", 20, 20)), "--index", "nairobi", "--k", "99999"],
          "KTooLargeError", "holds"),
-        (["--point", "{},{}".format(*_lonlat(ws, "grid_36.75_-1.35", 20, 20))], "InvalidInputError", "--index"),
     ]
     for args, error, text in cases:
         code, out, err = cli("--home", ws, "query", *args)
@@ -218,3 +217,23 @@ def test_region_mask_limits_the_index(tmp_path):
     assert rep.n_vectors == want and 0 < want < int(data.valid.sum())
     with pytest.raises(NoCoverageError, match="outside its region"):
         query(_lonlat(home, "grid_36.75_-1.35", 24, 50), k=5, index=rep.name, home=home)
+
+
+def test_without_index_or_year_the_only_index_is_used(tmp_path, cli):
+    from _helpers import small_tile
+
+    from tessera_search.index import build_index
+
+    home = tmp_path / "one"
+    data = small_tile("grid_36.85_-1.25")
+    Catalog(home).record_tile(TileStore(home).write(data))
+    code, _, err = cli("--home", home, "query", "--point", "36.85,-1.25")
+    assert code == 1 and "InvalidInputError" in err and "none is built yet" in err
+    build_index(tiles=["grid_36.85_-1.25"], year=2023, home=home, name="a", progress=False)
+    lon, lat = pixel_to_lonlat(data.grid, 20, 20)
+    code, out, err = cli("--home", home, "query", "--point", f"{float(lon)},{float(lat)}", "--k", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["index"] == "a"
+    build_index(tiles=["grid_36.85_-1.25"], year=2023, home=home, name="b", progress=False)
+    code, _, err = cli("--home", home, "query", "--point", f"{float(lon)},{float(lat)}")
+    assert code == 1 and "InvalidInputError" in err and "a, b" in err

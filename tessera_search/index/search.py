@@ -118,7 +118,8 @@ def exact_cosine(q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
     x = np.asarray(vecs, dtype=np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     norms[norms == 0] = np.inf
-    return (x @ np.asarray(q, dtype=np.float32)) / norms
+    # Clipped: float32 rounding can put a pixel's similarity to itself at 1.0000001.
+    return np.clip((x @ np.asarray(q, dtype=np.float32)) / norms, -1.0, 1.0)
 
 
 def top_k(ids: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
@@ -287,7 +288,8 @@ def list_indexes(home=None) -> list[dict]:
 
 
 def open_index(name: str | None = None, year: int | None = None, home=None) -> Index:
-    """Open index ``name``, or the one complete index for ``year``.
+    """Open index ``name``, or the one complete index for ``year``, or, given neither, the
+    workspace's only complete index.
 
     Raises IndexNotFoundError for an unknown name, a year with no index, a year with
     several (naming them: pick one with ``name``), or an index whose build has never
@@ -297,9 +299,16 @@ def open_index(name: str | None = None, year: int | None = None, home=None) -> I
 
     home = resolve_home(home)
     if name is None:
+        complete = [r for r in list_indexes(home) if r["status"] == "complete"]
         if year is None:
-            raise InvalidInputError("name an index (--index NAME) or a year (--year YEAR)")
-        rows = [r for r in list_indexes(home) if r["year"] == int(year) and r["status"] == "complete"]
+            if len(complete) == 1:  # the workspace's only index: nothing to choose
+                return open_index(complete[0]["name"], home=home)
+            names = ", ".join(r["name"] for r in complete)
+            raise InvalidInputError(
+                "name an index (--index NAME) or a year (--year YEAR)"
+                + (f"; this workspace has {names}" if complete else "; none is built yet (tessera-search build-index)")
+            )
+        rows = [r for r in complete if r["year"] == int(year)]
         if not rows:
             raise IndexNotFoundError(
                 f"no index for {year} in {home}; build one with `tessera-search build-index --year {year} ...`"
