@@ -68,6 +68,7 @@ __all__ = [
 
 DEFAULT_PUSH = 0.5
 DEFAULT_MAX_RESULTS = 100_000
+_MAX_MARKERS = 5000  # quicklook: above this many matches, paint blocks instead of markers
 EARTH_RADIUS = 6_371_008.8  # metres, WGS84 mean radius
 
 
@@ -605,7 +606,7 @@ def write_vectors(result: Retrieval, path) -> Path:
 
 
 def write_quicklook(result: Retrieval, index, path, max_size: int = 1024) -> Path:
-    """A PNG: the matches (yellow) over a false-colour PCA view of the embeddings of the
+    """A PNG: the matches (yellow dots) over a false-colour PCA view of the embeddings of the
     tiles holding them, the query's example points marked (cyan +, red x for negatives),
     with a scale bar. Tiles of several UTM zones are drawn in EPSG:4326."""
     import rasterio
@@ -676,7 +677,11 @@ def write_quicklook(result: Retrieval, index, path, max_size: int = 1024) -> Pat
     mc, mr = to_pixel(mx, my)
     mc, mr = np.floor(mc).astype(int), np.floor(mr).astype(int)
     ok = (mc >= 0) & (mc < wpx) & (mr >= 0) & (mr < hpx)
-    rgb[mr[ok], mc[ok]] = (255, 215, 0)
+    if ok.sum() > _MAX_MARKERS:  # many matches: paint 3 x 3 blocks, markers would clutter
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = np.clip(mr[ok] + dr, 0, hpx - 1), np.clip(mc[ok] + dc, 0, wpx - 1)
+                rgb[rr, cc] = (255, 215, 0)
     header, footer = 22, 34
     canvas = Image.new("RGB", (wpx + 20, hpx + header + footer + 10), "white")
     canvas.paste(Image.fromarray(rgb), (10, header + 5))
@@ -686,18 +691,23 @@ def write_quicklook(result: Retrieval, index, path, max_size: int = 1024) -> Pat
              + (" - SYNTHETIC data" if result.synthetic else ""))
     draw.text((10, 4), title, fill=(0, 0, 0), font=font)
     draw.rectangle([9, header + 4, 10 + wpx, header + 5 + hpx], outline=(0, 0, 0))
+    if ok.sum() <= _MAX_MARKERS:  # few matches: a ringed dot each, visible at any zoom
+        for c, r in zip(mc[ok][::-1], mr[ok][::-1], strict=True):  # best drawn last, on top
+            x, y = 10 + c, header + 5 + r
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 215, 0), outline=(0, 0, 0))
     for ex, colour, cross in ([(e, (0, 200, 255), False) for e in result.query.get("positives", [])]
                               + [(e, (220, 0, 0), True) for e in result.query.get("negatives", [])]):
         x, y = to_img.transform(ex["lon"], ex["lat"])
         c, r = to_pixel(x, y)
         px, py = 10 + c, header + 5 + r
         if 0 <= c < wpx and 0 <= r < hpx:
+            draw.ellipse([px - 11, py - 11, px + 11, py + 11], outline=(0, 0, 0), width=2)
             if cross:
-                draw.line([px - 6, py - 6, px + 6, py + 6], fill=colour, width=2)
-                draw.line([px - 6, py + 6, px + 6, py - 6], fill=colour, width=2)
+                draw.line([px - 8, py - 8, px + 8, py + 8], fill=colour, width=3)
+                draw.line([px - 8, py + 8, px + 8, py - 8], fill=colour, width=3)
             else:
-                draw.line([px - 7, py, px + 7, py], fill=colour, width=2)
-                draw.line([px, py - 7, px, py + 7], fill=colour, width=2)
+                draw.line([px - 9, py, px + 9, py], fill=colour, width=3)
+                draw.line([px, py - 9, px, py + 9], fill=colour, width=3)
     metres_px = transform.a
     if src_crs.is_geographic:
         metres_px *= 111_320.0 * math.cos(math.radians(transform.f + transform.e * hpx / 2))
