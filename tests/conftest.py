@@ -100,3 +100,17 @@ def _no_home_leak(monkeypatch, tmp_path):
     """Tests never touch ./indexes: the default workspace points into tmp_path."""
     monkeypatch.setenv("TESSERA_SEARCH_HOME", str(tmp_path / "default-home"))
     os.environ.pop("TESSERA_SEARCH_SOURCE", None)
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread(request):
+    """Encoder tests run tiny models: one torch thread, since more only add contention on 2 cores."""
+    if not request.module.__name__.startswith("test_encoder"):
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -16,14 +16,6 @@ FIX = SHARED / Path("reference/encoder-fixtures")
 CUBE = SHARED / Path("data/worldcereal/belgium_patch_2020-2021.nc")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch = pytest.importorskip("torch")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on a 2-core box
-    yield
-    torch.set_num_threads(old)
-
 
 def test_help_lists_encoder_commands(capsys):
     assert main(["--help"]) == 0

@@ -37,13 +37,6 @@ TINY_V11 = get_config("v1.1", d_model=32, n_heads=2, n_layers=1, dim_feedforward
 needs_data = pytest.mark.skipif(not CUBE.exists(), reason="shared real data not available")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def read_back(out: Path, version: str, year: int, tile_name: str):
     """The written tile through the layout's paths: (emb, scales, rasterio profile)."""

@@ -24,13 +24,6 @@ DATA = SHARED / Path("data/worldcereal")
 TINY = get_config("v1.0", d_model=32, n_heads=2, n_layers=1, dim_feedforward=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.mark.skipif(not DATA.exists(), reason="shared real data not available")
 @pytest.mark.parametrize("inputs", ["s2_tanzania_36MXB", "belgium_patch_2020-2021.nc"])

@@ -33,13 +33,6 @@ FIX = SHARED / "reference" / "encoder-fixtures"
 pytestmark = pytest.mark.skipif(not FIX.exists(), reason="encoder fixtures not available")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def assert_float_close(ours, ref):
     tol = max(1e-5 * float(np.abs(ref).max()), 1e-5)

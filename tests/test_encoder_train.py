@@ -29,13 +29,6 @@ ENC = get_config("v1.0", d_model=32, n_heads=2, n_layers=1, dim_feedforward=64, 
                  sample_size_s2=12, sample_size_s1=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(encoder=ENC, steps=50, batch_size=128, lr=3e-3, warmup_steps=10, projector_hidden=128,
