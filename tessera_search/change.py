@@ -44,6 +44,7 @@ the lower (tile, row, col).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -578,9 +579,9 @@ def change_map(
         )
     hist = _Histogram()
     places = _Places(top, min_separation)
-    try:
+    with contextlib.ExitStack() as stack:  # the writer finishes, or cleans up on error
         if writer is not None:
-            writer.__enter__()
+            stack.enter_context(writer)
         with progress_bar(progress, f"change {ya}->{yb}", len(tiles)) as advance:
             for t in tiles:
                 grid, dist, _ = _tile_distance(store, t, (ya, yb), mask_of)
@@ -599,14 +600,9 @@ def change_map(
         if writer is not None and not per_tile:
             # Known only now: RasterWriter writes its tags when it finishes the mosaic.
             writer.tags["stats"] = json.dumps(stats.to_json(), sort_keys=True)
-    except BaseException as exc:
-        if writer is not None:
-            writer.__exit__(type(exc), exc, exc.__traceback__)
-        raise
     files: list[Path] = []
     plan = None
     if writer is not None:
-        writer.__exit__(None, None, None)
         files = list(writer.written)
         plan = writer.plan
     chosen = places.select() if top > 0 else None

@@ -37,6 +37,7 @@ Workflows
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -490,8 +491,9 @@ def label_region(
             band_descriptions=["class", "confidence (percent)"], band_scales=[1.0, 0.01],
             colormap=_colours(legend),
         )
-        writer.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:  # the writer finishes, or cleans up on error
+        if writer is not None:
+            stack.enter_context(writer)
         with _progress(progress, f"label {year}", len(tiles)) as advance:
             for t, grid, emb, flat, _ in _scan(store, tiles, year, mask_of):
                 codes = np.zeros(grid.height * grid.width, dtype=dtype)
@@ -514,14 +516,9 @@ def label_region(
                 if writer is not None:
                     writer.write_tile(grid, np.stack([codes.reshape(grid.shape), pct.reshape(grid.shape)]))
                 advance()
-    except BaseException as exc:
-        if writer is not None:
-            writer.__exit__(type(exc), exc, exc.__traceback__)
-        raise
     files: list[Path] = []
     plan = None
     if writer is not None:
-        writer.__exit__(None, None, None)
         files = list(writer.written)
         plan = writer.plan
         from .export import legend_path, write_legend_json, write_quicklook
