@@ -10,8 +10,9 @@ in one run:
    classified by :class:`tessera_search.label.KNNClassifier` (fed the stored int8
    vectors) and by ``KNeighborsClassifier(n_neighbors=k, metric="cosine",
    algorithm="brute", weights=...)`` (fed the same vectors as float32, converted
-   outside the timing); the ratio of ``predict`` times and the share of identical
-   predictions, for uniform and distance weights.
+   outside the timing); the ratio of the median ``predict`` times (``--repeat`` each,
+   interleaved, after one warm-up on a slice) and the share of identical predictions,
+   for uniform and distance weights.
 2. **End to end**: :func:`tessera_search.label.label_region` from the store to the COG,
    legend and quicklook, with the map's accuracy against the ground truth.
 """
@@ -50,11 +51,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _torch_version() -> str | None:
+    """torch's version when installed (the int8 matrix product), else None (NumPy path)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="timed predictions per side (median reported)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -112,25 +123,33 @@ def main() -> dict:
     results: dict = {
         "machine": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)),
         "pixels": int(n), "tiles": len(region.tiles), "examples": len(samples), "classes": len(set(labels)),
-        "k": args.k, "sklearn": skl_version, "numpy": np.__version__, "runs": [],
+        "k": args.k, "sklearn": skl_version, "numpy": np.__version__, "torch": _torch_version(), "runs": [],
     }
+    # Both sides warm up once on a slice (imports, thread pools), then each predict is
+    # timed --repeat times, interleaved, and the medians compared.
     for weights in ("uniform", "distance"):
         ours = KNNClassifier(args.k, weights).fit(samples.vectors, labels)
-        t0 = time.perf_counter()
-        pred, _ = ours.predict(x_int8)
-        t_ours = time.perf_counter() - t0
         codes = np.array(ours.classes_, dtype=object)
         ref = KNeighborsClassifier(n_neighbors=args.k, metric="cosine", algorithm="brute", weights=weights)
         # class indices in the same (sorted) order, so vote ties resolve alike
         ref.fit(samples.vectors.astype(np.float32), np.array([ours.classes_.index(v) for v in labels]))
-        t0 = time.perf_counter()
-        ref_pred = ref.predict(x_f32)
-        t_ref = time.perf_counter() - t0
+        ours.predict(x_int8[:100_000])
+        ref.predict(x_f32[:100_000])
+        t_ours, t_ref = [], []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            pred, _ = ours.predict(x_int8)
+            t_ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ref_pred = ref.predict(x_f32)
+            t_ref.append(time.perf_counter() - t0)
+        t_ours, t_ref = float(np.median(t_ours)), float(np.median(t_ref))
         agree = float(np.mean(pred == ref_pred))
         name_of = {c: n for c, n in CLASSES.items()}
         acc = float(np.mean(codes[pred] == np.array([name_of[v] for v in y_true.tolist()], dtype=object)))
         run = {"weights": weights, "ours_s": round(t_ours, 3), "sklearn_s": round(t_ref, 3),
-               "speedup": round(t_ref / t_ours, 1), "agreement": agree, "accuracy_vs_truth": round(acc, 4)}
+               "speedup": round(t_ref / t_ours, 1), "agreement": agree, "accuracy_vs_truth": round(acc, 4),
+               "ours_ns_per_pixel": round(t_ours / n * 1e9, 1), "sklearn_ns_per_pixel": round(t_ref / n * 1e9, 1)}
         results["runs"].append(run)
         print(json.dumps(run))
     del x_f32

@@ -20,9 +20,14 @@ classes). **Confidence** is the winner's share of the votes. Classes sort numeri
 when every class name is an integer (``1100000000`` after ``200``), else as text, and
 class codes in maps are ``1, 2, ...`` in that order (0 is nodata).
 
-Top-k is exact: one float32 matrix product of a block of pixels against all examples
-(examples are few: tens to thousands), then ``k`` passes of a row-wise argmax (or
-``argpartition`` for large ``k``).
+Top-k is exact. For int8 pixels and int8 examples (what the store holds), the scores are
+exact integers: ``x . e_j`` in int32 (torch's int8 matrix product when torch is
+installed, else a float32 product of int8 values, which is exact below 2**24). Each
+score ``(x . e_j) / |e_j|`` becomes a sortable int32 key, its fixed-point value in the
+high bits and the column in the low bits, and one vectorised row sort (NumPy's SIMD
+sort) gives the top k with their columns. A row whose k-th and (k+1)-th keys are within
+one fixed-point step is redone in float64, so the set of neighbours is that of exact
+arithmetic. Float inputs take a float32 product and ``k`` row-wise argmax passes.
 
 Workflows
 ---------
@@ -74,6 +79,9 @@ __all__ = [
 WEIGHTS = ("uniform", "distance")
 _BLOCK_ROWS = 32768  # pixels per matrix product: bounds temporary memory (~25 MB)
 _ARGMAX_K = 16  # up to this k, k argmax passes beat argpartition
+_KEY_ROWS = 4096  # pixels per block of the int8 path: its buffers stay in cache (measured best)
+_KEY_BITS = 20  # |x . e| / |e| <= |x| <= 128 * sqrt(128) < 2**11: keys of 11 + 20 bits fit int32
+_KEY_MAX_EXAMPLES = 4096  # column bits beyond this leave too coarse a fixed-point step
 
 
 # ======================================================================================
@@ -125,15 +133,144 @@ def _topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(pv, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
-def _single_threaded_blas():
-    """Limit BLAS to one thread (our threads parallelise instead); a no-op without threadpoolctl."""
-    import contextlib
+def _int8_torch(rows: int):
+    """torch, for its exact int8 matrix product, when installed and worth importing.
 
+    Importing torch costs about a second, so small jobs use NumPy unless it is loaded.
+    """
+    import sys
+
+    if "torch" not in sys.modules and rows < _BLOCK_ROWS:
+        return None
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        import torch
+    except ImportError:
+        return None
+    return torch if hasattr(torch, "_int_mm") else None
+
+
+@contextlib.contextmanager
+def _one_thread_each(torch):
+    """BLAS (and torch) on one thread while our own threads share the blocks out."""
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            pass
+        else:
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        if torch is not None:
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(1)
+        yield
+
+
+def _is_int8_valued(x: np.ndarray) -> bool:
+    if x.dtype == np.int8:
+        return True
+    if x.size == 0 or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        return False
+    return bool(np.all(x >= -128) and np.all(x <= 127) and np.all(np.floor(x) == x))
+
+
+class _KeyTopK:
+    """Exact top-k of ``x . e_j / |e_j|`` for int8 pixels ``x`` against int8 examples.
+
+    Each score becomes an int32 key: its value in fixed point (truncated) in the high bits
+    and its column ``j`` in the low ``col_bits``, so that one row sort orders by score and
+    carries the columns along. Truncation keeps order (never reverses it), so the top k
+    keys are the top k scores unless the k-th and (k+1)-th keys are within one fixed-point
+    step (float32 rounding of the scaled score is far below a step); those rows are
+    redone from the exact integer products in float64, where equal scores go to the lower
+    column. Work runs in blocks of ``_KEY_ROWS`` pixels on per-thread buffers: a block's
+    arrays stay in cache and no block pays for fresh pages.
+    """
+
+    @staticmethod
+    def applies(examples: np.ndarray) -> bool:
+        return 0 < examples.shape[0] <= _KEY_MAX_EXAMPLES and _is_int8_valued(examples)
+
+    def __init__(self, examples: np.ndarray) -> None:
+        import threading
+
+        ex = examples.astype(np.int8)
+        self.n_ex = ex.shape[0]
+        self.col_bits = max(1, (self.n_ex - 1).bit_length())
+        self.ex_t = np.ascontiguousarray(ex.T)  # (D, E) int8
+        self.ex_f32 = self.ex_t.astype(np.float32)
+        self.inv = 1.0 / np.sqrt(np.einsum("ij,ij->i", ex.astype(np.float64), ex.astype(np.float64)))
+        self.scale = (self.inv * 2.0 ** (_KEY_BITS - self.col_bits)).astype(np.float32)
+        self.cols = np.arange(self.n_ex, dtype=np.int32)
+        self._local = threading.local()
+
+    def _buffers(self, torch) -> dict:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or (torch is not None) != ("torch" in buf):
+            shape = (_KEY_ROWS, self.n_ex)
+            buf = {"dots": np.empty(shape, np.int32 if torch is not None else np.float32),
+                   "prod": np.empty(shape, np.float32), "keys": np.empty(shape, np.int32),
+                   "xf": np.empty((_KEY_ROWS, self.ex_t.shape[0]), np.float32)}
+            if torch is not None:
+                buf["torch"] = {name: torch.from_numpy(buf[name]) for name in ("dots", "prod", "keys")}
+                buf["torch"].update(ex_t=torch.from_numpy(self.ex_t), scale=torch.from_numpy(self.scale),
+                                    cols=torch.from_numpy(self.cols))
+            self._local.buf = buf
+        return buf
+
+    def neighbours(self, x: np.ndarray, k: int, cosines: bool, torch=None):
+        """((n, k) columns of the k best examples, unordered; (n, k) float64 cosines or None)."""
+        n = x.shape[0]
+        cols = np.empty((n, k), dtype=np.intp)
+        cos = np.empty((n, k), dtype=np.float64) if cosines else None
+        buf = self._buffers(torch)
+        for a in range(0, n, _KEY_ROWS):
+            xb = x[a:a + _KEY_ROWS]
+            c, d, xf = self._block(xb, k, buf, torch, need_xf=cosines)
+            cols[a:a + len(xb)] = c
+            if cosines:
+                norms = self._norms(xf, buf, torch)
+                flat = c + np.arange(0, d.size, d.shape[1])[:, None]  # faster than take_along_axis
+                sims = d.reshape(-1)[flat].astype(np.float64) * self.inv[c]
+                cos[a:a + len(xb)] = sims * _safe_inverse(norms)[:, None]
+        return cols, cos
+
+    @staticmethod
+    def _norms(xf: np.ndarray, buf: dict, torch) -> np.ndarray:
+        """(n,) float64 norms of a block's int8 rows (their squares sum exactly in float32)."""
+        if torch is None:
+            return np.sqrt(np.einsum("ij,ij->i", xf, xf).astype(np.float64))
+        return torch.linalg.vector_norm(torch.from_numpy(xf), dim=1).numpy().astype(np.float64)
+
+    def _block(self, x: np.ndarray, k: int, buf: dict, torch, need_xf: bool):
+        """(cols (n, k), exact products (n, E), float32 copy of x or None) for one block."""
+        n, e, bits = x.shape[0], self.n_ex, self.col_bits
+        dots, keys, xf = buf["dots"][:n], buf["keys"][:n], None
+        if torch is not None:
+            t = buf["torch"]
+            xc = x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
+            if need_xf:
+                xf = buf["xf"][:n]
+                torch.from_numpy(xf).copy_(torch.from_numpy(xc))
+            torch._int_mm(torch.from_numpy(xc), t["ex_t"], out=t["dots"][:n])
+            torch.mul(t["dots"][:n], t["scale"], out=t["prod"][:n])
+            kt = t["keys"][:n].copy_(t["prod"][:n])
+            torch.add(t["cols"], kt, alpha=1 << bits, out=kt)  # value << bits | column
+        else:  # int8 values: the float32 product is exact (|x . e| < 2**24)
+            xf = buf["xf"][:n]
+            np.copyto(xf, x)
+            np.matmul(xf, self.ex_f32, out=dots)
+            np.multiply(dots, self.scale, out=buf["prod"][:n])
+            np.copyto(keys, buf["prod"][:n], casting="unsafe")
+            np.left_shift(keys, bits, out=keys)
+            np.bitwise_or(keys, self.cols, out=keys)
+        keys.sort(axis=1)
+        cols = (keys[:, e - k:] & ((1 << bits) - 1)).astype(np.intp)
+        if k < e:
+            gap = (keys[:, e - k] >> bits) - (keys[:, e - k - 1] >> bits)
+            redo = np.flatnonzero(gap <= 1)
+            if redo.size:
+                cols[redo] = _topk(dots[redo].astype(np.float64) * self.inv, k)[1]
+        return cols, dots, xf
 
 
 class KNNClassifier:
@@ -142,7 +279,7 @@ class KNNClassifier:
     ``fit(vectors (N, D), labels (N,))`` then ``predict(X (n, D)) -> (class index (n,),
     confidence (n,))``; class ``i`` is ``classes_[i]``. See the module docstring for
     the rule (it is scikit-learn's ``KNeighborsClassifier(metric="cosine",
-    algorithm="brute")``).
+    algorithm="brute")``) and for how the int8 path keeps top-k exact.
     """
 
     def __init__(self, k: int = 5, weights: str = "uniform") -> None:
@@ -173,58 +310,75 @@ class KNNClassifier:
         if np.any(norms == 0):
             raise InvalidInputError("an example vector is all zeros (no data); drop it")
         self.examples_ = np.ascontiguousarray(unit.T)  # (D, E)
+        self._keys = _KeyTopK(vectors) if _KeyTopK.applies(vectors) else None
         return self
 
     @property
     def n_classes(self) -> int:
         return len(self.classes_)
 
+    # -- neighbours ---------------------------------------------------------------------
+
+    def _keys_path(self, x: np.ndarray) -> bool:
+        return self._keys is not None and x.dtype == np.int8 and x.ndim == 2
+
+    def _neighbours(self, x: np.ndarray, cosines: bool, torch=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """((n, k) example columns, (n, k) float64 cosines or None), in no particular order."""
+        if self._keys_path(x):
+            return self._keys.neighbours(x, self.k, cosines, torch)
+        xf = np.asarray(x, dtype=np.float32)
+        vals, cols = _topk(xf @ self.examples_, self.k)
+        if not cosines:
+            return cols, None
+        norms = np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float32)).astype(np.float64)
+        return cols, vals.astype(np.float64) * _safe_inverse(norms)[:, None]
+
     def kneighbors(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """((n, k) cosine distances, (n, k) example indices), nearest first."""
-        xf = np.asarray(x, dtype=np.float32)
-        norms = np.sqrt(np.einsum("ij,ij->i", xf, xf, dtype=np.float32))
-        s = xf @ self.examples_
-        vals, cols = _topk(s, self.k)
-        inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
-        dist = np.clip(np.float32(1.0) - vals * inv[:, None], 0.0, 2.0)
-        return dist, cols
+        cols, cos = self._neighbours(np.asarray(x), cosines=True)
+        order = np.lexsort((cols, -cos), axis=-1)  # nearest first; equal: lower column first
+        cols = np.take_along_axis(cols, order, axis=1)
+        dist = np.clip(1.0 - np.take_along_axis(cos, order, axis=1), 0.0, 2.0)
+        return dist.astype(np.float32), cols
 
-    def votes(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_classes) float64 vote totals of the k neighbours."""
-        if self.weights == "uniform":
-            # Distances do not matter: rank by x . e (|x| is the same for every example).
-            s = np.asarray(x, dtype=np.float32) @ self.examples_
-            _, cols = _topk(s, self.k)
-            w = None
-        else:
-            dist, cols = self.kneighbors(x)
+    def _votes(self, x: np.ndarray, torch=None) -> np.ndarray:
+        cols, cos = self._neighbours(x, cosines=self.weights == "distance", torch=torch)
+        w = None
+        if cos is not None:
+            dist = np.clip(np.subtract(1.0, cos, out=cos), 0.0, 2.0, out=cos)
             with np.errstate(divide="ignore"):
-                w = 1.0 / dist.astype(np.float64)
-            inf = np.isinf(w)
-            rows_inf = inf.any(axis=1)
-            w[rows_inf] = inf[rows_inf]
+                w = np.divide(1.0, dist)
+            # A neighbour at distance 0: only those vote, 1 each (rare; found without a row-wise pass)
+            at_zero = np.unique(np.flatnonzero(dist.ravel() == 0.0) // dist.shape[1])
+            w[at_zero] = dist[at_zero] == 0.0
         n, c = cols.shape[0], self.n_classes
         # One bincount over (pixel, class) cells sums every neighbour's vote.
         cell = (np.arange(n, dtype=np.intp) * c)[:, None] + self.y_[cols]
         votes = np.bincount(cell.ravel(), weights=None if w is None else w.ravel(), minlength=n * c)
         return votes.reshape(n, c).astype(np.float64, copy=False)
 
+    def votes(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_classes) float64 vote totals of the k neighbours."""
+        x = np.asarray(x)
+        return self._votes(x, _int8_torch(len(x)) if self._keys_path(x) else None)
+
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """((n,) class indices, (n,) float32 confidence = the winner's vote share).
 
-        Blocks of pixels run on one thread per core, each with a single-threaded matrix
-        product: the neighbour selection (row-wise argmax) is single-threaded in NumPy,
-        so this keeps every core busy (measured 1.7x faster on 2 cores than one thread
-        with a 2-thread BLAS).
+        Blocks of pixels run on one thread per core, each with single-threaded matrix
+        products and sorts, which keeps every core busy.
         """
+        x = np.asarray(x)
         out_c = np.empty(len(x), dtype=np.intp)
         out_p = np.empty(len(x), dtype=np.float32)
+        torch = _int8_torch(len(x)) if self._keys_path(x) else None
+        ones = np.ones(self.n_classes)  # row sums as a matrix product: a row-wise sum is slow for few classes
 
         def block(s: int) -> None:
-            v = self.votes(x[s:s + _BLOCK_ROWS])
+            v = self._votes(x[s:s + _BLOCK_ROWS], torch)
             c = v.argmax(axis=1)
             out_c[s:s + len(c)] = c
-            out_p[s:s + len(c)] = v[np.arange(len(c)), c] / v.sum(axis=1)
+            out_p[s:s + len(c)] = np.take_along_axis(v, c[:, None], axis=1)[:, 0] / (v @ ones)
 
         starts = range(0, len(x), _BLOCK_ROWS)
         workers = min(os.cpu_count() or 1, len(starts))
@@ -234,7 +388,8 @@ class KNNClassifier:
             return out_c, out_p
         from concurrent.futures import ThreadPoolExecutor
 
-        with _single_threaded_blas(), ThreadPoolExecutor(workers, thread_name_prefix="knn") as pool:
+        one = None if torch is None else (lambda: torch.set_num_threads(1))  # per thread under OpenMP
+        with _one_thread_each(torch), ThreadPoolExecutor(workers, "knn", initializer=one) as pool:
             for _ in pool.map(block, starts):
                 pass
         return out_c, out_p
@@ -254,8 +409,12 @@ class KNNClassifier:
             cols = np.flatnonzero(self.y_ == c)
             if cols.size:
                 out[:, c] = s[:, cols].max(axis=1)
-        inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
-        return out * inv[:, None]
+        return out * _safe_inverse(norms)[:, None].astype(np.float32)
+
+
+def _safe_inverse(norms: np.ndarray) -> np.ndarray:
+    """1 / norms, with 0 where a norm is 0 (an all-zero vector has cosine 0 with anything)."""
+    return np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
 
 
 # ======================================================================================

@@ -84,3 +84,86 @@ def test_bad_parameters_are_refused():
         KNNClassifier(5).fit(e, ["a", "b"])
     with pytest.raises(InvalidInputError, match="all zeros"):
         KNNClassifier(1).fit(np.zeros((2, 128), np.int8), ["a", "b"])
+
+
+# -- the int8 path: fixed-point sort keys, exact integer products ---------------------
+
+
+def _exact_top(x, e, k):
+    """Columns of the k largest x . e_j / |e_j| in float64 (equal: lower column first)."""
+    s = (x.astype(np.float64) @ e.T.astype(np.float64)) / np.linalg.norm(e.astype(np.float64), axis=1)
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def matmul(request, monkeypatch):
+    """Run the int8 path on NumPy's float32 product, or on torch's int8 product."""
+    import tessera_search.label as lab
+
+    if request.param == "torch":
+        torch = pytest.importorskip("torch")
+        monkeypatch.setattr(lab, "_int8_torch", lambda rows: torch)
+    else:
+        monkeypatch.setattr(lab, "_int8_torch", lambda rows: None)
+    return request.param
+
+
+@pytest.mark.parametrize("n_examples,k", [(80, 5), (7, 7), (200, 9), (1, 1)])
+def test_int8_path_finds_the_exact_neighbour_sets(matmul, n_examples, k):
+    x_train, _, x_test = _clustered(n_examples + k, max(n_examples, 6), 9000)
+    x_train = x_train[:n_examples]
+    clf = KNNClassifier(k).fit(x_train, np.arange(n_examples) % 3)
+    assert clf._keys is not None  # int8 examples take the key path
+    import tessera_search.label as lab
+
+    cols, _ = clf._neighbours(x_test, cosines=False, torch=lab._int8_torch(0))
+    ref = _exact_top(x_test, x_train, k)
+    assert np.array_equal(np.sort(cols, axis=1), np.sort(ref, axis=1))
+
+
+def test_int8_path_breaks_exact_ties_towards_the_lower_column(matmul):
+    rng = np.random.default_rng(4)
+    base = rng.integers(-90, 90, (4, 128)).astype(np.int8)
+    # examples 0-3 and their exact copies 4-7 (same scores), then 2 far-off examples
+    e = np.concatenate([base, base, -base[:2]])
+    x = (base[[0, 1, 2, 3, 0]] // 2).astype(np.int8)
+    import tessera_search.label as lab
+
+    clf = KNNClassifier(3).fit(e, list("abcdabcdxy"))
+    cols, _ = clf._neighbours(x, cosines=False, torch=lab._int8_torch(0))
+    np.testing.assert_array_equal(np.sort(cols, axis=1), np.sort(_exact_top(x, e, 3), axis=1))
+    # k=1: each pixel's nearest example and its copy tie exactly; the first listed wins
+    one = KNNClassifier(1).fit(e, list("abcdabcdxy"))
+    cols, _ = one._neighbours(x, cosines=False, torch=lab._int8_torch(0))
+    np.testing.assert_array_equal(cols[:, 0], [0, 1, 2, 3, 0])
+
+
+def test_int8_path_agrees_with_the_float_path_and_scikit_learn(matmul):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x_train, y_train, x_test = _clustered(11, 80, 70_000)  # more than one block per thread
+    x_test.setflags(write=False)  # the store hands out read-only arrays
+    for weights in ("uniform", "distance"):
+        ours = KNNClassifier(5, weights).fit(x_train, y_train)
+        pred, conf = ours.predict(x_test)
+        ref = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute", weights=weights)
+        ref.fit(x_train.astype(np.float64), y_train)
+        ref_pred = ref.predict(x_test.astype(np.float64))
+        labels = np.array([int(ours.classes_[p]) for p in pred])
+        assert np.mean(labels == ref_pred) >= 0.9999
+        proba = ref.predict_proba(x_test.astype(np.float64)).max(axis=1)
+        same = labels == ref_pred
+        np.testing.assert_allclose(conf[same], proba[same], atol=1e-5)
+        dist, idx = ours.kneighbors(x_test[:500])
+        rd, ri = ref.kneighbors(x_test[:500].astype(np.float64))
+        np.testing.assert_allclose(dist, rd, atol=1e-5)
+
+
+def test_float_examples_or_pixels_take_the_float_path():
+    x_train, y_train, x_test = _clustered(2, 30, 50)
+    assert KNNClassifier(3).fit(x_train.astype(np.float32) + 0.5, y_train)._keys is None
+    clf = KNNClassifier(3).fit(x_train.astype(np.float32), y_train)  # int8-valued floats: keys
+    assert clf._keys is not None and not clf._keys_path(x_test.astype(np.float32))
+    a, _ = clf.predict(x_test)
+    b, _ = clf.predict(x_test.astype(np.float32))
+    np.testing.assert_array_equal(a, b)
