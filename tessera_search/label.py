@@ -78,6 +78,7 @@ __all__ = [
 
 WEIGHTS = ("uniform", "distance")
 _BLOCK_ROWS = 32768  # pixels per matrix product: bounds temporary memory (~25 MB)
+_READ_ROWS = 8 * _BLOCK_ROWS  # pixels gathered from a tile per predict call: one block per thread and more
 _ARGMAX_K = 16  # up to this k, k argmax passes beat argpartition
 _KEY_ROWS = 4096  # pixels per block of the int8 path: its buffers stay in cache (measured best)
 _KEY_BITS = 20  # |x . e| / |e| <= |x| <= 128 * sqrt(128) < 2**11: keys of 11 + 20 bits fit int32
@@ -207,8 +208,9 @@ class _KeyTopK:
         buf = getattr(self._local, "buf", None)
         if buf is None or (torch is not None) != ("torch" in buf):
             shape = (_KEY_ROWS, self.n_ex)
+            keys = np.empty(shape, np.int32)
             buf = {"dots": np.empty(shape, np.int32 if torch is not None else np.float32),
-                   "prod": np.empty(shape, np.float32), "keys": np.empty(shape, np.int32),
+                   "keys": keys, "prod": keys.view(np.float32),  # converted in place: one buffer fewer
                    "xf": np.empty((_KEY_ROWS, self.ex_t.shape[0]), np.float32)}
             if torch is not None:
                 buf["torch"] = {name: torch.from_numpy(buf[name]) for name in ("dots", "prod", "keys")}
@@ -657,8 +659,8 @@ def label_region(
             for t, grid, emb, flat, _ in _scan(store, tiles, year, mask_of):
                 codes = np.zeros(grid.height * grid.width, dtype=dtype)
                 pct = np.zeros(grid.height * grid.width, dtype=dtype)
-                for s in range(0, flat.size, _BLOCK_ROWS):
-                    idx = flat[s:s + _BLOCK_ROWS]
+                for s in range(0, flat.size, _READ_ROWS):
+                    idx = flat[s:s + _READ_ROWS]
                     c, p = clf.predict(emb[idx])
                     codes[idx] = (c + 1).astype(dtype)
                     pct[idx] = np.clip(np.rint(p * 100.0), 1, 100).astype(dtype)
