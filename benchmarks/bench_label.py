@@ -12,7 +12,8 @@ in one run:
    algorithm="brute", weights=...)`` (fed the same vectors as float32, converted
    outside the timing); the ratio of the median ``predict`` times (``--repeat`` each,
    interleaved, after one warm-up on a slice) and the share of identical predictions,
-   for uniform and distance weights.
+   for uniform and distance weights. The same predictions are also timed on the NumPy
+   fallback (no torch), which must give identical results.
 2. **End to end**: :func:`tessera_search.label.label_region` from the store to the COG,
    legend and quicklook, with the map's accuracy against the ground truth.
 """
@@ -20,6 +21,7 @@ in one run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -58,6 +60,19 @@ def _torch_version() -> str | None:
     except ImportError:
         return None
     return torch.__version__
+
+
+@contextlib.contextmanager
+def _numpy_only():
+    """The classifier's int8 path without torch (its float32-product fallback)."""
+    import tessera_search.label as lab
+
+    saved = lab._int8_torch
+    lab._int8_torch = lambda rows: None
+    try:
+        yield
+    finally:
+        lab._int8_torch = saved
 
 
 def main() -> dict:
@@ -135,7 +150,7 @@ def main() -> dict:
         ref.fit(samples.vectors.astype(np.float32), np.array([ours.classes_.index(v) for v in labels]))
         ours.predict(x_int8[:100_000])
         ref.predict(x_f32[:100_000])
-        t_ours, t_ref = [], []
+        t_ours, t_ref, t_numpy = [], [], []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             pred, _ = ours.predict(x_int8)
@@ -143,13 +158,26 @@ def main() -> dict:
             t0 = time.perf_counter()
             ref_pred = ref.predict(x_f32)
             t_ref.append(time.perf_counter() - t0)
-        t_ours, t_ref = float(np.median(t_ours)), float(np.median(t_ref))
+            with _numpy_only():  # what a machine without torch gets
+                t0 = time.perf_counter()
+                pred_numpy, _ = ours.predict(x_int8)
+                t_numpy.append(time.perf_counter() - t0)
+        assert np.array_equal(pred, pred_numpy)
+        t_ours, t_ref, t_numpy = float(np.median(t_ours)), float(np.median(t_ref)), float(np.median(t_numpy))
         agree = float(np.mean(pred == ref_pred))
+        # Where the two differ, who matches float64 arithmetic (scikit-learn on float64)?
+        differ = np.flatnonzero(pred != ref_pred)
+        ref64 = KNeighborsClassifier(n_neighbors=args.k, metric="cosine", algorithm="brute", weights=weights)
+        ref64.fit(samples.vectors.astype(np.float64), np.array([ours.classes_.index(v) for v in labels]))
+        truth64 = ref64.predict(x_int8[differ].astype(np.float64)) if differ.size else np.empty(0, int)
         name_of = {c: n for c, n in CLASSES.items()}
         acc = float(np.mean(codes[pred] == np.array([name_of[v] for v in y_true.tolist()], dtype=object)))
         run = {"weights": weights, "ours_s": round(t_ours, 3), "sklearn_s": round(t_ref, 3),
                "speedup": round(t_ref / t_ours, 1), "agreement": agree, "accuracy_vs_truth": round(acc, 4),
-               "ours_ns_per_pixel": round(t_ours / n * 1e9, 1), "sklearn_ns_per_pixel": round(t_ref / n * 1e9, 1)}
+               "ours_ns_per_pixel": round(t_ours / n * 1e9, 1), "sklearn_ns_per_pixel": round(t_ref / n * 1e9, 1),
+               "ours_numpy_only_s": round(t_numpy, 3), "speedup_numpy_only": round(t_ref / t_numpy, 1),
+               "differing_pixels": int(differ.size), "of_which_ours_match_float64": int(np.sum(pred[differ] == truth64)),
+               "of_which_sklearn_matches_float64": int(np.sum(ref_pred[differ] == truth64))}
         results["runs"].append(run)
         print(json.dumps(run))
     del x_f32
