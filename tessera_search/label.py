@@ -28,6 +28,8 @@ high bits and the column in the low bits, and one vectorised row sort (NumPy's S
 sort) gives the top k with their columns. A row whose k-th and (k+1)-th keys are within
 one fixed-point step is redone in float64, so the set of neighbours is that of exact
 arithmetic. Float inputs take a float32 product and ``k`` row-wise argmax passes.
+When torch sees a GPU, int8 pixels go there instead (:class:`_DeviceTopK`): float64
+products of int8 values are exact too, and ``torch.topk`` picks the neighbours.
 
 Workflows
 ---------
@@ -83,6 +85,7 @@ _ARGMAX_K = 16  # up to this k, k argmax passes beat argpartition
 _KEY_ROWS = 4096  # pixels per block of the int8 path: its buffers stay in cache (measured best)
 _KEY_BITS = 20  # |x . e| / |e| <= |x| <= 128 * sqrt(128) < 2**11: keys of 11 + 20 bits fit int32
 _KEY_MAX_EXAMPLES = 4096  # column bits beyond this leave too coarse a fixed-point step
+_DEVICE_ROWS = 1 << 18  # pixels per block on a GPU
 
 
 # ======================================================================================
@@ -275,6 +278,55 @@ class _KeyTopK:
         return cols, dots, xf
 
 
+def _cuda_device(torch):
+    """torch's CUDA device when one is present, else None (the CPU paths run)."""
+    try:
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    except (AttributeError, RuntimeError):  # pragma: no cover - a broken CUDA setup
+        return None
+
+
+class _DeviceTopK:
+    """Exact top-k on a torch device (a GPU) for int8 pixels against int8 examples.
+
+    float64 products of int8 values are exact integers, so the scores equal the CPU
+    path's exact scores. ``torch.topk`` takes ``k + 1`` per row; a row whose k-th and
+    (k+1)-th scores are equal is redone on the CPU, where equal scores go to the lower
+    column, as everywhere else.
+    """
+
+    def __init__(self, examples: np.ndarray, torch, device) -> None:
+        ex = examples.astype(np.float64)
+        self.torch, self.device, self.n_ex = torch, device, ex.shape[0]
+        inv = 1.0 / np.sqrt(np.einsum("ij,ij->i", ex, ex))
+        self.ex_t = torch.from_numpy(np.ascontiguousarray(ex.T)).to(device)
+        self.inv = torch.from_numpy(inv).to(device)
+
+    def neighbours(self, x: np.ndarray, k: int, cosines: bool):
+        """((n, k) columns of the k best examples; (n, k) float64 cosines or None)."""
+        torch, n, e = self.torch, x.shape[0], self.n_ex
+        cols = np.empty((n, k), dtype=np.intp)
+        cos = np.empty((n, k), dtype=np.float64) if cosines else None
+        for a in range(0, n, _DEVICE_ROWS):
+            xb = x[a:a + _DEVICE_ROWS]
+            xb = xb if xb.flags.c_contiguous and xb.flags.writeable else np.array(xb, order="C")
+            xt = torch.from_numpy(xb).to(self.device).to(torch.float64)
+            s = (xt @ self.ex_t) * self.inv
+            vals, idx = torch.topk(s, min(k + 1, e), dim=1)
+            c = idx[:, :k].cpu().numpy().astype(np.intp)
+            if k < e:
+                tie = torch.nonzero(vals[:, k - 1] == vals[:, k]).flatten().cpu().numpy()
+                if tie.size:
+                    c[tie] = _topk(s[torch.from_numpy(tie).to(self.device)].cpu().numpy(), k)[1]
+            cols[a:a + len(xb)] = c
+            if cosines:
+                norms = torch.linalg.vector_norm(xt, dim=1)
+                inv = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
+                sims = torch.gather(s, 1, torch.from_numpy(c).to(self.device))
+                cos[a:a + len(xb)] = (sims * inv[:, None]).cpu().numpy()
+        return cols, cos
+
+
 class KNNClassifier:
     """Exact cosine k-nearest-neighbour classifier on embeddings (int8 or float).
 
@@ -313,6 +365,7 @@ class KNNClassifier:
             raise InvalidInputError("an example vector is all zeros (no data); drop it")
         self.examples_ = np.ascontiguousarray(unit.T)  # (D, E)
         self._keys = _KeyTopK(vectors) if _KeyTopK.applies(vectors) else None
+        self._device = None
         return self
 
     @property
@@ -324,9 +377,24 @@ class KNNClassifier:
     def _keys_path(self, x: np.ndarray) -> bool:
         return self._keys is not None and x.dtype == np.int8 and x.ndim == 2
 
+    def _on_device(self, torch) -> _DeviceTopK | None:
+        """The GPU path, when torch sees one (made once per classifier)."""
+        if torch is None or self._keys is None:
+            return None
+        device = _cuda_device(torch)
+        if device is None:
+            return None
+        cached = getattr(self, "_device", None)
+        if cached is None or cached.device != device:
+            cached = self._device = _DeviceTopK(self._keys.ex_t.T, torch, device)
+        return cached
+
     def _neighbours(self, x: np.ndarray, cosines: bool, torch=None) -> tuple[np.ndarray, np.ndarray | None]:
         """((n, k) example columns, (n, k) float64 cosines or None), in no particular order."""
         if self._keys_path(x):
+            device = self._on_device(torch)
+            if device is not None:
+                return device.neighbours(x, self.k, cosines)
             return self._keys.neighbours(x, self.k, cosines, torch)
         xf = np.asarray(x, dtype=np.float32)
         vals, cols = _topk(xf @ self.examples_, self.k)
@@ -374,16 +442,18 @@ class KNNClassifier:
         out_c = np.empty(len(x), dtype=np.intp)
         out_p = np.empty(len(x), dtype=np.float32)
         torch = _int8_torch(len(x)) if self._keys_path(x) else None
+        on_device = self._on_device(torch) is not None
+        rows = _DEVICE_ROWS if on_device else _BLOCK_ROWS
         ones = np.ones(self.n_classes)  # row sums as a matrix product: a row-wise sum is slow for few classes
 
         def block(s: int) -> None:
-            v = self._votes(x[s:s + _BLOCK_ROWS], torch)
+            v = self._votes(x[s:s + rows], torch)
             c = v.argmax(axis=1)
             out_c[s:s + len(c)] = c
             out_p[s:s + len(c)] = np.take_along_axis(v, c[:, None], axis=1)[:, 0] / (v @ ones)
 
-        starts = range(0, len(x), _BLOCK_ROWS)
-        workers = min(os.cpu_count() or 1, len(starts))
+        starts = range(0, len(x), rows)
+        workers = 1 if on_device else min(os.cpu_count() or 1, len(starts))
         if workers <= 1:
             for s in starts:
                 block(s)

@@ -95,16 +95,18 @@ def _exact_top(x, e, k):
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
 
 
-@pytest.fixture(params=["numpy", "torch"])
+@pytest.fixture(params=["numpy", "torch", "device"])
 def matmul(request, monkeypatch):
-    """Run the int8 path on NumPy's float32 product, or on torch's int8 product."""
+    """Run the int8 path on NumPy's float32 product, on torch's int8 product, or on the
+    GPU path (``_DeviceTopK``, here on torch's CPU device: the same code a GPU runs)."""
     import tessera_search.label as lab
 
-    if request.param == "torch":
-        torch = pytest.importorskip("torch")
-        monkeypatch.setattr(lab, "_int8_torch", lambda rows: torch)
-    else:
+    if request.param == "numpy":
         monkeypatch.setattr(lab, "_int8_torch", lambda rows: None)
+        return request.param
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(lab, "_int8_torch", lambda rows: torch)
+    monkeypatch.setattr(lab, "_cuda_device", lambda t: t.device("cpu") if request.param == "device" else None)
     return request.param
 
 
@@ -167,3 +169,20 @@ def test_float_examples_or_pixels_take_the_float_path():
     a, _ = clf.predict(x_test)
     b, _ = clf.predict(x_test.astype(np.float32))
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_gpu_path_is_chosen_when_torch_sees_one(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import tessera_search.label as lab
+
+    x_train, y_train, x_test = _clustered(5, 40, 3000)
+    monkeypatch.setattr(lab, "_int8_torch", lambda rows: torch)
+    cpu = KNNClassifier(5, "distance").fit(x_train, y_train)
+    want = cpu.predict(x_test)
+    assert cpu._device is None  # no GPU: the CPU key path ran
+    monkeypatch.setattr(lab, "_cuda_device", lambda t: t.device("cpu"))
+    gpu = KNNClassifier(5, "distance").fit(x_train, y_train)
+    got = gpu.predict(x_test)
+    assert isinstance(gpu._device, lab._DeviceTopK)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)
