@@ -45,6 +45,7 @@ Workflows
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -150,7 +151,17 @@ def _int8_torch(rows: int):
         import torch
     except ImportError:
         return None
-    return torch if hasattr(torch, "_int_mm") else None
+    return torch if _int_mm_works(torch) else None
+
+
+@functools.cache
+def _int_mm_works(torch) -> bool:
+    """Whether this torch build multiplies int8 matrices on the CPU (a private op, so probe it)."""
+    try:
+        a = torch.ones((17, 8), dtype=torch.int8)
+        return bool((torch._int_mm(a, a.T.contiguous()) == 8).all())
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 @contextlib.contextmanager

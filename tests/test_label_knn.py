@@ -186,3 +186,18 @@ def test_the_gpu_path_is_chosen_when_torch_sees_one(monkeypatch):
     assert isinstance(gpu._device, lab._DeviceTopK)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+
+
+def test_a_torch_without_int8_products_leaves_numpy_in_charge():
+    import tessera_search.label as lab
+
+    class NoInt8Products:  # an old or exotic torch build
+        int8 = "int8"
+
+        @staticmethod
+        def ones(*args, **kwargs):
+            raise NotImplementedError("no int8 on this backend")
+
+    assert lab._int_mm_works(NoInt8Products()) is False
+    torch = pytest.importorskip("torch")
+    assert lab._int_mm_works(torch) is True
