@@ -64,7 +64,7 @@ from .examples import (
     ensure_tiles,
     sample_examples,
 )
-from .grid import Tile, TileGrid, owned_mask, pack_ids, pixel_to_lonlat, unpack_ids, utm_epsg
+from .grid import Tile, TileGrid, owned_mask, pack_ids, unpack_ids, utm_epsg
 
 __all__ = [
     "CVReport",
@@ -549,6 +549,36 @@ def _scan(store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids: np.ndar
         attrs = {"dataset_version": data.dataset_version, "synthetic": data.synthetic}
         yield t, data.grid, data.embeddings.reshape(-1, data.embeddings.shape[-1]), flat, attrs
         del data
+
+
+def _classified_blocks(clf: KNNClassifier, store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids,
+                       progress: bool, label: str, seen: dict) -> Iterator[tuple[np.ndarray, ...]]:
+    """Per block of a region's pixels: (ids, (n, C) class similarity, class, confidence).
+
+    ``seen`` counts the pixels scanned (``"scanned"``) and ORs in whether any tile is
+    synthetic (``"synthetic"``); the progress bar advances a tile at a time.
+    """
+    with _progress(progress, f"{label} {year}", len(tiles)) as advance:
+        for t, grid, emb, flat, attrs in _scan(store, tiles, year, mask_of, exclude_ids):
+            seen["synthetic"] = seen["synthetic"] or bool(attrs["synthetic"])
+            seen["scanned"] += flat.size
+            for s in range(0, flat.size, _BLOCK_ROWS):
+                idx = flat[s:s + _BLOCK_ROWS]
+                x = emb[idx]
+                pred, conf = clf.predict(x)
+                rows, cols = np.divmod(idx, grid.width)
+                yield pack_ids(t.ix, t.iy, rows, cols), clf.class_similarity(x), pred, conf
+            advance()
+
+
+def _locate(store, year: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lon, lat, tile names (object array), rows, cols) of stored pixels' centres."""
+    from types import SimpleNamespace
+
+    from .query import locate_ids
+
+    lon, lat, names, rows, cols = locate_ids(SimpleNamespace(grid=lambda tile: store.grid(tile, year)), ids)
+    return lon, lat, np.array(names, dtype=object), rows, cols
 
 
 def _progress(enabled: bool, label: str, total: int):
@@ -1086,31 +1116,20 @@ def label_candidates(
     C = clf.n_classes
     best = [dict(score=np.empty(0, np.float32), ids=np.empty(0, np.int64), margin=np.empty(0, np.float32),
                  conf=np.empty(0, np.float32)) for _ in range(C)]
-    scanned = 0
-    synthetic = samples.synthetic
-    with _progress(progress, f"candidates {year}", len(tiles)) as advance:
-        for t, grid, emb, flat, attrs in _scan(store, tiles, year, owned_mask, samples.ids):
-            synthetic |= bool(attrs["synthetic"])
-            scanned += flat.size
-            for s in range(0, flat.size, _BLOCK_ROWS):
-                idx = flat[s:s + _BLOCK_ROWS]
-                x = emb[idx]
-                sim = clf.class_similarity(x)
-                pred, conf = clf.predict(x)
-                rows, cols = np.divmod(idx, grid.width)
-                ids = pack_ids(t.ix, t.iy, rows, cols)
-                for c in range(C):
-                    sel = np.flatnonzero(pred == c) if exclusive else np.arange(idx.size)
-                    if sel.size == 0:
-                        continue
-                    sc = sim[sel, c]
-                    others = np.delete(sim[sel], c, axis=1)
-                    mg = sc - (others.max(axis=1) if others.shape[1] else np.float32(0))
-                    b = best[c]
-                    b.update(_keep_top(np.concatenate([b["score"], sc]), np.concatenate([b["ids"], ids[sel]]),
-                                       per_class, margin=np.concatenate([b["margin"], mg]),
-                                       conf=np.concatenate([b["conf"], conf[sel]])))
-            advance()
+    seen = {"scanned": 0, "synthetic": samples.synthetic}
+    for ids, sim, pred, conf in _classified_blocks(clf, store, tiles, year, owned_mask, samples.ids, progress,
+                                                   "candidates", seen):
+        for c in range(C):
+            sel = np.flatnonzero(pred == c) if exclusive else np.arange(ids.size)
+            if sel.size == 0:
+                continue
+            sc = sim[sel, c]
+            others = np.delete(sim[sel], c, axis=1)
+            mg = sc - (others.max(axis=1) if others.shape[1] else np.float32(0))
+            b = best[c]
+            b.update(_keep_top(np.concatenate([b["score"], sc]), np.concatenate([b["ids"], ids[sel]]),
+                               per_class, margin=np.concatenate([b["margin"], mg]),
+                               conf=np.concatenate([b["conf"], conf[sel]])))
     # Assemble, best first within each class, classes in code order.
     parts = {key: [] for key in ("cls", "rank", "score", "margin", "conf", "ids")}
     for c in range(C):
@@ -1121,20 +1140,12 @@ def label_candidates(
         for key, src in (("score", "score"), ("margin", "margin"), ("conf", "conf"), ("ids", "ids")):
             parts[key].append(b[src])
     ids = np.concatenate(parts["ids"]).astype(np.int64)
-    ix, iy, row, col = unpack_ids(ids) if ids.size else (np.empty(0, np.int64),) * 4
-    lon = np.empty(ids.size)
-    lat = np.empty(ids.size)
-    tile_names = np.empty(ids.size, dtype=object)
-    for key in sorted(set(zip(ix.tolist(), iy.tolist()))):
-        m = (ix == key[0]) & (iy == key[1])
-        t = Tile(*key)
-        lon[m], lat[m] = pixel_to_lonlat(store.grid(t, year), row[m], col[m])
-        tile_names[m] = t.name
+    lon, lat, tile_names, row, col = _locate(store, year, ids)
     result = CandidateResult(
         classes=list(clf.classes_), class_name=np.concatenate(parts["cls"]), rank=np.concatenate(parts["rank"]),
         score=np.concatenate(parts["score"]), margin=np.concatenate(parts["margin"]),
         confidence=np.concatenate(parts["conf"]), ids=ids, tile=tile_names, row=row, col=col, lon=lon, lat=lat,
-        year=year, index=index, n_scanned=scanned, synthetic=synthetic,
+        year=year, index=index, n_scanned=seen["scanned"], synthetic=seen["synthetic"],
     )
     if out is not None:
         from .export import write_points_geojson
@@ -1146,7 +1157,7 @@ def label_candidates(
              "confidence": result.confidence, "id": ids, "tile": tile_names, "row": row, "col": col},
             metadata={"kind": "label candidates", "index": index, "year": year, "k": clf.k,
                       "weights": clf.weights, "per_class": int(per_class), "exclusive": exclusive,
-                      "synthetic": synthetic},
+                      "synthetic": result.synthetic},
         )
     result.seconds = time.perf_counter() - t0
     return result
@@ -1272,46 +1283,27 @@ def suggest(
     store = TileStore(home)
     keep = dict(score=np.empty(0, np.float32), ids=np.empty(0, np.int64), first=np.empty(0, np.intp),
                 second=np.empty(0, np.intp), conf=np.empty(0, np.float32))
-    scanned = 0
-    synthetic = samples.synthetic
-    with _progress(progress, f"suggest {year}", len(tiles)) as advance:
-        for t, grid, emb, flat, attrs in _scan(store, tiles, year, mask_of, samples.ids):
-            synthetic |= bool(attrs["synthetic"])
-            scanned += flat.size
-            for s in range(0, flat.size, _BLOCK_ROWS):
-                idx = flat[s:s + _BLOCK_ROWS]
-                x = emb[idx]
-                sim = clf.class_similarity(x)
-                top2 = np.argsort(-sim, axis=1, kind="stable")[:, :2]
-                r = np.arange(idx.size)
-                margin = sim[r, top2[:, 0]] - sim[r, top2[:, 1]]
-                pred, conf = clf.predict(x)
-                rows, cols = np.divmod(idx, grid.width)
-                ids = pack_ids(t.ix, t.iy, rows, cols)
-                # Smallest margins are best: keep them with score = -margin.
-                keep = _keep_top(
-                    np.concatenate([keep["score"], -margin]), np.concatenate([keep["ids"], ids]), pool,
-                    first=np.concatenate([keep["first"], pred]),
-                    second=np.concatenate([keep["second"], np.where(top2[:, 0] == pred, top2[:, 1], top2[:, 0])]),
-                    conf=np.concatenate([keep["conf"], conf]),
-                )
-            advance()
+    seen = {"scanned": 0, "synthetic": samples.synthetic}
+    for ids, sim, pred, conf in _classified_blocks(clf, store, tiles, year, mask_of, samples.ids, progress,
+                                                   "suggest", seen):
+        top2 = np.argsort(-sim, axis=1, kind="stable")[:, :2]
+        r = np.arange(ids.size)
+        margin = sim[r, top2[:, 0]] - sim[r, top2[:, 1]]
+        # Smallest margins are best: keep them with score = -margin.
+        keep = _keep_top(
+            np.concatenate([keep["score"], -margin]), np.concatenate([keep["ids"], ids]), pool,
+            first=np.concatenate([keep["first"], pred]),
+            second=np.concatenate([keep["second"], np.where(top2[:, 0] == pred, top2[:, 1], top2[:, 0])]),
+            conf=np.concatenate([keep["conf"], conf]),
+        )
     if keep["ids"].size == 0:
         raise NoDataError(f"the region has no valid pixels in {year} besides the examples")
-    ix, iy, row, col = unpack_ids(keep["ids"])
-    lon = np.empty(ix.size)
-    lat = np.empty(ix.size)
-    names = np.empty(ix.size, dtype=object)
-    for key in sorted(set(zip(ix.tolist(), iy.tolist()))):
-        m = (ix == key[0]) & (iy == key[1])
-        tile = Tile(*key)
-        lon[m], lat[m] = pixel_to_lonlat(store.grid(tile, year), row[m], col[m])
-        names[m] = tile.name
+    lon, lat, names, row, col = _locate(store, year, keep["ids"])
     # Greedy spread: most uncertain first, skipping pixels near a chosen one or an example.
     taken_lon = list(samples.lon.tolist())
     taken_lat = list(samples.lat.tolist())
     chosen: list[int] = []
-    for i in range(ix.size):
+    for i in range(lon.size):
         if len(chosen) >= n:
             break
         if min_distance > 0 and taken_lon:
@@ -1327,7 +1319,7 @@ def suggest(
         predicted=classes[keep["first"][sel]], second=classes[keep["second"][sel]],
         margin=-keep["score"][sel], confidence=keep["conf"][sel], ids=keep["ids"][sel], tile=names[sel],
         row=row[sel], col=col[sel], lon=lon[sel], lat=lat[sel], year=year, min_distance=float(min_distance),
-        n_scanned=scanned, synthetic=synthetic,
+        n_scanned=seen["scanned"], synthetic=seen["synthetic"],
     )
     if out is not None:
         from .export import write_points_geojson
@@ -1339,7 +1331,7 @@ def suggest(
              "margin": result.margin, "confidence": result.confidence, "rank": np.arange(1, len(result) + 1),
              "id": result.ids, "tile": result.tile, "row": result.row, "col": result.col},
             metadata={"kind": "label suggestions", "year": year, "k": clf.k, "weights": clf.weights,
-                      "min_distance_m": float(min_distance), "synthetic": synthetic,
+                      "min_distance_m": float(min_distance), "synthetic": result.synthetic,
                       "how_to_use": f"fill in {field_name!r} for the points you label, then pass this file "
                                     "as --examples (unlabelled points are skipped)"},
         )
