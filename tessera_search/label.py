@@ -164,20 +164,13 @@ def _int_mm_works(torch) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _one_thread_each(torch):
-    """BLAS (and torch) on one thread while our own threads share the blocks out."""
-    with contextlib.ExitStack() as stack:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            pass
-        else:
-            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
-        if torch is not None:
-            stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(1)
-        yield
+def _single_threaded_blas():
+    """Limit BLAS to one thread (our threads parallelise instead); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _is_int8_valued(x: np.ndarray) -> bool:
@@ -306,12 +299,10 @@ class _DeviceTopK:
     column, as everywhere else.
     """
 
-    def __init__(self, examples: np.ndarray, torch, device) -> None:
-        ex = examples.astype(np.float64)
-        self.torch, self.device, self.n_ex = torch, device, ex.shape[0]
-        inv = 1.0 / np.sqrt(np.einsum("ij,ij->i", ex, ex))
-        self.ex_t = torch.from_numpy(np.ascontiguousarray(ex.T)).to(device)
-        self.inv = torch.from_numpy(inv).to(device)
+    def __init__(self, keys: _KeyTopK, torch, device) -> None:
+        self.torch, self.device, self.n_ex = torch, device, keys.n_ex
+        self.ex_t = torch.from_numpy(keys.ex_t.astype(np.float64)).to(device)  # (D, E)
+        self.inv = torch.from_numpy(keys.inv).to(device)
 
     def neighbours(self, x: np.ndarray, k: int, cosines: bool):
         """((n, k) columns of the k best examples; (n, k) float64 cosines or None)."""
@@ -397,7 +388,7 @@ class KNNClassifier:
             return None
         cached = getattr(self, "_device", None)
         if cached is None or cached.device != device:
-            cached = self._device = _DeviceTopK(self._keys.ex_t.T, torch, device)
+            cached = self._device = _DeviceTopK(self._keys, torch, device)
         return cached
 
     def _neighbours(self, x: np.ndarray, cosines: bool, torch=None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -471,8 +462,9 @@ class KNNClassifier:
             return out_c, out_p
         from concurrent.futures import ThreadPoolExecutor
 
-        one = None if torch is None else (lambda: torch.set_num_threads(1))  # per thread under OpenMP
-        with _one_thread_each(torch), ThreadPoolExecutor(workers, "knn", initializer=one) as pool:
+        # torch's thread count is per thread under OpenMP: each worker sets its own
+        one = None if torch is None else (lambda: torch.set_num_threads(1))
+        with _single_threaded_blas(), ThreadPoolExecutor(workers, "knn", initializer=one) as pool:
             for _ in pool.map(block, starts):
                 pass
         return out_c, out_p
