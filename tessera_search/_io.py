@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -10,7 +11,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "file_md5"]
+from .errors import TesseraSearchError, WriteError
+
+__all__ = ["atomic_dir", "atomic_path", "file_md5", "write_error", "writing"]
 
 
 @contextlib.contextmanager
@@ -69,3 +72,61 @@ def file_md5(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_ADVICE = {
+    errno.ENOSPC: "the disk is full; free space there or choose another location",
+    errno.EDQUOT: "the disk quota is exhausted; free space there or choose another location",
+    errno.EROFS: "that filesystem is read-only; choose a writable location",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "permission denied; choose a folder you can write to",
+    errno.ENOENT: "the folder does not exist; create it first or choose another",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EISDIR: "that path is a folder; give a file name",
+}
+
+
+def write_error(what: str, path: str | os.PathLike[str], exc: BaseException) -> WriteError:
+    """A :class:`WriteError` for ``exc`` raised while writing ``what`` to ``path``.
+
+    The message names what, where, the OS's reason and what to do about it.
+    """
+    code = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or str(exc)
+    advice = _ADVICE.get(code) if code is not None else None
+    if advice is None:
+        text = str(exc).lower()
+        if "no space" in text:
+            advice = _ADVICE[errno.ENOSPC]
+        elif "read-only" in text:
+            advice = _ADVICE[errno.EROFS]
+        elif "permission denied" in text:
+            advice = _ADVICE[errno.EACCES]
+        elif "no such file or directory" in text:
+            advice = _ADVICE[errno.ENOENT]
+    msg = f"cannot write {what} to {path}: {reason}"
+    return WriteError(f"{msg}; {advice}" if advice else msg)
+
+
+@contextlib.contextmanager
+def writing(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn OS and GDAL errors raised inside the block into :class:`WriteError`.
+
+    The one place where a failed write becomes a typed error: wrap every write of the
+    library (``with writing("the index shard", path): ...``). Errors of our own pass through.
+    """
+    try:
+        yield
+    except TesseraSearchError:
+        raise
+    except OSError as exc:
+        raise write_error(what, path, exc) from exc
+    except Exception as exc:
+        if _is_gdal_error(exc):
+            raise write_error(what, path, exc) from exc
+        raise
+
+
+def _is_gdal_error(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return mod.startswith("rasterio")

@@ -18,6 +18,7 @@ in exactly one place (``tessera_search.cli.main``)::
     ├── CorruptTileError (ValueError)           truncated .npy, wrong shape, bad checksum
     ├── SourceUnavailableError (ConnectionError) a source that cannot be reached
     ├── StoreError (OSError)                    the zarr store is unreadable
+    ├── WriteError (OSError)                    a file cannot be written (disk full, read-only, no folder)
     ├── CatalogError (RuntimeError)             DuckDB failed
     ├── IndexNotFoundError (LookupError)
     ├── IndexCorruptError (RuntimeError)        faiss could not read a shard
@@ -48,6 +49,7 @@ __all__ = [
     "TesseraSearchError",
     "TileNotFoundError",
     "UnknownRegionError",
+    "WriteError",
 ]
 
 
@@ -105,6 +107,13 @@ class SourceUnavailableError(TesseraSearchError, ConnectionError):
 
 class StoreError(TesseraSearchError, OSError):
     """The local zarr tile store cannot be read or written."""
+
+
+class WriteError(TesseraSearchError, OSError):
+    """A file or folder that cannot be written: disk full, read-only, missing folder.
+
+    The message says what was being written, where, why (the OS's reason) and what to do.
+    """
 
 
 class CatalogError(TesseraSearchError, RuntimeError):
