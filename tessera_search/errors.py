@@ -2,8 +2,12 @@
 
 Every error the library raises on purpose derives from :class:`TesseraSearchError`, and
 each subclass also inherits the built-in exception it is closest to, so callers can catch
-either. The CLI maps the whole tree to ``ErrorName: message`` on stderr and exit code 1
-in exactly one place (``tessera_search.cli.main``)::
+either. The CLI maps the whole tree to ``ErrorName: message`` on stderr in exactly one
+place (``tessera_search.cli.main``): exit code 2 for :class:`InvalidInputError` (what was
+asked cannot be used as given, like a usage error), 1 for everything else. An error may
+carry ``details`` (a JSON-able dict) that ``--json`` output includes. Warnings the library
+gives (:class:`TesseraSearchWarning`, through :func:`warnings.warn`) are shown by the CLI
+as one line each::
 
     TesseraSearchError
     ├── InvalidInputError (ValueError)          bad user input of any kind
@@ -17,6 +21,7 @@ in exactly one place (``tessera_search.cli.main``)::
     ├── NoDataError (ValueError)                a point on water / a no-data pixel
     ├── CorruptTileError (ValueError)           truncated .npy, wrong shape, bad checksum
     ├── SourceUnavailableError (ConnectionError) a source that cannot be reached
+    ├── NothingStoredError (LookupError)        a download that stored none of the tiles asked for
     ├── StoreError (OSError)                    the zarr store is unreadable
     ├── WriteError (OSError)                    a file cannot be written (disk full, read-only, no folder)
     ├── CatalogError (RuntimeError)             DuckDB failed
@@ -46,7 +51,9 @@ __all__ = [
     "NoDataError",
     "SourceUnavailableError",
     "StoreError",
+    "NothingStoredError",
     "TesseraSearchError",
+    "TesseraSearchWarning",
     "TileNotFoundError",
     "UnknownRegionError",
     "WriteError",
@@ -54,7 +61,21 @@ __all__ = [
 
 
 class TesseraSearchError(Exception):
-    """Root of every error tessera-search raises on purpose."""
+    """Root of every error tessera-search raises on purpose.
+
+    ``details``: optional JSON-able facts for machine readers (``--json`` prints them).
+    """
+
+    details: dict | None = None
+
+    def __init__(self, *args: object, details: dict | None = None) -> None:
+        super().__init__(*args)
+        if details is not None:
+            self.details = details
+
+
+class TesseraSearchWarning(UserWarning):
+    """Something a caller should know that does not stop the work (a trivial class map, ...)."""
 
 
 class InvalidInputError(TesseraSearchError, ValueError):
@@ -103,6 +124,10 @@ class CorruptTileError(TesseraSearchError, ValueError):
 
 class SourceUnavailableError(TesseraSearchError, ConnectionError):
     """A source (directory or URL) that cannot be reached or read."""
+
+
+class NothingStoredError(TesseraSearchError, LookupError):
+    """A download that stored none of the tiles asked for (each was skipped or not offered)."""
 
 
 class StoreError(TesseraSearchError, OSError):

@@ -34,12 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path
+from ._io import atomic_path, write_error, writing
 from .errors import InvalidInputError
 from .grid import TileGrid
 
 __all__ = [
     "PALETTE",
+    "POINT_SUFFIXES",
+    "QUERY_SUFFIXES",
+    "RASTER_SUFFIXES",
+    "check_output",
     "MosaicPlan",
     "RasterWriter",
     "legend_path",
@@ -57,6 +61,39 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )
 """Distinct colours for class codes 1, 2, ... (cycled beyond 20)."""
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+"""A Cloud-Optimized GeoTIFF."""
+POINT_SUFFIXES = (".geojson", ".json")
+"""GeoJSON points."""
+QUERY_SUFFIXES = (".tif", ".tiff", ".png", ".geojson", ".json", ".parquet", ".csv")
+"""What a query's matches can be written as (COG mask, PNG quicklook, points or blobs)."""
+
+
+def check_output(path: str | os.PathLike[str], suffixes: Sequence[str], option: str = "--out",
+                 directory: bool = False) -> Path:
+    """Check an output path before any work: a known suffix and a place it can be written.
+
+    ``directory``: the path is a folder of per-tile files (no suffix rule). Raises
+    :class:`InvalidInputError` naming every supported extension for an unknown suffix,
+    :class:`~tessera_search.errors.WriteError` for a path under a file or onto a folder.
+    """
+    path = Path(path)
+    if not directory and path.suffix.lower() not in suffixes:
+        got = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise InvalidInputError(
+            f"{option} {path}: {got} is not a supported output; use one of {', '.join(suffixes)}"
+        )
+    if not directory and path.is_dir():
+        raise write_error(f"{option}", path, IsADirectoryError(21, "Is a directory"))
+    parent = path if directory else path.parent
+    for up in (parent, *parent.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise write_error(f"{option}", path, NotADirectoryError(20, f"{up} is a file, not a folder"))
+            break
+    return path
+
 
 _ALIGN_TOL = 1e-6  # pixels: a grid this close to a whole-pixel offset counts as aligned
 
@@ -227,17 +264,18 @@ class RasterWriter:
 
             import rasterio
 
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".stage.tif", dir=self.path.parent)
-            os.close(fd)
-            self._tmp = Path(tmp)
-            p = self.plan
-            self._dst = rasterio.open(
-                self._tmp, "w+", driver="GTiff", width=p.width, height=p.height, count=self.count,
-                dtype=self.dtype, crs=p.crs, transform=p.affine(), nodata=self.nodata, tiled=True,
-                blockxsize=256, blockysize=256, compress="deflate", zlevel=1, bigtiff="IF_SAFER",
-            )
-            self._blank()
+            with writing("the raster", self.path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".stage.tif", dir=self.path.parent)
+                os.close(fd)
+                self._tmp = Path(tmp)
+                p = self.plan
+                self._dst = rasterio.open(
+                    self._tmp, "w+", driver="GTiff", width=p.width, height=p.height, count=self.count,
+                    dtype=self.dtype, crs=p.crs, transform=p.affine(), nodata=self.nodata, tiled=True,
+                    blockxsize=256, blockysize=256, compress="deflate", zlevel=1, bigtiff="IF_SAFER",
+                )
+                self._blank()
         return self
 
     def _fill(self):
@@ -256,7 +294,8 @@ class RasterWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None and not self.per_tile:
-                self._finish()
+                with writing("the raster", self.path):
+                    self._finish()
         finally:
             if self._dst is not None and not self._dst.closed:
                 self._dst.close()
@@ -272,12 +311,13 @@ class RasterWriter:
         if data.shape != (self.count, grid.height, grid.width):
             raise ValueError(f"tile array {data.shape} does not match ({self.count}, {grid.height}, {grid.width})")
         data = data.astype(self.dtype, copy=False)
-        if self.per_tile:
-            self._write_one(grid, data)
-        elif not self.plan.reproject and self._aligned(grid):
-            self._place(grid, data)
-        else:
-            self._warp(grid, data)
+        with writing("the raster", self.path):
+            if self.per_tile:
+                self._write_one(grid, data)
+            elif not self.plan.reproject and self._aligned(grid):
+                self._place(grid, data)
+            else:
+                self._warp(grid, data)
 
     def _aligned(self, grid: TileGrid) -> bool:
         a, _, c, _, e, f = self.plan.transform

@@ -511,6 +511,19 @@ def _fit(samples: ExampleSamples, class_field: str | None, k: int, weights: str)
     return KNNClassifier(k, weights).fit(samples.vectors, labels)
 
 
+def _warn_one_class(clf: KNNClassifier, what: str) -> None:
+    """Warn (TesseraSearchWarning) when the examples hold one class: ``what`` is then trivial."""
+    if clf.n_classes == 1:
+        import warnings
+
+        from .errors import TesseraSearchWarning
+
+        name = clf.classes_[0]
+        warnings.warn(TesseraSearchWarning(
+            f"the examples hold one class only ({name!r}): {what} is trivial (every pixel is {name!r}); "
+            "add examples of the other classes"), stacklevel=3)
+
+
 def _region_tiles(region) -> tuple[list[Tile], Callable[[TileGrid], np.ndarray]]:
     """Tiles of a Region (or an iterable of Tiles) and its pixel-mask function."""
     if hasattr(region, "tiles") and hasattr(region, "mask"):
@@ -705,6 +718,7 @@ def label_region(
     year = int(year)
     samples = _samples(examples, year, home, class_field, max_per_polygon, seed, source, progress)
     clf = _fit(samples, class_field, k, weights)
+    _warn_one_class(clf, "the class map")
     tiles, mask_of = _region_tiles(region)
     if not tiles:
         raise InvalidInputError("the region selects no tiles")

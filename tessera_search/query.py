@@ -138,7 +138,7 @@ class QueryResult:
         writers = {".csv": self._write_csv, ".parquet": self._write_parquet, ".geojson": self._write_geojson,
                    ".json": self._write_geojson}
         if suffix not in writers:
-            raise InvalidInputError(f"cannot write {path.name}: use a .csv, .parquet or .geojson file name")
+            raise InvalidInputError(f"cannot write {path.name}: use one of {', '.join(writers)}")
         with atomic_path(path) as tmp:
             writers[suffix](tmp)
         return path

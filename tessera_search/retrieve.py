@@ -602,7 +602,9 @@ def write_vectors(result: Retrieval, path) -> Path:
             w.writeheader()
             w.writerows(rows)
         return path
-    raise InvalidInputError(f"cannot write {path.name}: use .tif, .png, .geojson, .parquet or .csv")
+    from .export import QUERY_SUFFIXES
+
+    raise InvalidInputError(f"cannot write {path.name}: use one of {', '.join(QUERY_SUFFIXES)}")
 
 
 def write_quicklook(result: Retrieval, index, path, max_size: int = 1024) -> Path:

@@ -34,19 +34,19 @@ def test_tiles_for_kenya_are_the_polygons_not_the_bbox(cli):
 
 def test_unknown_region_suggests_close_names(cli):
     code, out, err = cli("tiles", "--region", "kenia")
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert "UnknownRegionError" in err and "Kenya" in err
 
 
 def test_bad_input_exits_with_clear_errors(cli, home):
     code, _, err = cli("tiles", "--bbox", "36.9,-1.4,36.7,-1.2")
-    assert code == 1 and "InvalidBBoxError" in err
+    assert code == 2 and "InvalidBBoxError" in err
     code, _, err = cli("tiles")
-    assert code == 1 and "InvalidInputError" in err
+    assert code == 2 and "InvalidInputError" in err
     code, _, err = cli("tiles", "--bbox", NAIROBI_BBOX, "--region", "kenya")
-    assert code == 1 and "InvalidInputError" in err
+    assert code == 2 and "InvalidInputError" in err
     code, _, err = cli("--home", home, "pixel", "--point", "36.8", "--year", "2023")
-    assert code == 1 and "InvalidPointError" in err
+    assert code == 2 and "InvalidPointError" in err
     code, _, err = cli("pixel", "--year", "2023")  # missing option: a usage error
     assert code == 2
 

@@ -67,8 +67,8 @@ def test_encode_missing_band_is_an_error_with_the_fix(tmp_path, capsys):
     pytest.importorskip("xarray")
     code = main(["encode", "--input", str(CUBE), "--out", str(tmp_path / "m"), "--device", "cpu"])
     err = capsys.readouterr().err
-    assert code == 1 and "InvalidInputError" in err and "B8A" in err and "--substitute-band" in err
-    assert main(["encode", "--input", str(CUBE), "--out", str(tmp_path / "m"), "--substitute-band", "B8A"]) == 1
+    assert code == 2 and "InvalidInputError" in err and "B8A" in err and "--substitute-band" in err
+    assert main(["encode", "--input", str(CUBE), "--out", str(tmp_path / "m"), "--substitute-band", "B8A"]) == 2
     assert "MISSING=USE" in capsys.readouterr().err
 
 
@@ -94,5 +94,5 @@ def test_train_cli_runs_and_resumes(tmp_path, capsys):
     ckpt = tmp_path / "o" / "checkpoint_last.pt"
     assert main([*args, "--steps", "3", "--resume", str(ckpt)]) == 0
     assert '"step": 3' in capsys.readouterr().out
-    assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 1
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 2
     assert "InvalidInputError" in capsys.readouterr().err

@@ -122,9 +122,9 @@ def test_usage_errors(cli, land_ex, tmp_path):
     code, _, err = cli(*base, *_tiles(), "--year", YEAR, "--out", tmp_path / "x.tif", "--weights", "gauss")
     assert code == 2
     code, _, err = cli(*base, "--year", YEAR, "--out", tmp_path / "x.tif")
-    assert code == 1 and "InvalidInputError" in err and "--bbox" in err
+    assert code == 2 and "InvalidInputError" in err and "--bbox" in err
     code, _, err = cli(*base[:-1], "kind", *_tiles(), "--year", YEAR, "--out", tmp_path / "x.tif")
-    assert code == 1 and "class field 'kind'" in err
+    assert code == 2 and "class field 'kind'" in err
 
 
 @pytest.mark.skipif(not UGANDA.exists(), reason="shared WorldCereal data not present")

@@ -311,4 +311,4 @@ def test_cli_examples_modes_exports_history_replay(world, cli, tmp_path):
     assert code == 1 and "IndexNotFoundError" in err and "history" in err
     code, out, err = cli("--home", home, "query", "--index", "w", "--point", f"{pos[0][0]},{pos[0][1]}",
                          "--threshold", "0.5", "--min-separation", "10")
-    assert code == 1 and "InvalidInputError" in err
+    assert code == 2 and "InvalidInputError" in err

@@ -43,6 +43,12 @@ def change(
     """
     from ..change import change_map, parse_years
     from ..errors import InvalidInputError
+    from ..export import POINT_SUFFIXES, RASTER_SUFFIXES, check_output
+
+    if out is not None:
+        check_output(out, RASTER_SUFFIXES, directory=per_tile)
+    if top_out is not None:
+        check_output(top_out, POINT_SUFFIXES, option="--top-out")
 
     try:
         pair = parse_years(years)

@@ -111,7 +111,11 @@ def label(
     index: `label --index NAME --examples ... --per-class 100 --out candidates.geojson`.
     """
     from .. import label as lab
+    from ..export import POINT_SUFFIXES, RASTER_SUFFIXES, check_output
 
+    if out is not None:
+        check_output(out, POINT_SUFFIXES if index is not None else RASTER_SUFFIXES,
+                     directory=per_tile and index is None)
     given_region = any(v for v in (region, bbox, region_file, tile))
     common = dict(class_field=class_field, k=k, weights=weights.value, home=state.home,
                   max_per_polygon=max_per_polygon, seed=seed, source=source)
@@ -190,8 +194,10 @@ def suggest(
     The GeoJSON's points carry the class field set to null; fill in the ones you label
     and pass the file back with --examples (unlabelled points are skipped).
     """
+    from ..export import POINT_SUFFIXES, check_output
     from ..label import suggest as do_suggest
 
+    check_output(out, POINT_SUFFIXES)
     reg = region_from_options(region, bbox, region_file, tile)
     res = do_suggest(examples, reg, year, n=n, min_distance=min_distance, out=out, class_field=class_field,
                      k=k, weights=weights.value, home=state.home, max_per_polygon=max_per_polygon, seed=seed,

@@ -41,8 +41,12 @@ def query(
     from ..errors import InvalidInputError
     from ..grid import parse_point
 
+    from ..export import QUERY_SUFFIXES, check_output
+
     positives = [parse_point(p) for p in point or []]
     negatives = [parse_point(p) for p in negative or []]
+    if out is not None:
+        check_output(out, QUERY_SUFFIXES, directory=per_tile)
     plain = (len(positives) == 1 and not negatives and examples is None and example_year is None
              and threshold is None and not min_separation and not group and replay is None and not per_tile
              and (out is None or out.suffix.lower() in _VECTOR_SUFFIXES))

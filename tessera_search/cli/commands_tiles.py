@@ -68,16 +68,24 @@ def download(
     """Fetch a region's tiles into the local store (skipping what is already there)."""
     from ..ingest import download as do_download
 
+    from ..errors import NothingStoredError
+
     reg = region_from_options(region, bbox, region_file, tile)
     rep = do_download(reg, year, source=source, home=state.home, version=dataset_version, workers=workers)
+    summary = (f"{reg.name} ({year}): {len(rep.stored)} stored, {len(rep.present)} already in the store, "
+               f"{len(rep.unavailable)} not offered by the source, {len(rep.failed)} skipped")
+    if not rep.tiles and reg.tiles:  # nothing asked for is in the store: a failure, not a report
+        raise NothingStoredError(
+            f"none of the {len(reg.tiles)} tile(s) of {reg.name} ({year}) could be stored: "
+            f"{len(rep.failed)} skipped, {len(rep.unavailable)} not offered by {rep.source or 'the source'}"
+            + "".join(f"\n  {f}" for f in rep.failed),
+            details=rep.to_json(),
+        )
     if json:
         print_json(rep.to_json())
         return
     con = out_console()
-    con.print(
-        f"{reg.name} ({year}): {len(rep.stored)} stored, {len(rep.present)} already in the store, "
-        f"{len(rep.unavailable)} not offered by the source, {len(rep.failed)} skipped", highlight=False,
-    )
+    con.print(summary, highlight=False)
     for f in rep.failed:
         con.print(f"  {f}", highlight=False)
 

@@ -51,9 +51,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not _looks_like_checkpoint(path):
+        raise CheckpointError(
+            f"{path} is not a torch checkpoint (neither a torch zip archive nor a pickle); "
+            "pass the .pt file of an official or tessera-search encoder checkpoint"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "invalid load key" in str(exc):
+            raise CheckpointError(f"{path} is not a torch checkpoint (its bytes are not a pickle)") from exc
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is not loaded "
             f"(weights_only=True refuses to run pickled code): {str(exc).splitlines()[0]}"
@@ -63,6 +70,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: top level is {type(ckpt).__name__}, expected a dict with 'model_state_dict'")
     return ckpt
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A torch checkpoint is a zip archive (torch >= 1.6) or a pickle stream (legacy)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from exc
+    # protocol 2+ pickles start with PROTO (0x80) and the protocol number
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def load_state_dict(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:

@@ -39,7 +39,9 @@ def doy_encoding(doy: torch.Tensor, d_model: int) -> torch.Tensor:
     """(..., T) raw day of year -> (..., T, D) float32 interleaved sin/cos encoding.
 
     PE[..., 2i] = sin(doy * w_i), PE[..., 2i+1] = cos(doy * w_i), w_i = exp(-2i ln(10000) / D),
-    computed in float32 exactly as the official code does (bit-identical on CPU).
+    computed in float32 exactly as the official code does: bit-identical where torch's
+    float32 ``exp`` rounds the frequencies the same way (same CPU and build), otherwise
+    within one ulp of a frequency.
     """
     doy = doy.float()
     omega = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32, device=doy.device) * (-math.log(10000.0) / d_model))
