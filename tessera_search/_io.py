@@ -87,6 +87,7 @@ _ADVICE = {
     errno.EPERM: "permission denied; choose a folder you can write to",
     errno.ENOENT: "the folder does not exist; create it first or choose another",
     errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EEXIST: "a part of that path is a file, not a folder",
     errno.EISDIR: "that path is a folder; give a file name",
 }
 

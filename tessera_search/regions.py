@@ -540,9 +540,20 @@ def _geometry(obj, path: Path, where: str) -> BaseGeometry:
     coords = shapely.get_coordinates(geom)
     if not np.isfinite(coords).all():
         raise InvalidInputError(f"region file {path}: {where} has non-finite coordinates")
+    _check_degrees(geom.bounds, path)  # before any GEOS operation: huge values overflow in it
     if not geom.is_valid:
         geom = _polygonal(shapely.make_valid(geom))
     return geom
+
+
+def _check_degrees(bounds, path: Path) -> None:
+    """Lon/lat degrees: latitudes within [-90, 90], longitudes within one turn of [-180, 180]."""
+    w, s, e, n = bounds
+    if s < -90.0 or n > 90.0 or w < -540.0 or e > 540.0:
+        raise InvalidInputError(
+            f"region file {path}: coordinates {bounds} are not lon/lat degrees; "
+            "region files must be WGS84 lon/lat (EPSG:4326)"
+        )
 
 
 def _polygonal(geom: BaseGeometry) -> BaseGeometry:
@@ -557,12 +568,8 @@ def _polygonal(geom: BaseGeometry) -> BaseGeometry:
 
 def _wrap_longitudes(geom: BaseGeometry, path: Path) -> BaseGeometry:
     """Bring longitudes into [-180, 180] by splitting at the antimeridian (RFC 7946)."""
-    w, s, e, n = geom.bounds
-    if s < -90.0 or n > 90.0 or w < -540.0 or e > 540.0:
-        raise InvalidInputError(
-            f"region file {path}: coordinates {geom.bounds} are not lon/lat degrees; "
-            "region files must be WGS84 lon/lat (EPSG:4326)"
-        )
+    _check_degrees(geom.bounds, path)
+    w, _, e, _ = geom.bounds
     if -180.0 <= w and e <= 180.0:
         return geom
     pieces = []
