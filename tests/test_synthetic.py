@@ -7,8 +7,11 @@ tiles at 65N (about 1110 x 470 pixels each) once per module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from _helpers import SHARED
@@ -129,6 +132,101 @@ def test_window_equals_that_part_of_the_whole_tile(mirror):
     np.testing.assert_array_equal(st.classes, classes[r0:r0 + 40, c0:c0 + 56])
     np.testing.assert_array_equal(st.data.embeddings, emb[r0:r0 + 40, c0:c0 + 56])
     np.testing.assert_array_equal(st.data.scales, sc[r0:r0 + 40, c0:c0 + 56])
+
+
+# (height, width, row0, col0) of windows of MIRROR_A's grid (1129 x 506); -1 means "the
+# last row/column", negative offsets reach past the tile's own grid (the lattice extends).
+WINDOW_SHAPES = [
+    (1, 506, 0, 0),  # the first row
+    (1, 506, 777, 0),  # a row in the middle
+    (1129, 1, 0, -1),  # the last column
+    (1129, 1, 0, 251),  # a column in the middle
+    (1, 1, 0, 0),  # single pixels: corners and an odd place
+    (1, 1, -1, -1),
+    (1, 1, 613, 97),
+    (7, 13, 333, 101),  # odd sizes at odd offsets
+    (2, 257, 901, 3),
+    (129, 3, 17, 250),
+    (31, 45, 1098, 461),  # the bottom right corner
+    (20, 30, -9, -15),  # partly outside the tile's grid
+]
+
+
+@pytest.mark.parametrize("shape", WINDOW_SHAPES, ids=lambda s: "{}x{}@{},{}".format(*s))
+def test_any_window_is_bit_identical_to_that_part_of_the_whole_tile(mirror, shape):
+    """Rows, columns, single pixels, odd sizes and offsets: the same bits as the whole tile."""
+    full = expected_grid(MIRROR_A)
+    h, w, r0, c0 = shape
+    r0 = full.height - h if r0 == -1 else r0
+    c0 = full.width - w if c0 == -1 else c0
+    st = generate_tile(MIRROR_A, YEAR, seed=0, grid=window(MIRROR_A, h, w, r0, c0))
+    paths = bucket_paths("v1", YEAR, MIRROR_A)
+    emb = np.load(mirror["out"] / paths["grid"], mmap_mode="r")
+    sc = np.load(mirror["out"] / paths["scales"], mmap_mode="r")
+    classes, _ = read_truth(mirror["out"], MIRROR_A, YEAR)
+    # the part of the window inside the whole tile, in window and in tile coordinates
+    a0, b0 = max(0, -r0), max(0, -c0)
+    a1, b1 = min(h, full.height - r0), min(w, full.width - c0)
+    assert a1 - a0 > 0 and b1 - b0 > 0, "window does not overlap the tile; the test is mis-built"
+    mine = (slice(a0, a1), slice(b0, b1))
+    theirs = (slice(r0 + a0, r0 + a1), slice(c0 + b0, c0 + b1))
+    assert np.array_equal(st.classes[mine], classes[theirs])
+    assert np.array_equal(st.data.embeddings[mine], emb[theirs])
+    # bit for bit, NaN (water) included
+    assert np.array_equal(st.data.scales[mine].view(np.uint32), np.asarray(sc[theirs]).view(np.uint32))
+
+
+def _windows_digest() -> str:
+    """SHA-256 of a few small windows (two seeds and years, land, lakes and a river)."""
+    digest = hashlib.sha256()
+    for name, year, seed, (h, w) in [
+        ("grid_36.85_-1.25", 2024, 0, (24, 32)),
+        ("grid_0.15_52.15", 2023, 3, (60, 50)),  # lakes and a river near the centre
+        ("grid_25.05_65.05", 2024, 0, (1, 97)),
+    ]:
+        tile = Tile.from_name(name)
+        st = generate_tile(tile, year, seed=seed, grid=window(tile, h, w))
+        for a in (st.data.embeddings, st.data.scales, st.classes):
+            digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()
+
+
+def _cpu() -> tuple[list[str], dict[str, bool]]:
+    """numpy's SIMD dispatch targets, and which CPU features it found (and may use)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    return list(__cpu_dispatch__), dict(__cpu_features__)
+
+
+def _dispatched_features(avx512_only: bool) -> list[str]:
+    """Dispatch targets present on this CPU: only the AVX-512 ones, or all of them."""
+    targets, found = _cpu()
+    return [f for f in targets if found.get(f) and (not avx512_only or "AVX512" in f or f == "X86_V4")]
+
+
+@pytest.mark.parametrize("avx512_only", [True, False], ids=["without-avx512", "baseline-simd"])
+def test_same_bits_with_other_simd_kernels_blas_and_threads(avx512_only):
+    """A child process with numpy's AVX-512 (or all non-baseline) kernels switched off, a
+    Haswell OpenBLAS kernel and one thread generates exactly the same bytes as this one."""
+    features = _dispatched_features(avx512_only)
+    if not features:
+        pytest.skip("this CPU has no such SIMD kernels to switch off; nothing to compare")
+    env = dict(os.environ)
+    env.update(NPY_DISABLE_CPU_FEATURES=" ".join(features), OPENBLAS_CORETYPE="Haswell",
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent), str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    code = (
+        "import json, test_synthetic as t\n"
+        f"print(json.dumps([t._windows_digest(), [t._cpu()[1][k] for k in {features!r}]]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    child_digest, still_on = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not any(still_on), f"the child did not switch off {features}; the test is mis-built"
+    assert child_digest == _windows_digest()
 
 
 def test_tile_is_the_same_whichever_region_it_is_generated_in(mirror, tmp_path):

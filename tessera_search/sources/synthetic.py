@@ -52,12 +52,26 @@ The float vectors are quantized with the production rule
 
 Randomness is counter-based (integer hashes of seed, lattice cell, pixel and year) or
 seeded by a stable BLAKE2 digest, never Python's salted ``hash()``.
+
+Bit-identical everywhere
+------------------------
+The output (int8 vectors, float32 scales, classes) is bit-identical for any window of a
+tile's grid and on any CPU, whatever SIMD kernels numpy dispatches to (SSE4, AVX2,
+AVX-512), whatever BLAS kernel and thread count: each pixel's and each parcel's values are
+computed elementwise, in a fixed order, from operations IEEE 754 rounds the same way on
+every path (+, -, *, /, sqrt; floor, rint, frexp, ldexp, max); sums across an axis are
+explicit loops; exp, log, pow and sin/cos are this module's own polynomials, not numpy's
+SIMD kernels (whose last bits differ between AVX2 and AVX-512); and no BLAS or LAPACK
+routine is used (their summation order changes with the matrix shape and the CPU). Only
+other versions of numpy (its random generators), PROJ (pixel positions) or the C maths
+library could change the bits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,8 +101,12 @@ __all__ = [
     "truth_path",
 ]
 
-GENERATOR_VERSION = 1
-"""Bumped whenever the same (seed, tile, year) would produce different data."""
+GENERATOR_VERSION = 2
+"""Bumped whenever the same (seed, tile, year) would produce different data.
+
+2: fixed-order arithmetic, bit-identical on every CPU (values moved by rounding only).
+"""
+_KEY_VERSION = 1  # salts every seed; kept at 1 so version 2 draws the same landscape
 
 CLASSES: dict[int, str] = {
     0: "nodata",
@@ -222,7 +240,7 @@ _MASK64 = (1 << 64) - 1
 
 def _stable_key(*parts: object) -> int:
     """A 64-bit integer from a BLAKE2 digest of the parts (stable across runs/machines)."""
-    text = "|".join(str(p) for p in ("tessera-synthetic", GENERATOR_VERSION, *parts))
+    text = "|".join(str(p) for p in ("tessera-synthetic", _KEY_VERSION, *parts))
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
@@ -260,7 +278,136 @@ def _hash_normal(keys: np.ndarray, count: int, salt: int) -> np.ndarray:
     h = _hash(salt, keys.view(np.int64)[:, None], j)
     u1 = (h >> np.uint64(40)).astype(np.float64) * 2.0**-24 + 2.0**-25
     u2 = ((h >> np.uint64(16)) & np.uint64(0xFFFFFF)).astype(np.float64) * 2.0**-24
-    return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).astype(np.float32)
+    return (np.sqrt(-2.0 * _log(u1)) * _cos_quarter_turns(4.0 * u2)).astype(np.float32)
+
+
+# ======================================================================================
+# Fixed-order arithmetic
+# ======================================================================================
+# The output must not depend on the window, the CPU or the libraries' choice of kernel.
+# numpy's exp/log/pow have SIMD kernels per instruction set whose last bits differ
+# (AVX-512 vs AVX2), BLAS matrix products and LAPACK change their summation order with
+# the matrix shape and the CPU, and numpy's reductions block by array length. So the
+# generator uses only operations that IEEE 754 rounds identically on every path (+, -, *,
+# /, sqrt, and exact ones: floor, rint, frexp, ldexp, comparisons, max) applied
+# elementwise, and sums across an axis with an explicit loop in a fixed order. The
+# functions below build exp, log and sin/cos from those; they are accurate to a few ulp,
+# which is all a synthetic landscape needs, and bit-identical everywhere.
+
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * _LN2_HI is exact (|k| < 2**20)
+_LN2_LO = 1.90821492927058770002e-10
+_EXP_TERMS = tuple(1.0 / math.factorial(n) for n in range(14))  # Taylor, |r| <= ln(2)/2
+_LOG_TERMS = tuple(1.0 / (2 * n + 1) for n in range(12))  # 2 atanh(s) / (2 s), |s| < 0.172
+_SIN_TERMS = tuple((-1.0) ** n / math.factorial(2 * n + 1) for n in range(10))  # |r| <= pi/4
+_COS_TERMS = tuple((-1.0) ** n / math.factorial(2 * n) for n in range(11))
+
+
+def _horner(z: np.ndarray, coefficients: tuple[float, ...]) -> np.ndarray:
+    """sum_n coefficients[n] * z**n, evaluated in a fixed order (float64)."""
+    acc = np.full(z.shape, coefficients[-1])
+    for c in coefficients[-2::-1]:
+        acc *= z
+        acc += c
+    return acc
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    """e**x for float64 |x| < 700, from exact range reduction and a polynomial."""
+    x = np.asarray(x, dtype=np.float64)
+    k = np.rint(x * (1.0 / math.log(2.0)))
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    return np.ldexp(_horner(r, _EXP_TERMS), k.astype(np.int32))
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    """Natural log of positive finite float64 values (frexp and the atanh series)."""
+    m, e = np.frexp(np.asarray(x, dtype=np.float64))
+    low = m < math.sqrt(0.5)  # move m into [sqrt(1/2), sqrt(2))
+    m = np.where(low, 2.0 * m, m)
+    e = (e - low).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)
+    return e * _LN2_HI + (e * _LN2_LO + 2.0 * s * _horner(s * s, _LOG_TERMS))
+
+
+def _pow(x: np.ndarray, p: float) -> np.ndarray:
+    """x**p for float64 x >= 0 and p > 0."""
+    x = np.asarray(x, dtype=np.float64)
+    pos = x > 0
+    return np.where(pos, _exp(p * _log(np.where(pos, x, 1.0))), 0.0)
+
+
+def _sincos_quarter_turns(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sin, cos) of the angle q * pi/2 (q in quarter turns, float64).
+
+    q - rint(q) is exact, so the reduction adds no error however large the angle.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    k = np.rint(q)
+    r = (q - k) * (math.pi / 2.0)  # |r| <= pi/4
+    z = r * r
+    s = r * _horner(z, _SIN_TERMS)
+    c = _horner(z, _COS_TERMS)
+    quadrant = k.astype(np.int64) & 3
+    sin = np.choose(quadrant, [s, c, -s, -c])
+    cos = np.choose(quadrant, [c, -s, -c, s])
+    return sin, cos
+
+
+def _cos_quarter_turns(q: np.ndarray) -> np.ndarray:
+    return _sincos_quarter_turns(q)[1]
+
+
+def _sum_rows(a) -> np.ndarray:
+    """a[0] + a[1] + ... over the first axis, added in that order (float64)."""
+    rows = iter(a)
+    acc = np.array(next(rows), dtype=np.float64)
+    for row in rows:
+        acc += row
+    return acc
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, k) @ (k, m) in float64 without BLAS: products added in the order of k."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return _sum_rows(a[:, j, None] * b[j] for j in range(a.shape[1]))
+
+
+def _mean_std(v: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of a 1-D array, exactly rounded sums."""
+    n = v.size
+    mean = math.fsum(v.tolist()) / n
+    d = v - mean
+    return mean, math.sqrt(math.fsum((d * d).tolist()) / n)
+
+
+def _householder_q(a: np.ndarray) -> np.ndarray:
+    """Q of the QR decomposition of a square matrix, as LAPACK's geqrf + orgqr give it.
+
+    Householder reflections with LAPACK's sign conventions (so Q matches
+    ``np.linalg.qr(a)[0]`` to rounding), but dot products are exactly rounded sums.
+    """
+    n = a.shape[0]
+    r = np.array(a, dtype=np.float64)
+    reflections = []
+    for j in range(n - 1):  # the last reflection is the identity (nothing below the diagonal)
+        x = r[j:, j]
+        norm = math.sqrt(math.fsum((x * x).tolist()))
+        alpha = float(x[0])
+        if norm == abs(alpha):  # already zero below the diagonal
+            continue
+        beta = -math.copysign(norm, alpha)
+        tau = (beta - alpha) / beta
+        v = x / (alpha - beta)
+        v[0] = 1.0
+        for k in range(j, n):
+            r[j:, k] -= (tau * math.fsum((v * r[j:, k]).tolist())) * v
+        reflections.append((j, v, tau))
+    q = np.eye(n)
+    for j, v, tau in reversed(reflections):  # Q = H_0 H_1 ... applied to the identity
+        for k in range(n):
+            q[j:, k] -= (tau * math.fsum((v * q[j:, k]).tolist())) * v
+    return q
 
 
 # ======================================================================================
@@ -270,9 +417,9 @@ def _hash_normal(keys: np.ndarray, count: int, salt: int) -> np.ndarray:
 
 def _ecef(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     """(3, N) float64 Earth-centred coordinates (metres) of points on the sphere."""
-    lo, la = np.radians(np.ravel(lon)), np.radians(np.ravel(lat))
-    cl = np.cos(la)
-    return np.stack([cl * np.cos(lo), cl * np.sin(lo), np.sin(la)]) * _EARTH_RADIUS
+    sin_lo, cos_lo = _sincos_quarter_turns(np.ravel(lon) / 90.0)
+    sin_la, cos_la = _sincos_quarter_turns(np.ravel(lat) / 90.0)
+    return np.stack([cos_la * cos_lo, cos_la * sin_lo, sin_la]) * _EARTH_RADIUS
 
 
 class _Box:
@@ -391,10 +538,10 @@ def _voronoi(pos: np.ndarray, cell: float, key: int) -> tuple[np.ndarray, _Box, 
 
 def _surface_gradient(pos: np.ndarray, g: np.ndarray) -> np.ndarray:
     """|gradient| along the sphere's surface (removes the radial component), (N,) float32."""
-    normal = (pos / np.linalg.norm(pos, axis=0)).astype(np.float32)
-    radial = (g * normal).sum(axis=0)
-    tangential = g - radial * normal
-    return np.sqrt((tangential * tangential).sum(axis=0))
+    normal = (pos / np.sqrt(_sum_rows(pos * pos))).astype(np.float32)
+    radial = (g[0] * normal[0] + g[1] * normal[1]) + g[2] * normal[2]
+    t = g - radial * normal
+    return np.sqrt((t[0] * t[0] + t[1] * t[1]) + t[2] * t[2])
 
 
 # ======================================================================================
@@ -449,7 +596,8 @@ def _in_town(points: np.ndarray, seed: int) -> np.ndarray:
                 centre = (cc + np.stack([_uniform(h, 1), _uniform(h, 2), _uniform(h, 3)])) * _TOWN_CELL
                 lo, hi = _TOWN_RADIUS
                 radius = lo + (hi - lo) * _uniform(h, 4)
-                dist = np.linalg.norm(points - centre, axis=0)
+                d = points - centre
+                dist = np.sqrt(_sum_rows(d * d))
                 inside |= (_uniform(h) < _TOWN_PROB) & (dist < radius)
     return inside
 
@@ -548,10 +696,11 @@ def _standardise(proto: np.ndarray, w: np.ndarray) -> np.ndarray:
     lean_var = np.zeros_like(proto)
     for c, alikes in _LOOKALIKES.items():
         diffs = np.stack([proto[o] - proto[c] for o in alikes])  # (k, 128)
-        mean_of[c] = proto[c] + e1 * diffs.mean(axis=0)
-        lean_var[c] = e2 * (diffs**2).mean(axis=0) - (e1 * diffs.mean(axis=0)) ** 2
-    centre = (w * mean_of).sum(axis=0)
-    var = (w * ((mean_of - centre) ** 2 + lean_var)).sum(axis=0)
+        mean_diff = _sum_rows(diffs) / len(alikes)
+        mean_of[c] = proto[c] + e1 * mean_diff
+        lean_var[c] = e2 * (_sum_rows(diffs * diffs) / len(alikes)) - (e1 * mean_diff) ** 2
+    centre = _sum_rows(w * mean_of)
+    var = _sum_rows(w * ((mean_of - centre) ** 2 + lean_var))
     return (proto - centre) * np.sqrt(_PROTO_VAR / var)
 
 
@@ -559,7 +708,7 @@ def _weights() -> np.ndarray:
     w = np.zeros(_N_CLASSES, np.float64)
     for c, v in _NOMINAL_MIX.items():
         w[c] = v
-    return w / w.sum()
+    return w / math.fsum(w.tolist())
 
 
 def _class_vectors(rng: np.random.Generator, outward: np.ndarray) -> np.ndarray:
@@ -574,8 +723,9 @@ def _class_vectors(rng: np.random.Generator, outward: np.ndarray) -> np.ndarray:
     """
 
     def skewed() -> np.ndarray:
-        v = outward * np.exp(_PROTO_SKEW * rng.standard_normal(_DIM))
-        return (v - v.mean()) / v.std()
+        v = outward * _exp(_PROTO_SKEW * rng.standard_normal(_DIM))
+        mean, std = _mean_std(v)
+        return (v - mean) / std
 
     groups = {g: skewed() for g in ("vegetation", "herbaceous", "crop", "woody")}
     out = np.zeros((_N_CLASSES, _DIM))
@@ -594,7 +744,7 @@ def _seed_tables(seed: int):
     base = _class_vectors(rng, np.sign(_reference_stats()[0]))
     dirs = rng.standard_normal((2, _N_CLASSES, _DIM))
     # Texture directions: weighted mean of D1^2 + D2^2 is 1 in every channel.
-    dirs /= np.sqrt((_weights()[:, None] * (dirs**2).sum(axis=0)).sum(axis=0))
+    dirs /= np.sqrt(_sum_rows(_weights()[:, None] * (dirs[0] * dirs[0] + dirs[1] * dirs[1])))
     # Parcel subspace: orthonormal rows with equal weight in every channel (columns of a
     # Sylvester-Hadamard matrix with random channel signs, rotated within the subspace),
     # so every channel gets the same parcel-level variance.
@@ -603,10 +753,11 @@ def _seed_tables(seed: int):
         hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
     cols = rng.choice(np.arange(1, _DIM), _PARCEL_RANK, replace=False)
     signs = rng.choice([-1.0, 1.0], _DIM)
-    rot, _ = np.linalg.qr(rng.standard_normal((_PARCEL_RANK, _PARCEL_RANK)))
-    subspace = rot.T @ (hadamard[:, cols] * signs[:, None]).T / np.sqrt(_DIM)  # (rank, 128)
+    rot = _householder_q(rng.standard_normal((_PARCEL_RANK, _PARCEL_RANK)))
+    subspace = _matmul(rot.T, (hadamard[:, cols] * signs[:, None]).T) / np.sqrt(_DIM)  # (rank, 128)
     step = rng.standard_normal(_PARCEL_RANK)
-    delta = (step / np.linalg.norm(step)) @ subspace * _CONFUSABLE_STEP
+    step /= math.sqrt(math.fsum((step * step).tolist()))
+    delta = _matmul(step[None, :], subspace)[0] * _CONFUSABLE_STEP
     # Pixel noise: unit variance per channel, partly exponential and skewed outward (towards
     # the sign of the channel's mean), which gives per-pixel scales the upper tail of the
     # real ones (p99.9 ~0.119, p99.99 ~0.137).
@@ -632,12 +783,12 @@ def _model(seed: int, year: int) -> _Model:
 
     lowrank = np.sqrt(_PARCEL_LOWRANK_VAR * _DIM / _PARCEL_RANK)
     basis = subspace * lowrank  # per-channel variance: lowrank^2 * sum_k U_kj^2
-    parcel_var = (basis**2).sum(axis=0) + _PARCEL_ISO_VAR
+    parcel_var = _sum_rows(basis * basis) + _PARCEL_ISO_VAR
     tex_var = _TEXTURE_VAR  # directions are normalised per channel (_seed_tables)
     amp = np.zeros(_N_CLASSES)
     for c, v in _NOISE_AMP.items():
         amp[c] = v
-    amp /= np.sqrt((w[:, 0] * amp**2).sum())
+    amp /= math.sqrt(math.fsum((w[:, 0] * amp * amp).tolist()))
     pixel_var = 1.0 - _PROTO_VAR - parcel_var - tex_var
     if np.any(pixel_var < 0.05):  # internal invariant of the parameters above
         raise AssertionError("variance budget leaves no room for pixel noise")
@@ -690,7 +841,9 @@ def _parcel_offsets(keys: np.ndarray, model: _Model, seed: int, year: int) -> np
     g += np.float32(r) * _hash_normal(keys, _PARCEL_RANK, _stable_key(seed, "parcel-lowrank", year))
     iso = keep * _hash_normal(keys, _DIM, _stable_key(seed, "parcel-iso"))
     iso += np.float32(r) * _hash_normal(keys, _DIM, _stable_key(seed, "parcel-iso", year))
-    return g @ model.basis + iso * model.iso
+    # float64, products added in a fixed order, one rounding: a BLAS sgemm would change
+    # its summation order with the number of parcels (the window) and the CPU.
+    return (iso * model.iso.astype(np.float64) + _matmul(g, model.basis)).astype(np.float32)
 
 
 def _embed(grid: TileGrid, layout: _Layout, seed: int, year: int) -> tuple[np.ndarray, np.ndarray]:
@@ -704,7 +857,7 @@ def _embed(grid: TileGrid, layout: _Layout, seed: int, year: int) -> tuple[np.nd
     offsets = _parcel_offsets(layout.parcel_keys, model, seed, year)
     hl = _hash(_stable_key(seed, "lean", year), layout.parcel_keys.view(np.int64))
     lean_of = ((_uniform(hl) * _N_LOOKALIKES).astype(np.int64) * _LEAN_LEVELS
-               + np.rint(_uniform(hl, 1) ** _LEAN_POWER * (_LEAN_LEVELS - 1)).astype(np.int64))
+               + np.rint(_pow(_uniform(hl, 1), _LEAN_POWER) * (_LEAN_LEVELS - 1)).astype(np.int64))
     emb = np.empty((h * w, _DIM), dtype=np.int8)
     scales = np.empty(h * w, dtype=np.float32)
     classes = layout.classes.ravel()
@@ -773,7 +926,7 @@ def generate_tile(
     Deterministic in (seed, tile, year): the same whichever region or process asks.
     ``grid`` defaults to the tile's expected UTM grid (about 1100 x 1100 near the
     equator, a few seconds); a window of that grid (same CRS and pixel lattice) gives
-    exactly that window of the whole tile, which keeps tests small.
+    exactly that window of the whole tile, bit for bit on any CPU, which keeps tests small.
     """
     if not isinstance(tile, Tile):
         raise InvalidInputError(f"tile must be a Tile, got {type(tile).__name__}; use Tile.from_name('grid_X_Y')")
