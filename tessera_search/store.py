@@ -18,15 +18,26 @@ The inner chunks make a random pixel read touch 512 KiB, not the whole tile; the
 shard keeps a whole-tile scan one sequential read (64-pixel inner chunks measured 3x
 faster to write than 32-pixel ones, at the same read speed). Each tile-year group is
 written in a staging directory and renamed into place, so a reader sees a tile complete
-or not at all, and an interrupted ingest leaves nothing behind but staging debris that
-the next write clears.
+or not at all.
+
+Staging: each process writes in its own folder ``<home>/tmp/<pid>-<random>/``, which holds
+a ``.lock`` file the process keeps locked (``flock``) for as long as it lives. A process
+killed mid-write (``kill -9``) leaves its folder behind; every write first removes the
+folders whose lock can be taken, since their owner is gone (the kernel drops a dead
+process's locks, so a reused pid cannot make debris look alive, nor a live writer look
+dead). A folder is locked before it gets its final name, so a sweep never sees a live
+folder unlocked. Anything else under ``tmp/`` (an older version's debris) is removed once
+it is an hour old.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +55,89 @@ __all__ = ["TileStore"]
 _CHUNK = 64  # inner chunk edge of the embeddings shard: 64 x 64 x 128 int8 = 512 KiB
 _SMALL_CHUNK = 256  # chunk edge of the 2-D arrays (scales, valid)
 _FORMAT = "tessera-search-store/1"
+_LOCK = ".lock"
+_OWNED = re.compile(r"^\d+-[0-9a-f]+$")  # <pid>-<random>: a process's staging folder
+_UNOWNED_GRACE_S = 3600.0  # other debris (older layouts, a folder being set up) is kept this long
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): staging is never swept, only ever added to
+    fcntl = None
+
+# This process's staging folder per tmp/ directory, and the open (locked) .lock file that
+# marks it alive; kept for the process's life. Re-made after a fork (other pid).
+_staging_lock = threading.Lock()
+_staging: dict[Path, tuple[int, Path, int]] = {}  # tmp -> (pid, folder, fd of its locked .lock)
+
+
+def _staging_folder(tmp: Path) -> Path:
+    """This process's own locked staging folder under ``tmp`` (made on first use)."""
+    key = tmp.absolute()
+    with _staging_lock:
+        held = _staging.get(key)
+        if held is not None:
+            if held[0] == os.getpid() and (held[1] / _LOCK).is_file():
+                return held[1]
+            if held[0] == os.getpid():  # someone removed it: make a new one
+                os.close(held[2])
+        tmp.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        building = tmp / f".{name}.new"
+        building.mkdir()
+        lock = os.open(building / _LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # open for life
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # no locks on this filesystem: sweeps there cannot lock it either
+                pass
+        final = tmp / name
+        os.replace(building, final)  # only now visible to sweeps, and already locked
+        _staging[key] = (os.getpid(), final, lock)
+        return final
+
+
+def _sweep_staging(tmp: Path, keep: Path | None = None) -> list[Path]:
+    """Remove staging folders under ``tmp`` whose owner is gone; returns what was removed.
+
+    A ``<pid>-<random>`` folder is stale when its ``.lock`` can be locked. Anything else
+    (an older layout's debris, a folder still being set up) goes only once it is over an
+    hour old. Never touches ``keep`` nor a folder whose lock is held.
+    """
+    if fcntl is None or not tmp.is_dir():
+        return []
+    removed = []
+    for entry in tmp.iterdir():
+        if keep is not None and entry == keep:
+            continue
+        try:
+            if _OWNED.match(entry.name) and (entry / _LOCK).is_file():
+                if _remove_if_unlocked(entry):
+                    removed.append(entry)
+            elif time.time() - entry.lstat().st_mtime > _UNOWNED_GRACE_S:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+        except OSError:
+            continue  # vanished meanwhile, or not ours to judge: leave it
+    return removed
+
+
+def _remove_if_unlocked(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / _LOCK, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: its process is alive (or locks do not work here: keep it)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -56,7 +150,7 @@ class TileStore:
     def __init__(self, home: str | os.PathLike[str]) -> None:
         self.home = Path(home)
         self.root = self.home / "store.zarr"
-        self._staging = self.home / "tmp"
+        self._tmp = self.home / "tmp"
 
     # -- layout ---------------------------------------------------------------------
     def _group_path(self, tile: Tile, year: int) -> Path:
@@ -206,7 +300,9 @@ class TileStore:
         }
         shard = (_round_up(h, _CHUNK), _round_up(w, _CHUNK))
         try:
-            with atomic_dir(self._group_path(data.tile, data.year), staging=self._staging) as tmp:
+            staging = _staging_folder(self._tmp)
+            _sweep_staging(self._tmp, keep=staging)
+            with atomic_dir(self._group_path(data.tile, data.year), staging=staging) as tmp:
                 g = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
                 e = g.create_array(
                     "embeddings", shape=(h, w, d), dtype="int8", chunks=(_CHUNK, _CHUNK, d),
@@ -231,9 +327,15 @@ class TileStore:
         """Remove a tile-year from the store (no error if absent)."""
         shutil.rmtree(self._group_path(tile, year), ignore_errors=True)
 
-    def clean_staging(self) -> None:
-        """Remove staging debris left by interrupted writes."""
-        shutil.rmtree(self._staging, ignore_errors=True)
+    def clean_staging(self) -> list[Path]:
+        """Remove staging folders left by processes that died mid-write; returns them.
+
+        The folders of running processes (this one included) are kept.
+        """
+        with _staging_lock:
+            own = _staging.get(self._tmp.absolute())
+        keep = own[1] if own is not None and own[0] == os.getpid() else None
+        return _sweep_staging(self._tmp, keep=keep)
 
     def __iter__(self) -> Iterator[tuple[Tile, int]]:
         return iter(self.list())

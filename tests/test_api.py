@@ -26,7 +26,11 @@ def test_error_tree_roots_and_builtin_parents():
 
     for name in errors.__all__:
         cls = getattr(errors, name)
+        if name == "TesseraSearchWarning":
+            assert issubclass(cls, UserWarning) and not issubclass(cls, errors.TesseraSearchError)
+            continue
         assert issubclass(cls, errors.TesseraSearchError)
+    assert issubclass(errors.WriteError, OSError) and issubclass(errors.NothingStoredError, LookupError)
     assert issubclass(errors.TileNotFoundError, FileNotFoundError)
     assert issubclass(errors.UnknownRegionError, ValueError)
     assert issubclass(errors.SourceUnavailableError, ConnectionError)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -141,3 +146,80 @@ def test_per_channel_scales_become_per_pixel():
     q2, s2 = per_pixel_from_per_channel(q, scales)
     assert np.isnan(s2[0, 0]) and valid_scales(s2[1:]).all()
     np.testing.assert_allclose(dequantize(q2, s2)[1:], (q * sc)[1:], atol=float(s2[1:].max()))
+
+
+# -- staging debris ----------------------------------------------------------------------
+_WRITER = r"""
+import os, signal, sys
+import zarr
+from _helpers import small_tile
+from tessera_search.store import TileStore
+
+home, tile, mode = sys.argv[1:4]
+real = zarr.Group.create_array
+
+def paused(self, name, *args, **kwargs):
+    if name == "scales":  # the embeddings are in the staging folder, the tile is not yet stored
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        print("paused", flush=True)
+        sys.stdin.readline()
+    return real(self, name, *args, **kwargs)
+
+if mode != "write":
+    zarr.Group.create_array = paused
+TileStore(home).write(small_tile(tile))
+print("done", flush=True)
+"""
+
+
+def _writer(home, tile, mode):
+    """Another process writing ``tile``: ``kill`` dies mid-write (SIGKILL), ``pause`` waits
+    mid-write for a line on stdin, ``write`` just writes."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(home), tile, mode], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _staged(home, tile):
+    """Staging debris of ``tile``'s write anywhere under <home>/tmp."""
+    return [p for p in (home / "tmp").rglob(f".{tile}.*")] if (home / "tmp").exists() else []
+
+
+def test_next_write_removes_staging_of_killed_writers_but_not_of_live_ones(home):
+    dead, live, mine = "grid_36.75_-1.35", "grid_36.75_-1.25", "grid_36.85_-1.25"
+    killed = _writer(home, dead, "kill")
+    assert killed.wait(120) == -9
+    assert _staged(home, dead), "the killed writer left its staging behind"
+    running = _writer(home, live, "pause")
+    try:
+        assert running.stdout.readline().strip() == "paused"
+        assert _staged(home, live)
+        store = TileStore(home)
+        store.write(small_tile(mine))  # the next write, here, clears the dead writer's debris
+        assert not _staged(home, dead)
+        assert _staged(home, live), "a running writer's staging was removed"
+        store.clean_staging()
+        assert _staged(home, live)
+        running.stdin.write("\n")
+        running.stdin.flush()
+        assert running.stdout.readline().strip() == "done"  # its write still completes
+    finally:
+        running.stdin.close()
+        assert running.wait(120) == 0
+        running.stdout.close()
+        killed.stdout.close()
+        killed.stdin.close()
+    assert sorted(t.name for t, _ in store.list()) == [live, mine]
+    assert not store.has(Tile.from_name(dead), 2023)
+    # our own staging folder survives another process's sweep, and the finished one's goes
+    ours = [p for p in (home / "tmp").iterdir() if p.name.startswith(f"{os.getpid()}-")]
+    assert len(ours) == 1
+    sweeper = _writer(home, "grid_36.85_-1.35", "write")
+    assert sweeper.wait(120) == 0
+    sweeper.stdout.close()
+    sweeper.stdin.close()
+    left = sorted(p.name for p in (home / "tmp").iterdir())
+    assert ours[0].name in left and len(left) == 2, left  # ours, and the sweeper's (gone, swept next time)
+    store.write(small_tile(mine))
+    assert [p.name for p in (home / "tmp").iterdir()] == [ours[0].name]

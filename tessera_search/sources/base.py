@@ -10,7 +10,9 @@ from ..errors import CorruptTileError
 from ..grid import Tile, TileGrid
 from ..quant import valid_scales
 
-__all__ = ["TileData", "TileFailure"]
+__all__ = ["EMBEDDING_DIM", "TileData", "TileFailure"]
+
+EMBEDDING_DIM = 128  # channels of a TESSERA embedding; indexes and queries assume exactly this
 
 
 @dataclass
@@ -36,7 +38,11 @@ class TileData:
     def __post_init__(self) -> None:
         emb, sc = self.embeddings, self.scales
         if emb.dtype != np.int8 or emb.ndim != 3:
-            raise CorruptTileError(f"{self.label}: embeddings must be (H, W, D) int8, got {emb.dtype} {emb.shape}")
+            raise CorruptTileError(f"{self.label}: embeddings must be (H, W, 128) int8, got {emb.dtype} {emb.shape}")
+        if emb.shape[2] != EMBEDDING_DIM:
+            raise CorruptTileError(
+                f"{self.label}: embeddings are {emb.shape[2]} channels wide, expected {EMBEDDING_DIM}"
+            )
         if sc.shape != emb.shape[:2]:
             raise CorruptTileError(
                 f"{self.label}: scales of shape {sc.shape} do not match embeddings {emb.shape}"

@@ -16,11 +16,16 @@ Manifest columns: ``version, variant, year, lon, lat, directory, grid_path, scal
 grid_size, scales_size`` as geotessera writes them, plus ``grid_md5, scales_md5,
 landmask_path`` which our writer adds (readers treat them as optional). A mirror whose
 ``variant`` is ``synthetic`` is generated data, and says so everywhere downstream.
+
+A path a manifest names is data from the mirror, not a path to trust:
+:func:`safe_relative_path` accepts only a plain relative POSIX path that stays below the
+mirror's root, and readers resolve it (symlinks too) before opening anything.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,7 @@ __all__ = [
     "bucket_paths",
     "cache_paths",
     "landmask_version",
+    "safe_relative_path",
     "write_landmask",
     "write_manifest",
     "write_release_tile",
@@ -45,6 +51,37 @@ BUCKET_LANDMASKS = "landmasks"
 CACHE_NPY = "global_0.1_degree_representation"
 CACHE_TIFF = "global_0.1_degree_tiff_all"
 MANIFEST = "manifest.parquet"
+
+_SCHEME_OR_DRIVE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # "https:", "file:", "C:"
+
+
+def safe_relative_path(path: object) -> str:
+    """``path`` as a normalised relative POSIX path that cannot leave the mirror's root.
+
+    Empty and ``.`` segments are dropped; anything that could name a place outside the
+    root raises ValueError saying why (without repeating the string): not a string,
+    empty, absolute (``/x``, ``//host/x``), a ``..`` segment, a URL scheme or a drive
+    letter, a backslash, or a NUL or other control character. Symlinks are the reader's
+    to resolve: this looks at the string only.
+    """
+    if not isinstance(path, str):
+        raise ValueError("is not a string")
+    if not path:
+        raise ValueError("is empty")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        raise ValueError("holds a NUL or control character")
+    if "\\" in path:
+        raise ValueError("holds a backslash")
+    if path.startswith("/"):
+        raise ValueError("is absolute")
+    if _SCHEME_OR_DRIVE.match(path):
+        raise ValueError("is a URL or a drive path, not a path inside the mirror")
+    parts = [seg for seg in path.split("/") if seg not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("climbs out with '..'")
+    if not parts:
+        raise ValueError("names no file")
+    return "/".join(parts)
 
 
 def landmask_version(dataset_version: str) -> str:

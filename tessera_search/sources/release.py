@@ -15,14 +15,26 @@ the data (:attr:`TileData.valid`).
 
 HTTP downloads run in parallel threads, retry transient failures with exponential
 back-off, resume partial files with Range requests (``*.part`` beside the target) and
-move a file into place only once complete and verified.
+move a file into place only once complete and verified. Every response's length is
+checked (``Content-Length``; for a resumed transfer ``Content-Range`` must start where the
+``.part`` ends), so a connection that drops mid-body is retried and blamed, and the
+``.part`` is kept for the next run; a ``200`` answer to a Range request starts again.
+
+Paths a manifest names are data from the mirror, never trusted: each must be a plain
+relative path (:func:`~tessera_search.sources.layout.safe_relative_path`) that resolves,
+symlinks followed, inside the mirror's root; over HTTP it becomes a URL below the source
+URL (same scheme, host and port), and redirects that leave it are refused. A tile whose
+path escapes is skipped (``manifest path escapes the mirror``) without opening or
+fetching anything. Downloads land under ``download_dir`` at names of our own making
+(``<quoted source URL>/`` plus the bucket layout of the tile-year), never at a name
+taken from the manifest. Error messages never quote a file's bytes.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -34,12 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import file_md5
-from ..errors import CorruptTileError, SourceUnavailableError, TesseraSearchError
+from .._io import file_md5, writing
+from ..errors import CorruptTileError, InvalidInputError, SourceUnavailableError, TesseraSearchError
 from ..grid import Tile, TileGrid
 from ..quant import per_pixel_from_per_channel
-from .base import TileData, TileFailure
-from .layout import BUCKET_NPY, CACHE_NPY, CACHE_TIFF, MANIFEST, bucket_paths, cache_paths
+from .base import EMBEDDING_DIM, TileData, TileFailure
+from .layout import BUCKET_NPY, CACHE_NPY, MANIFEST, bucket_paths, cache_paths, safe_relative_path
 
 __all__ = ["DEFAULT_SOURCE_URL", "ReleaseSource", "read_release_tile"]
 
@@ -47,6 +59,11 @@ DEFAULT_SOURCE_URL = "https://dl2.geotessera.org/"
 DEFAULT_VERSION = "v1"
 DEFAULT_RETRIES = 4
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~+-]*$")  # one path segment: v1, v1.1-cam, v2-2B-L~beta1
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_BLOCK = 1 << 20
 _USER_AGENT = "tessera-search/0.1"
 
 
@@ -63,6 +80,21 @@ class _Entry:
     scales_size: int | None = None
     grid_md5: str | None = None
     scales_md5: str | None = None
+    from_manifest: bool = False
+
+    def files(self) -> tuple[tuple[str, str, int | None, str | None], ...]:
+        """(column, path, size, md5) for the vectors, the scales and the landmask."""
+        return (("grid_path", self.grid, self.grid_size, self.grid_md5),
+                ("scales_path", self.scales, self.scales_size, self.scales_md5),
+                ("landmask_path", self.landmask, None, None))
+
+
+class _Escape(CorruptTileError):
+    """A path (from a manifest or a listing) that leads outside the mirror."""
+
+    def __init__(self, entry: _Entry, column: str, why: str) -> None:
+        origin = "manifest" if entry.from_manifest else "listed"
+        super().__init__(f"{origin} path escapes the mirror ({column} {why}); nothing was read or fetched")
 
 
 def _npy_check(path: Path, what: str) -> None:
@@ -75,10 +107,11 @@ def _npy_check(path: Path, what: str) -> None:
             elif version == (2, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             else:
-                raise CorruptTileError(f"{what}: unsupported .npy version {version}")
+                raise CorruptTileError(f"{what}: unsupported .npy format version {version[0]}.{version[1]}")
             offset = f.tell()
-    except (ValueError, OSError) as exc:
-        raise CorruptTileError(f"{what}: not a readable .npy ({exc})") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        # numpy's message quotes the file's first bytes; never echo a file's content
+        raise CorruptTileError(f"{what}: not a readable .npy (bad or missing header)") from exc
     if dtype.hasobject:
         raise CorruptTileError(f"{what}: .npy holds Python objects; refusing to load it")
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -92,7 +125,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise CorruptTileError(f"{what}: unreadable .npy ({exc})") from exc
+        raise CorruptTileError(f"{what}: unreadable .npy ({type(exc).__name__})") from exc
 
 
 def read_release_tile(
@@ -128,6 +161,10 @@ def read_release_tile(
     emb = _load_npy(grid_path, grid_path.name)
     if emb.dtype != np.int8 or emb.ndim != 3:
         raise CorruptTileError(f"{grid_path.name} holds {emb.dtype} {emb.shape}, expected int8 (H, W, 128)")
+    if emb.shape[2] != EMBEDDING_DIM:
+        raise CorruptTileError(
+            f"{grid_path.name} holds {emb.shape[2]}-channel embeddings {emb.shape}, expected {EMBEDDING_DIM}"
+        )
     if emb.shape[:2] != grid.shape:
         raise CorruptTileError(f"{grid_path.name} is {emb.shape[:2]} but its landmask grid is {grid.shape}")
     scales = _load_npy(scales_path, scales_path.name)
@@ -177,8 +214,14 @@ class ReleaseSource:
             self.root = None
             self.layout = "bucket"
             self.version = version or DEFAULT_VERSION
+            if not _VERSION_RE.match(self.version):
+                raise InvalidInputError(
+                    f"dataset version {self.version!r} is not a plain name like v1 or v1.1-cam"
+                )
             self.download_dir = Path(download_dir) if download_dir else Path.cwd() / ".tessera-downloads"
             self.label = self.url
+            self._base = urllib.parse.urlsplit(self.url)
+            self._opener = urllib.request.build_opener(_ContainedRedirects(self._inside, self.url))
         else:
             self.url = None
             self.root = Path(loc).expanduser().absolute()
@@ -186,6 +229,7 @@ class ReleaseSource:
             self.download_dir = None
             if not self.root.is_dir():
                 raise SourceUnavailableError(f"source directory {self.root} does not exist")
+            self._real_root = self.root.resolve()
             if (self.root / BUCKET_NPY).is_dir():
                 self.layout = "bucket"
                 versions = sorted(p.name for p in (self.root / BUCKET_NPY).iterdir() if p.is_dir())
@@ -218,7 +262,7 @@ class ReleaseSource:
         if self.is_http:
             dest = self.download_dir / "manifests" / urllib.parse.quote(self.url, safe="") / rel
             try:
-                self._download(rel, dest, None, None, fresh=True)
+                self._download(self._join(rel), dest, None, None, MANIFEST, fresh=True)
             except _NotFound:
                 raise SourceUnavailableError(
                     f"{self.url} has no manifest at {rel}; is it a TESSERA release mirror? "
@@ -251,6 +295,7 @@ class ReleaseSource:
                 scales_size=_int_or_none(row.get("scales_size")),
                 grid_md5=row.get("grid_md5") or None,
                 scales_md5=row.get("scales_md5") or None,
+                from_manifest=True,
             )
         return entries
 
@@ -343,17 +388,31 @@ class ReleaseSource:
             dataset_version=self.version, source=self.label, synthetic=self.synthetic,
         )
 
+    def _local_path(self, entry: _Entry, column: str, rel: str) -> Path:
+        """``rel`` under the root, every symlink resolved; _Escape unless it stays inside."""
+        try:
+            clean = safe_relative_path(rel)
+        except ValueError as exc:
+            raise _Escape(entry, column, str(exc)) from None
+        try:
+            real = (self.root / clean).resolve()  # follows every symlink that exists
+        except (OSError, RuntimeError):  # a symlink loop
+            raise _Escape(entry, column, "cannot be resolved (a symlink loop)") from None
+        if not real.is_relative_to(self._real_root):
+            raise _Escape(entry, column, "leads outside the mirror through a symlink")
+        return real
+
     def _local_tile(self, tile: Tile, year: int) -> TileData | TileFailure:
         entry = self._entry(tile, year)
         if entry is None:
             return TileFailure(tile, year, f"not in the source {self.label}")
-        paths = [self.root / entry.grid, self.root / entry.scales, self.root / entry.landmask]
         try:
-            for p, size, md5 in ((paths[0], entry.grid_size, entry.grid_md5), (paths[1], entry.scales_size, entry.scales_md5)):
-                if not p.exists():
+            files = [(self._local_path(entry, col, rel), size, md5) for col, rel, size, md5 in entry.files()]
+            for p, size, md5 in files[:2]:
+                if not p.is_file():
                     raise CorruptTileError(f"{p.name} is missing")
                 _verify(p, size, md5)
-            return self._parse(tile, year, *paths)
+            return self._parse(tile, year, *(p for p, _, _ in files))
         except CorruptTileError as exc:
             return TileFailure(tile, year, str(exc))
 
@@ -361,76 +420,196 @@ class ReleaseSource:
         entry = self._entry(tile, year)
         if entry is None:
             raise _NotFound(f"{tile.name} ({year}) is not in the manifest")
+        # Every URL is checked before anything is fetched; files land at names of our own
+        # making (the bucket layout of this tile-year), never at the manifest's strings.
+        urls = [self._url_for(entry, col, rel) for col, rel, _, _ in entry.files()]
         base = self.download_dir / urllib.parse.quote(self.url, safe="")
+        ours = bucket_paths(self.version, year, tile)
         out = []
-        for rel, size, md5 in ((entry.grid, entry.grid_size, entry.grid_md5),
-                               (entry.scales, entry.scales_size, entry.scales_md5),
-                               (entry.landmask, None, None)):
-            dest = base / rel
-            self._download(rel, dest, size, md5)
+        for url, key, (_, _, size, md5) in zip(urls, ("grid", "scales", "landmask"), entry.files()):
+            dest = base / ours[key]
+            self._download(url, dest, size, md5, Path(ours[key]).name)
             out.append(dest)
         return out[0], out[1], out[2]
 
     # -- HTTP -----------------------------------------------------------------------------
-    def _download(self, rel: str, dest: Path, size: int | None, md5: str | None, fresh: bool = False) -> None:
-        """Fetch ``rel`` to ``dest`` (resuming ``dest.part``), verified; retries with back-off."""
+    def _join(self, rel: str) -> str:
+        """The URL of a relative path of our own making (already safe)."""
+        return self.url + "/".join(urllib.parse.quote(seg, safe="") for seg in rel.split("/"))
+
+    def _url_for(self, entry: _Entry, column: str, rel: str) -> str:
+        """The URL of a manifest path; _Escape unless it lies below the source URL."""
+        try:
+            clean = safe_relative_path(rel)
+        except ValueError as exc:
+            raise _Escape(entry, column, str(exc)) from None
+        url = self._join(clean)
+        if not self._inside(url):  # cannot happen for a clean path; checked all the same
+            raise _Escape(entry, column, "leads outside the source URL")
+        return url
+
+    def _inside(self, url: str) -> bool:
+        """True when ``url`` has the source's scheme, host and port and lies below its path."""
+        try:
+            u = urllib.parse.urlsplit(url)
+            port = u.port or _DEFAULT_PORTS.get(u.scheme.lower())
+        except ValueError:
+            return False
+        b = self._base
+        if (u.scheme.lower(), (u.hostname or "").lower(), port) != (
+            b.scheme.lower(), (b.hostname or "").lower(), b.port or _DEFAULT_PORTS.get(b.scheme.lower())
+        ):
+            return False
+        if u.username is not None or u.password is not None:
+            return False
+        if ".." in urllib.parse.unquote(u.path).split("/"):
+            return False
+        return u.path.startswith(b.path or "/")
+
+    def _download(self, url: str, dest: Path, size: int | None, md5: str | None, what: str,
+                  fresh: bool = False) -> None:
+        """Fetch ``url`` to ``dest`` (resuming ``dest.part``), verified; retries with back-off.
+
+        ``what`` names the file in messages. A dropped connection keeps the ``.part`` (the
+        next try, or the next run, resumes it); only a complete file that fails its checks
+        is deleted.
+        """
         if dest.exists() and not fresh:
             try:
                 _verify(dest, size, md5)
                 return
             except CorruptTileError:
                 dest.unlink()
-        url = urllib.parse.urljoin(self.url, rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        with writing(f"the download folder for {what}", dest.parent):
+            dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
-        attempt = 0
+        attempt = drops = 0
         while True:
             try:
-                etag = self._get(url, part)
-                _verify(part, size, md5, etag=etag, what=Path(rel).name)
+                etag = self._get(url, part, what, size)
+                _verify(part, size, md5, etag=etag, what=what)
                 os.replace(part, dest)
                 return
-            except CorruptTileError:
+            except (CorruptTileError, _NotFound):
                 part.unlink(missing_ok=True)
                 raise
-            except _NotFound:
-                part.unlink(missing_ok=True)
+            except TesseraSearchError:  # refused redirect, HTTP 4xx, a failed write: no retry
                 raise
-            except (urllib.error.URLError, OSError, _Transient) as exc:
+            except (urllib.error.URLError, OSError, http.client.HTTPException, _Transient) as exc:
                 attempt += 1
+                drops += isinstance(exc, _Drop)
                 if attempt > self.retries:
-                    reason = getattr(exc, "reason", exc)
-                    raise SourceUnavailableError(
-                        f"cannot reach {url} after {attempt} tries ({reason}); check the network, "
-                        "or pass --source DIR|URL|synthetic"
-                    ) from exc
+                    raise self._gave_up(url, part, what, attempt, drops, exc) from exc
                 time.sleep(self.backoff * (2 ** (attempt - 1)))
 
-    def _get(self, url: str, part: Path) -> str | None:
-        """One GET into ``part``, resuming with a Range request; returns the ETag."""
+    def _gave_up(self, url: str, part: Path, what: str, attempt: int, drops: int, exc: BaseException):
+        have = part.stat().st_size if part.exists() else 0
+        if isinstance(exc, _Drop):
+            of = f" of {exc.total}" if exc.total is not None else ""
+            return SourceUnavailableError(
+                f"connection to {self._base.netloc} dropped {drops} times while fetching {what} "
+                f"(have {have}{of} bytes; rerun to resume)"
+            )
+        reason = getattr(exc, "reason", exc)
+        kept = f"; {have} bytes of {what} are kept, rerun to resume" if have else ""
+        return SourceUnavailableError(
+            f"cannot reach {url} after {attempt} tries ({reason}){kept}; check the network, "
+            "or pass --source DIR|URL|synthetic"
+        )
+
+    def _get(self, url: str, part: Path, what: str, size: int | None) -> str | None:
+        """One GET into ``part``, resuming with a Range request; returns the ETag.
+
+        Raises _Drop when the body is shorter than the response promised (the bytes that
+        did arrive stay in ``part``), _Transient for 5xx / 429.
+        """
         have = part.stat().st_size if part.exists() else 0
         req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
         if have:
             req.add_header("Range", f"bytes={have}-")
         try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout)
+            resp = self._opener.open(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
+            headers = exc.headers
+            exc.close()
             if exc.code == 404:
                 raise _NotFound(f"HTTP 404 for {url}") from None
-            if exc.code == 416 and have:  # already complete
-                return None
+            if exc.code == 416 and have:
+                m = _UNSATISFIED_RANGE.match((headers or {}).get("Content-Range") or "")
+                if m is None or int(m[1]) == have:
+                    return None  # already complete; the checks that follow decide
+                part.unlink()  # our partial file is longer than the file: start again
+                raise _Transient(f"{what} on the server is not the file we had begun") from None
             if exc.code >= 500 or exc.code == 429:
                 raise _Transient(f"HTTP {exc.code}") from None
             raise SourceUnavailableError(f"HTTP {exc.code} for {url}") from None
         with resp:
-            mode = "ab" if (have and resp.status == 206) else "wb"
-            with open(part, mode) as f:
-                shutil.copyfileobj(resp, f, length=1 << 20)
+            if have and resp.status == 206:
+                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
+                if m is None or int(m[1]) != have:
+                    part.unlink()  # cannot append what does not follow on: start again from zero
+                    raise _Transient(f"the server resumed {what} at the wrong offset")
+                start, expected = have, int(m[2]) - int(m[1]) + 1
+                total = None if m[3] == "*" else int(m[3])
+                mode = "ab"
+            elif resp.status == 200:  # also the answer to a Range request the server ignored
+                start, expected = 0, _int_or_none(resp.headers.get("Content-Length"))
+                total = expected
+                mode = "wb"
+            else:
+                raise SourceUnavailableError(f"unexpected HTTP {resp.status} for {url}")
+            told = total if total is not None else size  # for messages only: a chunked body ends itself
+            got = 0
+            with writing(f"the partial download {part.name}", part), open(part, mode) as f:
+                while expected is None or got < expected:
+                    try:
+                        block = resp.read(_BLOCK if expected is None else min(_BLOCK, expected - got))
+                    except (http.client.HTTPException, OSError) as exc:  # IncompleteRead, reset, timeout
+                        partial = getattr(exc, "partial", b"")  # what did arrive, in order
+                        if isinstance(exc, http.client.IncompleteRead) and partial:
+                            f.write(partial)
+                            got += len(partial)
+                        raise _Drop(start + got, told) from exc
+                    if not block:
+                        break
+                    f.write(block)
+                    got += len(block)
             etag = resp.headers.get("ETag")
-            length = resp.headers.get("Content-Length")
-        if length is not None and mode == "wb" and part.stat().st_size != int(length):
-            raise _Transient("connection closed early")
+        if expected is not None and got < expected:
+            raise _Drop(start + got, told)
+        if total is not None and start + got < total:  # a server that sent only part of the range
+            raise _Drop(start + got, told)
         return etag
+
+
+class _ContainedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only when it stays below the source URL."""
+
+    def __init__(self, inside: Callable[[str], bool], label: str) -> None:
+        super().__init__()
+        self._inside = inside
+        self._label = label
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not self._inside(newurl):
+            try:
+                u = urllib.parse.urlsplit(newurl)
+                where = ascii(f"{u.scheme}://{u.netloc}{u.path}")[1:-1]
+            except ValueError:
+                where = "an unreadable address"
+            if len(where) > 120:
+                where = where[:117] + "..."
+            fp.close()
+            name = Path(urllib.parse.urlsplit(req.full_url).path).name
+            raise _RedirectRefused(
+                f"the server redirected {name} to {where}, outside {self._label}; "
+                "refusing to follow it (a mirror must serve its own files)"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _RedirectRefused(SourceUnavailableError):
+    pass
 
 
 class _NotFound(Exception):
@@ -439,6 +618,15 @@ class _NotFound(Exception):
 
 class _Transient(Exception):
     pass
+
+
+class _Drop(_Transient):
+    """The connection closed before the body was complete; ``have`` bytes are in the .part."""
+
+    def __init__(self, have: int, total: int | None) -> None:
+        super().__init__(f"connection dropped at byte {have}")
+        self.have = have
+        self.total = total
 
 
 def _int_or_none(v) -> int | None:
