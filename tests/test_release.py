@@ -175,3 +175,24 @@ def test_interrupted_download_resumes(tmp_path, home, monkeypatch):
     rep = download(TILES, 2023, source=tmp_path / "m", home=home, progress=False)
     assert len(rep.present) == 2 and len(rep.stored) == 2
     shutil.rmtree(tmp_path / "m")
+
+
+def test_a_landmask_in_another_zone_or_place_is_refused_with_its_reason(tmp_path, home):
+    from tessera_search.grid import TileGrid
+    from tessera_search.sources.layout import write_landmask
+
+    written = write_mirror(tmp_path / "m", NAIROBI_TILES[:2])
+    a, b = (Tile.from_name(n) for n in NAIROBI_TILES[:2])
+    g = written[a.name].grid
+    lm_a = tmp_path / "m" / bucket_paths("v1", 2023, a)["landmask"]
+    # the same shape and lattice, but in the neighbouring zone
+    write_landmask(lm_a, TileGrid(a, g.epsg + 1, g.transform, g.height, g.width), written[a.name].landmask)
+    lm_b = tmp_path / "m" / bucket_paths("v1", 2023, b)["landmask"]
+    gb = written[b.name].grid
+    far = (gb.transform[0], 0.0, gb.transform[2] + 500_000.0, 0.0, gb.transform[4], gb.transform[5])
+    write_landmask(lm_b, TileGrid(b, gb.epsg, far, gb.height, gb.width), written[b.name].landmask)
+    rep = download([a, b], 2023, source=tmp_path / "m", home=home, progress=False)
+    assert rep.stored == []
+    reasons = {f.tile.name: f.reason for f in rep.failed}
+    assert f"EPSG:{g.epsg + 1}" in reasons[a.name] and f"EPSG:{g.epsg}" in reasons[a.name]
+    assert "does not overlap" in reasons[b.name]

@@ -48,7 +48,7 @@ import numpy as np
 
 from .._io import file_md5, writing
 from ..errors import CorruptTileError, InvalidInputError, SourceUnavailableError, TesseraSearchError
-from ..grid import Tile, TileGrid
+from ..grid import Tile, TileGrid, expected_grid
 from ..quant import per_pixel_from_per_channel
 from .base import EMBEDDING_DIM, TileData, TileFailure
 from .layout import BUCKET_NPY, CACHE_NPY, MANIFEST, bucket_paths, cache_paths, safe_relative_path
@@ -128,6 +128,11 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         raise CorruptTileError(f"{what}: unreadable .npy ({type(exc).__name__})") from exc
 
 
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Two (xmin, ymin, xmax, ymax) boxes share area."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def read_release_tile(
     tile: Tile,
     year: int,
@@ -153,10 +158,20 @@ def read_release_tile(
         raise CorruptTileError(f"unreadable landmask GeoTIFF {landmask_path.name}: {exc}") from exc
     if epsg is None:
         raise CorruptTileError(f"landmask GeoTIFF {landmask_path.name} has no EPSG CRS")
+    if int(epsg) != tile.epsg:
+        raise CorruptTileError(
+            f"landmask GeoTIFF {landmask_path.name} is in EPSG:{epsg}, but {tile.name} lies in UTM zone "
+            f"EPSG:{tile.epsg}; a tile's grid is in its own zone, so this landmask is not the tile's"
+        )
     try:
         grid = TileGrid(tile, int(epsg), transform, landmask.shape[0], landmask.shape[1])
     except TesseraSearchError as exc:
         raise CorruptTileError(f"landmask GeoTIFF {landmask_path.name}: {exc}") from exc
+    if not _overlaps(grid.bounds, expected_grid(tile).bounds):
+        raise CorruptTileError(
+            f"landmask GeoTIFF {landmask_path.name}: its grid {grid.bounds} does not overlap the cell of "
+            f"{tile.name} in EPSG:{epsg}; it is another place's landmask"
+        )
 
     emb = _load_npy(grid_path, grid_path.name)
     if emb.dtype != np.int8 or emb.ndim != 3:
