@@ -117,7 +117,8 @@ class QueryResult:
     similarity: np.ndarray
     params: dict = field(default_factory=dict)
     synthetic: bool = False
-    query_id: int | None = None
+    query_id: int | None = None  # None when not recorded (record=False, or see warnings)
+    warnings: list[str] = field(default_factory=list)  # e.g. why the history has no record of it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -129,7 +130,8 @@ class QueryResult:
     def to_json(self) -> dict:
         """``{"index", "query", "matches": [...]}`` plus year, params and the synthetic label."""
         return {"index": self.index, "year": self.year, "synthetic": self.synthetic, "query": self.query,
-                "params": self.params, "query_id": self.query_id, "matches": self.matches()}
+                "params": self.params, "query_id": self.query_id, "warnings": list(self.warnings),
+                "matches": self.matches()}
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the matches to ``.csv``, ``.parquet`` or ``.geojson`` (atomically); returns the path."""
@@ -243,8 +245,10 @@ def query_index(index, point, k: int = 10, nprobe: int | None = None, refine_fac
     result = QueryResult(index=index.name, year=index.year, query=qp.to_json(), ids=res.ids, lon=lons, lat=lats,
                          tiles=names, rows=rows, cols=cols, similarity=res.similarity, params=params,
                          synthetic=index.synthetic)
-    if record:
-        result.query_id = Catalog(index.home).record_query(index.name, qp.vector, params, len(res.ids))
+    if record:  # a read-only workspace still answers; the result says it was not recorded
+        result.query_id, why = Catalog(index.home).record_query_or_warning(index.name, qp.vector, params, len(res.ids))
+        if why:
+            result.warnings.append(why)
     return result
 
 

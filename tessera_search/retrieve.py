@@ -239,7 +239,8 @@ class Retrieval:
     cols: np.ndarray
     truncated: bool = False
     blobs: list[Blob] | None = None
-    query_id: int | None = None
+    query_id: int | None = None  # None when not recorded (record=False, or see warnings)
+    warnings: list[str] = field(default_factory=list)  # e.g. why the history has no record of it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -252,7 +253,8 @@ class Retrieval:
 
     def to_json(self) -> dict:
         doc = {"index": self.index, "year": self.year, "dataset_version": self.dataset_version,
-               "synthetic": self.synthetic, "query_id": self.query_id, "query": self.query,
+               "synthetic": self.synthetic, "query_id": self.query_id, "warnings": list(self.warnings),
+               "query": self.query,
                "params": self.params, "truncated": self.truncated, "count": len(self), "matches": self.matches()}
         if self.blobs is not None:
             doc["blobs"] = [b.to_json() for b in self.blobs]
@@ -422,8 +424,10 @@ def retrieve(
                      "push": spec.push}, ids, sims.astype(np.float32), lon, lat, names, rows, cols, truncated)
     if group:
         out.blobs = _blobs(index, ids, sims, names, rows, cols)
-    if record:
-        out.query_id = Catalog(index.home).record_query(index.name, spec.vector, params, len(ids))
+    if record:  # a read-only workspace still answers; the result says it was not recorded
+        out.query_id, why = Catalog(index.home).record_query_or_warning(index.name, spec.vector, params, len(ids))
+        if why:
+            out.warnings.append(why)
     return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .config import resolve_home
-from .errors import NoCoverageError
+from .errors import CatalogError, NoCoverageError, TesseraSearchError, WriteError
 from .grid import Tile, lonlat_to_pixel, pack_ids, pixel_to_lonlat, tile_for_point
 from .quant import valid_scales
 from .store import TileStore
@@ -27,26 +27,61 @@ def _dir_bytes(path) -> int:
     return total
 
 
+def _tile_summary(store: TileStore, catalog: Catalog, stored: list) -> list[dict]:
+    """Per (year, dataset_version, source): tiles and valid pixels of the tile-years in the store.
+
+    The store is the truth: catalog rows describe the tiles they have; a stored tile the
+    catalog lacks (a download killed before recording it, a catalog made anew) is read
+    from the store and recorded when the catalog can be written.
+    """
+    known = {(r["tile"], int(r["year"])): r for r in catalog.tiles()}
+    groups: dict[tuple, dict] = {}
+    unrecorded = []
+    for tile, year in stored:
+        row = known.get((tile.name, int(year)))
+        if row is None:
+            try:
+                row = store.attrs(tile, year)
+            except TesseraSearchError:
+                continue  # unreadable metadata: the store reports it when the tile is read
+            unrecorded.append(row)
+        key = (int(year), row.get("dataset_version"), row.get("source"))
+        g = groups.setdefault(key, {"year": key[0], "dataset_version": key[1], "source": key[2],
+                                    "synthetic": False, "tiles": 0, "valid_pixels": 0})
+        g["synthetic"] = g["synthetic"] or bool(row.get("synthetic", False))
+        g["tiles"] += 1
+        g["valid_pixels"] += int(row.get("n_valid") or 0)
+    if unrecorded and catalog.writable():
+        for attrs in unrecorded:
+            try:
+                catalog.record_tile(attrs)
+            except (WriteError, CatalogError, KeyError, TypeError, ValueError):
+                break  # best effort: the summary above does not depend on it
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], str(k[1]), str(k[2])))]
+
+
 def workspace_info(home=None) -> dict:
-    """Summary of store and catalog: tiles per (year, version, source), indexes, sizes."""
+    """Summary of store and catalog: tiles per (year, version, source), indexes, sizes.
+
+    Reads only (a read-only workspace works), except that it records in the catalog what
+    the files hold and the catalog lacks, when the catalog can be written.
+    """
+    from .index.search import list_indexes
+
     home = resolve_home(home)
     store, catalog = TileStore(home), Catalog(home)
     stored = store.list()
-    rows = catalog.tile_summary() if catalog.path.exists() else []
-    indexes = catalog.indexes() if catalog.path.exists() else []
+    indexes = list_indexes(home)
     return {
         "home": str(home),
         "store": str(store.root),
         "store_bytes": _dir_bytes(store.root) if store.root.exists() else 0,
         "stored_tile_years": len(stored),
-        "tiles": [
-            {"year": r["year"], "dataset_version": r["dataset_version"], "source": r["source"],
-             "synthetic": bool(r["synthetic"]), "tiles": int(r["tiles"]), "valid_pixels": int(r["valid_pixels"] or 0)}
-            for r in rows
-        ],
+        "tiles": _tile_summary(store, catalog, stored),
         "indexes": [
             {"name": i["name"], "year": i["year"], "dataset_version": i["dataset_version"],
-             "n_vectors": i["n_vectors"], "n_shards": i["n_shards"], "status": i["status"]}
+             "n_vectors": i["n_vectors"], "n_shards": i["n_shards"], "status": i["status"],
+             "problems": i["problems"]}
             for i in indexes
         ],
     }

@@ -119,6 +119,17 @@ def test_build_records_shards_manifest_and_catalog(built):
     assert (index_dir(home, rep.name) / "CURRENT").read_text().strip() == rep.generation
 
 
+def test_manifest_records_each_shard_file_size(built):
+    """What a later build checks the files against (a lost or truncated file is rebuilt)."""
+    home, _, rep = built
+    man = json.loads((rep.path / "manifest.json").read_text())
+    assert man["trained_bytes"] == (rep.path / "trained.faissindex").stat().st_size
+    for key, info in man["shards"].items():
+        files = ShardFiles(rep.path, int(key))
+        assert info["bytes"] == {"index": files.index.stat().st_size, "ids": 8 * info["n_vectors"],
+                                 "vectors": 128 * info["n_vectors"]}
+
+
 def test_search_recall_against_exact(built):
     home, region, rep = built
     idx = open_index(rep.name, home=home)

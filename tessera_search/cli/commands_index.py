@@ -41,6 +41,8 @@ def build_index(
         f"{rep.dataset_version}) in {rep.n_shards} shard(s) ({rep.shards_built} built, {rep.shards_reused} kept), "
         f"{rep.params.factory}, {rep.seconds:.1f} s", highlight=False,
     )
+    if getattr(rep, "repaired", None):
+        con.print(f"repaired: {', '.join(map(str, rep.repaired))}", highlight=False)
     if rep.skipped_tiles:
         con.print(f"{len(rep.skipped_tiles)} tile(s) not available, left out: {', '.join(rep.skipped_tiles)}", highlight=False)
 
@@ -54,7 +56,8 @@ def indexes(json: Json = False) -> None:
     if json:
         print_json({"indexes": [
             {k: r[k] for k in ("name", "year", "dataset_version", "region", "factory", "params", "n_vectors",
-                               "n_shards", "status", "created_at", "updated_at")} for r in rows]})
+                               "n_shards", "status", "created_at", "updated_at")}
+            | {"problems": list(r.get("problems") or []), "building": bool(r.get("building"))} for r in rows]})
         return
     con = out_console()
     if not rows:
@@ -70,3 +73,6 @@ def indexes(json: Json = False) -> None:
         table.add_row(r["name"] + synth, str(r["year"]), str(r["dataset_version"]), str(r["region"]), str(r["factory"]),
                       f"{int(r['n_vectors'] or 0):,}", str(r["n_shards"]), str(r["status"]))
     con.print(table)
+    for r in rows:
+        for problem in r.get("problems") or []:
+            con.print(f"[yellow]{r['name']}[/]: {problem}", highlight=False)

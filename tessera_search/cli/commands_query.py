@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._app import app, state
-from ._console import out_console, print_json
+from ._console import err_console, out_console, print_json
 from .options import Json, Source
 
 _VECTOR_SUFFIXES = (".csv", ".parquet", ".geojson", ".json")
@@ -76,6 +76,8 @@ def query(
                 res = retrieve(idx, spec, k=k, threshold=threshold, min_separation=min_separation, group=group,
                                max_results=max_results, nprobe=nprobe)
             files = export(res, idx, out, values=values, crs=crs, per_tile=per_tile) if out is not None else []
+    for message in getattr(res, "warnings", None) or []:
+        err_console.print(f"[yellow]Warning[/]: {message}", highlight=False, soft_wrap=True)
     if json:
         doc = res.to_json()
         if files:

@@ -16,6 +16,13 @@ trained file:
    position;
 4. :func:`build_index` strings these together with a lock, a progress bar, resumption
    (finished shards of an interrupted build are kept) and the catalog.
+
+The files on disk are the truth: a rerun checks the current generation (every shard file
+present, with the size its manifest records) and rebuilds only what is missing, in a new
+generation that takes the intact shards over by hard link; it records the catalog
+whatever state a killed run left it in, and removes the temporary files a killed run
+left behind. Every write goes through :func:`tessera_search._io.writing`, so a full disk
+or a read-only workspace is a :class:`~tessera_search.errors.WriteError`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_path, writing
 from ..errors import IndexBusyError, IndexCorruptError, InvalidInputError, NoCoverageError
 from ..grid import Tile, pack_ids
 from .shards import (
@@ -43,13 +51,20 @@ from .shards import (
     TRAINED,
     ShardFiles,
     ShardPlan,
+    catalog_entry,
     current_generation,
+    faiss_write,
+    file_sizes,
+    generation_problems,
     generations,
     index_dir,
+    index_state,
     plan_shards,
     read_faiss_index,
     read_manifest,
+    remove_debris,
     set_current,
+    shard_problems,
     write_faiss_index,
     write_manifest,
 )
@@ -297,13 +312,14 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
                 progress: Callable[[int], None] | None = None) -> dict:
     """Build one shard (whole ``tiles``) from the trained index; write its files atomically.
 
-    Returns ``{"shard", "tiles", "n_vectors", "bytes_resident", "seconds"}``. Independent of every
+    Returns ``{"shard", "tiles", "n_vectors", "bytes", "bytes_resident", "seconds"}``
+    (``bytes``: the size of each file, which a later build checks). Independent of every
     other shard: a distributed engine can run this on any machine holding the store and
-    ``trained_path``. Reads the next tile while faiss adds the current one.
+    ``trained_path``. Reads the next tile while faiss adds the current one. A failed write
+    (disk full, read-only folder) is a WriteError.
     """
     import faiss
 
-    from .._io import atomic_path
     from .gpu import to_gpu
 
     t0 = time.monotonic()
@@ -311,7 +327,9 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
     gpu_index = to_gpu(index)
     target = gpu_index if gpu_index is not None else index
     n = 0
-    with atomic_path(files.ids) as tmp_ids, atomic_path(files.vectors) as tmp_vec, atomic_path(files.index) as tmp_idx, \
+    what = f"index shard {files.stem}"
+    with writing(what, files.gen_dir), atomic_path(files.ids, what) as tmp_ids, \
+            atomic_path(files.vectors, what) as tmp_vec, atomic_path(files.index, what) as tmp_idx, \
             open(tmp_ids, "wb") as f_ids, open(tmp_vec, "wb") as f_vec, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_tile_vectors, store, year, tiles[0], region) if tiles else None
         for i in range(len(tiles)):
@@ -334,9 +352,10 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
         os.fsync(f_vec.fileno())
         if gpu_index is not None:
             index = faiss.index_gpu_to_cpu(gpu_index)
-        faiss.write_index(index, str(tmp_idx))
+        faiss_write(index, tmp_idx, what, files.index)
     return {"shard": files.number, "tiles": [t.name for t in tiles], "n_vectors": int(n),
-            "bytes_resident": int(n * _bytes_per_vector(index)), "seconds": round(time.monotonic() - t0, 3)}
+            "bytes": file_sizes(files), "bytes_resident": int(n * _bytes_per_vector(index)),
+            "seconds": round(time.monotonic() - t0, 3)}
 
 
 # -- the whole build -----------------------------------------------------------------
@@ -344,7 +363,8 @@ def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path,
 
 @dataclass
 class BuildReport:
-    """What a build did. ``up_to_date`` when the complete index already matched."""
+    """What a build did. ``up_to_date`` when the complete index already matched (and its
+    files are intact); ``repaired`` lists what a damaged generation lacked (rebuilt)."""
 
     name: str
     year: int
@@ -363,6 +383,7 @@ class BuildReport:
     up_to_date: bool = False
     synthetic: bool = False
     shards: list[dict] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what the check of the last generation found missing
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -376,8 +397,9 @@ def build_lock(idir: Path, name: str) -> Iterator[None]:
     """Hold ``<index dir>/.build.lock`` exclusively; IndexBusyError when another build holds it."""
     import fcntl
 
-    idir.mkdir(parents=True, exist_ok=True)
-    f = open(idir / LOCK, "a+")
+    with writing("the index folder", idir):
+        idir.mkdir(parents=True, exist_ok=True)
+        f = open(idir / LOCK, "a+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -389,10 +411,11 @@ def build_lock(idir: Path, name: str) -> Iterator[None]:
             "`tessera-search build-index` (finished shards are kept)"
         ) from None
     try:
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        with writing("the build lock", idir / LOCK):
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -493,8 +516,27 @@ def build_index(
         raise InvalidInputError(f"index name {name!r} may hold only letters, digits, '.', '_' and '-'")
     idir = index_dir(home, name)
     with build_lock(idir, name):
-        return _build_locked(reg, int(year), name, idir, home, source, factory, budget, progress, rebuild,
-                             shard_size, on_shard, t0)
+        remove_debris(idir)  # under the lock: no other build of this index is writing them
+        try:
+            return _build_locked(reg, int(year), name, idir, home, source, factory, budget, progress, rebuild,
+                                 shard_size, on_shard, t0)
+        except BaseException:
+            _settle(home, idir)
+            raise
+
+
+def _settle(home, idir: Path) -> None:
+    """After a failed build: the catalog says what the files hold (never a stale 'building')."""
+    from ..catalog import Catalog
+    from .search import reconcile_index
+
+    try:
+        catalog = Catalog(home)
+        state = index_state(idir, idle=True)
+        if state is not None:
+            reconcile_index(catalog, state, catalog.index(idir.name), idle=True)
+    except Exception:  # noqa: BLE001 - best effort: the build's own error is the one to report
+        pass
 
 
 def _build_locked(reg, year, name, idir, home, source, factory, budget, progress, rebuild, shard_size, on_shard, t0):
@@ -544,10 +586,18 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
     key = _build_key(year, version, reg, attrs, params, capacity)
 
     current = current_generation(idir)
+    repair_from, repaired = None, []
     if current is not None and not rebuild:
-        man = read_manifest(current)
+        try:
+            man = read_manifest(current)
+        except IndexCorruptError:
+            man = {}
         if man.get("key") == key and man.get("status") == "complete":
-            return _report(man, current, skipped, params, t0, up_to_date=True)
+            repaired = generation_problems(current, man)
+            if not repaired:
+                _record_if_stale(catalog, idir, current, man)  # a run killed before recording it
+                return _report(man, current, skipped, params, t0, up_to_date=True)
+            repair_from = (current, man)  # same index, files lost since: rebuild only those
     gen = None
     for g in generations(idir):
         if g == current:
@@ -562,7 +612,8 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
             shutil.rmtree(g, ignore_errors=True)  # stale: another key or an abandoned build
     if gen is None:
         gen = _next_generation(idir)
-        gen.mkdir(parents=True)
+        with writing("the index generation folder", gen):
+            gen.mkdir(parents=True)
         manifest = {
             "format": _FORMAT, "key": key, "name": name, "year": int(year), "dataset_version": version,
             "region": reg.name, "synthetic": synthetic, "params": params.to_json(), "plan": plan.to_json(),
@@ -574,7 +625,10 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
         write_manifest(gen, manifest)
     else:
         manifest = read_manifest(gen)
-    if catalog.index(name) is None:
+    if repair_from is not None:
+        _take_over(*repair_from, gen, manifest)
+    row = catalog.index(name)
+    if row is None or row.get("status") != "complete":  # a complete row stays complete while a rebuild runs
         catalog.upsert_index({"name": name, "year": int(year), "dataset_version": version, "region": reg.name,
                               "factory": params.factory, "params": params.to_json(), "dims": DIMS,
                               "n_vectors": 0, "n_shards": len(plan.shards), "status": "building"})
@@ -582,15 +636,17 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
     by_name = {t.name: t for t in present}
     trained_path = gen / TRAINED
     todo = [i for i in range(len(plan.shards))
-            if not (str(i) in manifest["shards"] and ShardFiles(gen, i).exist())]
+            if str(i) not in manifest["shards"] or shard_problems(ShardFiles(gen, i), manifest["shards"][str(i)])]
     reused = len(plan.shards) - len(todo)
     n_train_tiles = len(_sample_tiles([t.name for t in present], counts, params.train_size))
     total_steps = (0 if trained_path.exists() else n_train_tiles) + sum(len(plan.shards[i]) for i in todo)
     with progress_bar(progress, f"index {name}", total_steps) as advance:
         if not trained_path.exists():
             t_train = time.monotonic()
-            write_faiss_index(train(store, year, present, counts, reg, params, advance), trained_path)
+            write_faiss_index(train(store, year, present, counts, reg, params, advance), trained_path,
+                              "the trained index")
             manifest["train_seconds"] = round(time.monotonic() - t_train, 3)
+            manifest["trained_bytes"] = trained_path.stat().st_size
             write_manifest(gen, manifest)
         for done, i in enumerate(todo, 1):
             info = build_shard(store, year, [by_name[t] for t in plan.shards[i]], reg, trained_path,
@@ -610,22 +666,54 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
         if g not in (gen, current):
             shutil.rmtree(g, ignore_errors=True)
     rep = _report(manifest, gen, skipped, params, t0)
-    rep.shards_built, rep.shards_reused = len(todo), reused
+    rep.shards_built, rep.shards_reused, rep.repaired = len(todo), reused, repaired
     return rep
 
 
+def _link(src: Path, dst: Path) -> None:
+    """Put ``src``'s bytes at ``dst`` atomically: a hard link (no copy), else a copy."""
+    with atomic_path(dst, "the index shard") as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def _take_over(src_gen: Path, src_man: dict, gen: Path, manifest: dict) -> None:
+    """Seed generation ``gen`` with the intact shards (and trained file) of damaged
+    generation ``src_gen`` of the same build key: only what is missing gets rebuilt."""
+    trained_ok = (src_gen / TRAINED).exists() and (
+        "trained_bytes" not in src_man or (src_gen / TRAINED).stat().st_size == int(src_man["trained_bytes"]))
+    if trained_ok and not (gen / TRAINED).exists():
+        _link(src_gen / TRAINED, gen / TRAINED)
+        for k in ("train_seconds", "trained_bytes"):
+            if k in src_man:
+                manifest[k] = src_man[k]
+    for key, info in sorted(src_man.get("shards", {}).items(), key=lambda kv: int(kv[0])):
+        dst = ShardFiles(gen, int(key))
+        if key in manifest["shards"] and not shard_problems(dst, manifest["shards"][key]):
+            continue
+        src = ShardFiles(src_gen, int(key))
+        if shard_problems(src, info):
+            continue
+        for a, b in ((src.ids, dst.ids), (src.vectors, dst.vectors), (src.index, dst.index)):
+            _link(a, b)
+        manifest["shards"][key] = info
+    write_manifest(gen, manifest)
+
+
 def _record(catalog, manifest: dict, gen: Path) -> None:
-    name = manifest["name"]
-    catalog.delete_index(name)
-    catalog.upsert_index({
-        "name": name, "year": manifest["year"], "dataset_version": manifest["dataset_version"],
-        "region": manifest["region"], "factory": manifest["params"]["factory"],
-        "params": {**manifest["params"], "generation": gen.name, "synthetic": manifest.get("synthetic", False)},
-        "dims": DIMS, "n_vectors": manifest["n_vectors"], "n_shards": len(manifest["shards"]), "status": "complete",
-    })
-    for key in sorted(manifest["shards"], key=int):
-        info = manifest["shards"][key]
-        catalog.record_shard(name, int(key), str(ShardFiles(gen, int(key)).index), info["tiles"], info["n_vectors"])
+    """The index's catalog entry (row, shards, tiles), replaced in one transaction."""
+    catalog.record_index(*catalog_entry(manifest, gen))
+
+
+def _record_if_stale(catalog, idir: Path, gen: Path, manifest: dict) -> None:
+    from .search import reconcile_index
+    from .shards import IndexState
+
+    state = IndexState(manifest["name"], idir, "complete", gen, manifest)
+    reconcile_index(catalog, state, catalog.index(manifest["name"]), idle=True)
 
 
 def _report(manifest: dict, gen: Path, skipped: list[str], params: IndexParams, t0: float, up_to_date: bool = False) -> BuildReport:

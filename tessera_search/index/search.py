@@ -24,19 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexNotFoundError, InvalidInputError, KTooLargeError
+from ..errors import CatalogError, IndexCorruptError, IndexNotFoundError, InvalidInputError, KTooLargeError, WriteError
 from ..grid import Tile, TileGrid, unpack_ids
 from .shards import (
     DIMS,
+    IndexState,
     ShardFiles,
-    current_generation,
+    catalog_entry,
     index_dir,
+    index_names,
+    index_state,
     open_vectors,
     read_faiss_index,
-    read_manifest,
 )
 
-__all__ = ["Index", "SearchResult", "list_indexes", "open_index"]
+__all__ = ["Index", "SearchResult", "list_indexes", "open_index", "reconcile_index"]
 
 _MIN_CANDIDATES = 4096
 
@@ -276,62 +278,166 @@ class Index:
         self.close()
 
 
+def reconcile_index(catalog, state: IndexState, row: dict | None, idle: bool = False) -> None:
+    """Make the catalog's entry for one index agree with its files (best effort, no error).
+
+    A complete generation on disk is recorded as ``complete`` with its shards (one
+    transaction); a damaged or unfinished one sets the row's status. Nothing is written
+    while a build of the index runs (it records itself when done; ``idle``: the caller is
+    that build) or when the catalog cannot be written.
+    """
+    if (state.building and not idle) or not catalog.writable():
+        return
+    try:
+        if state.status == "complete":
+            entry, shards = catalog_entry(state.manifest, state.generation)
+            same = (row is not None and row.get("status") == "complete"
+                    and (row.get("params") or {}).get("generation") == state.generation.name
+                    and int(row.get("n_vectors") or 0) == entry["n_vectors"])
+            if not same:
+                catalog.record_index(entry, shards)
+        elif row is not None and row.get("status") != state.status:
+            catalog.set_index_status(state.name, "incomplete" if state.status == "building" else state.status)
+    except (WriteError, CatalogError):
+        pass  # the catalog is a summary: the files stay the truth, and the next writer records them
+
+
+def _shown(state: IndexState, row: dict | None) -> dict:
+    """The row ``list_indexes`` reports: the catalog's, corrected by what the files hold."""
+    m = state.manifest or {}
+    if state.status in ("complete", "damaged") and state.manifest is not None and state.generation is not None:
+        entry, _ = catalog_entry(m, state.generation)
+        out = {"created_at": m.get("created_at"), "updated_at": m.get("completed_at"), **(row or {}), **entry}
+    elif row is not None:
+        out = dict(row)
+    else:
+        params = dict(m.get("params") or {})
+        out = {"name": state.name, "year": m.get("year"), "dataset_version": m.get("dataset_version"),
+               "region": m.get("region"), "factory": params.get("factory"), "params": params, "dims": DIMS,
+               "n_vectors": 0, "n_shards": len((m.get("plan") or {}).get("shards") or []),
+               "created_at": m.get("created_at"), "updated_at": None}
+    out["status"] = state.status
+    out["problems"] = list(state.problems)
+    out["building"] = bool(state.building)
+    return out
+
+
 def list_indexes(home=None) -> list[dict]:
-    """Catalog rows of every index (name, year, dataset_version, region, n_vectors, status...)."""
+    """Every index of the workspace, as its files say, sorted by name.
+
+    Catalog row fields (name, year, dataset_version, region, factory, params, dims,
+    n_vectors, n_shards, status, created_at, updated_at) plus ``problems`` (what is
+    missing or damaged, [] when none) and ``building`` (a build of it runs now). ``status``
+    is what the files hold: ``complete``, ``damaged`` (files missing or truncated since it
+    was built: rerun build-index to repair), ``building`` (a first build runs) or
+    ``incomplete`` (a build stopped before completing: rerun build-index to resume). The
+    catalog is brought in line with the files on the way (when it can be written).
+    """
     from ..catalog import Catalog
     from ..config import resolve_home
 
-    catalog = Catalog(resolve_home(home))
-    if not catalog.path.exists():
-        return []
-    return catalog.indexes()
+    home = resolve_home(home)
+    catalog = Catalog(home)
+    rows = {r["name"]: r for r in catalog.indexes()}
+    out = []
+    for name in sorted(set(rows) | set(index_names(home))):
+        idir = index_dir(home, name)
+        state = index_state(idir)
+        row = rows.get(name)
+        if state is None:
+            if row is None:
+                continue  # a folder a refused build left: nothing was ever built
+            state = IndexState(name, idir, "damaged", None, None, [f"its folder {idir} is missing"])
+        reconcile_index(catalog, state, row)
+        out.append(_shown(state, row))
+    return out
+
+
+def _states(home: Path) -> list[IndexState]:
+    states = (index_state(index_dir(home, n)) for n in index_names(home))
+    return [s for s in states if s is not None]
+
+
+def rebuild_hint(manifest: dict) -> str:
+    """The build-index command that repairs or finishes the index a manifest describes."""
+    region = str(manifest.get("region") or "")
+    tiles = list(manifest.get("tiles") or [])
+    if region.startswith("bbox "):
+        opts = f"--bbox {region[5:]}"
+    elif region.startswith("region file "):
+        opts = f"--region-file {region[len('region file '):]}"
+    elif region.startswith("tiles ") or not region:
+        opts = " ".join(f"--tile {t}" for t in tiles[:3]) + (f" ... ({len(tiles)} tiles)" if len(tiles) > 3 else "")
+    elif region.endswith(")") and "(" in region:
+        opts = f"--region {region[region.rindex('(') + 1:-1]}"
+    else:
+        opts = f"--region {region!r}"
+    return (f"`tessera-search build-index --year {manifest.get('year')} {opts} --name {manifest.get('name')}` "
+            "(with the options it was built with)")
+
+
+def _damaged(state: IndexState) -> IndexCorruptError:
+    shown = "; ".join(state.problems[:3]) + (f"; and {len(state.problems) - 3} more" if len(state.problems) > 3 else "")
+    how = rebuild_hint(state.manifest) if state.manifest else "`tessera-search build-index --rebuild` with the options it was built with"
+    return IndexCorruptError(
+        f"index {state.name} in {state.path} is damaged: {shown}. Rerun {how}: it rebuilds what is missing "
+        "and keeps the intact shards"
+    )
 
 
 def open_index(name: str | None = None, year: int | None = None, home=None) -> Index:
     """Open index ``name``, or the one complete index for ``year``, or, given neither, the
     workspace's only complete index.
 
-    Raises IndexNotFoundError for an unknown name, a year with no index, a year with
-    several (naming them: pick one with ``name``), or an index whose build has never
-    completed.
+    Goes by the index files, not the catalog. Raises IndexNotFoundError for an unknown
+    name, a year with no index, a year with several (naming them: pick one with ``name``),
+    or an index whose build has never completed; IndexCorruptError for an index whose
+    files are missing or truncated (the message names the build-index run that repairs it).
     """
     from ..config import resolve_home
 
     home = resolve_home(home)
     if name is None:
-        complete = [r for r in list_indexes(home) if r["status"] == "complete"]
+        states = _states(home)
+        complete = [s for s in states if s.status == "complete"]
         if year is None:
             if len(complete) == 1:  # the workspace's only index: nothing to choose
-                return open_index(complete[0]["name"], home=home)
-            names = ", ".join(r["name"] for r in complete)
+                return open_index(complete[0].name, home=home)
+            names = ", ".join(s.name for s in complete)
             raise InvalidInputError(
                 "name an index (--index NAME) or a year (--year YEAR)"
                 + (f"; this workspace has {names}" if complete else "; none is built yet (tessera-search build-index)")
             )
-        rows = [r for r in complete if r["year"] == int(year)]
+        rows = [s for s in complete if int(s.manifest["year"]) == int(year)]
         if not rows:
+            damaged = [s for s in states if s.status == "damaged" and s.manifest and int(s.manifest.get("year", -1)) == int(year)]
+            if len(damaged) == 1:
+                raise _damaged(damaged[0])
             raise IndexNotFoundError(
                 f"no index for {year} in {home}; build one with `tessera-search build-index --year {year} ...`"
             )
         if len(rows) > 1:
             raise IndexNotFoundError(
-                f"{len(rows)} indexes for {year}: {', '.join(r['name'] for r in rows)}; pick one with --index NAME"
+                f"{len(rows)} indexes for {year}: {', '.join(s.name for s in rows)}; pick one with --index NAME"
             )
-        name = rows[0]["name"]
-    idir = index_dir(home, name)
-    gen = current_generation(idir)
-    if gen is None:
-        known = [r["name"] for r in list_indexes(home)]
-        if idir.is_dir():
-            raise IndexNotFoundError(
-                f"index {name} has no complete build yet (one is running or was interrupted); "
-                "run `tessera-search build-index` again to finish it"
-            )
-        hint = f"known indexes: {', '.join(known)}" if known else "no index is built yet"
-        raise IndexNotFoundError(f"no index named {name!r} in {home} ({hint}); see `tessera-search indexes`")
-    manifest = read_manifest(gen)
-    if manifest.get("status") != "complete":
-        raise IndexNotFoundError(f"index {name}: generation {gen.name} is not complete; rerun build-index")
+        state = rows[0]
+        name = state.name
+    else:
+        idir = index_dir(home, name)
+        state = index_state(idir)
+        if state is None or (state.generation is None and state.status != "damaged"):
+            if idir.is_dir():
+                raise IndexNotFoundError(
+                    f"index {name} has no complete build yet (one is running or was interrupted); "
+                    "run `tessera-search build-index` again to finish it"
+                    + (f": {rebuild_hint(state.manifest)}" if state is not None and state.manifest else "")
+                )
+            known = index_names(home)
+            hint = f"known indexes: {', '.join(known)}" if known else "no index is built yet"
+            raise IndexNotFoundError(f"no index named {name!r} in {home} ({hint}); see `tessera-search indexes`")
+    if state.status == "damaged":
+        raise _damaged(state)
+    manifest = state.manifest
     if year is not None and int(manifest["year"]) != int(year):
         raise IndexNotFoundError(f"index {name} is for {manifest['year']}, not {year}")
-    return Index(home, name, gen, manifest)
+    return Index(home, name, state.generation, manifest)

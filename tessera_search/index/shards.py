@@ -16,7 +16,11 @@ A build writes a new generation and, once every shard is in, switches ``CURRENT`
 one ``os.replace``; readers open the generation ``CURRENT`` names, so a query running
 while a build runs sees the last complete index. Every file is written under a
 temporary name and renamed into place; a shard counts as done only once the manifest
-(itself replaced atomically) says so.
+(itself replaced atomically) says so. The manifest records each shard file's size, so
+:func:`generation_problems` can tell a complete generation from one whose files were
+deleted or truncated since, and :func:`index_state` says what the files on disk hold
+(``complete``, ``building``, ``incomplete`` or ``damaged``): the files are the truth, the
+catalog a summary reconciled from them.
 
 The faiss index stores each vector under its position in the shard (0..n-1), so a
 candidate's pixel ID and exact int8 vector are one direct read each from the ``.ids``
@@ -29,24 +33,36 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_path
+from .._io import atomic_path, write_error
 from ..errors import IndexCorruptError
 
 __all__ = [
     "DIMS",
+    "IndexState",
     "ShardFiles",
     "ShardPlan",
+    "build_running",
+    "catalog_entry",
     "current_generation",
+    "faiss_write",
+    "file_sizes",
+    "generation_problems",
     "index_dir",
+    "index_names",
+    "index_state",
     "plan_shards",
     "read_faiss_index",
     "read_manifest",
+    "remove_debris",
     "set_current",
+    "shard_problems",
     "write_faiss_index",
     "write_manifest",
 ]
@@ -126,12 +142,26 @@ def plan_shards(tile_counts: list[tuple[str, int]], capacity: int) -> ShardPlan:
 # -- faiss files ---------------------------------------------------------------------
 
 
-def write_faiss_index(index, path: Path) -> None:
-    """``faiss.write_index`` to a temporary name, then rename onto ``path``."""
+def write_faiss_index(index, path: Path, what: str = "the index file") -> None:
+    """``faiss.write_index`` to a temporary name, then rename onto ``path``.
+
+    A failed write (disk full, read-only folder) is a :class:`~tessera_search.errors.WriteError`.
+    """
+    with atomic_path(path, what) as tmp:
+        faiss_write(index, tmp, what, path)
+
+
+def faiss_write(index, tmp: Path, what: str, path: Path) -> None:
+    """``faiss.write_index(index, tmp)``; faiss' RuntimeError on a failed write becomes a WriteError."""
     import faiss
 
-    with atomic_path(path) as tmp:
+    try:
         faiss.write_index(index, str(tmp))
+    except RuntimeError as exc:  # faiss ends its message with the OS's reason: "... (No space left on device)"
+        text = str(exc).strip()
+        m = re.search(r"\(([^()]+)\)$", text)
+        reason = m.group(1) if m else (text.splitlines()[-1] if text else "faiss could not write the file")
+        raise write_error(what, path, OSError(None, reason)) from exc
 
 
 def read_faiss_index(path: Path, mmap: bool = True):
@@ -159,7 +189,7 @@ def read_faiss_index(path: Path, mmap: bool = True):
 
 def write_manifest(gen_dir: Path, manifest: dict) -> None:
     """Replace ``gen_dir/manifest.json`` atomically."""
-    with atomic_path(gen_dir / MANIFEST) as tmp:
+    with atomic_path(gen_dir / MANIFEST, "the index manifest") as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
@@ -184,7 +214,7 @@ def current_generation(idir: Path) -> Path | None:
 
 def set_current(idir: Path, gen_dir: Path) -> None:
     """Point ``CURRENT`` at ``gen_dir`` in one rename."""
-    with atomic_path(idir / CURRENT) as tmp:
+    with atomic_path(idir / CURRENT, "the index pointer") as tmp:
         tmp.write_text(gen_dir.name + "\n")
 
 
@@ -220,3 +250,177 @@ def open_vectors(files: ShardFiles, n: int) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError) as exc:
         raise IndexCorruptError(f"re-rank vectors of {files.stem} in {files.gen_dir} are unreadable: {exc}") from exc
     return ids, vec
+
+
+# -- what the files on disk hold -----------------------------------------------------
+
+
+def file_sizes(files: ShardFiles) -> dict[str, int]:
+    """Bytes of a shard's three files, as the manifest records them."""
+    return {"index": files.index.stat().st_size, "ids": files.ids.stat().st_size,
+            "vectors": files.vectors.stat().st_size}
+
+
+def shard_problems(files: ShardFiles, info: dict) -> list[str]:
+    """What is wrong with a finished shard's files against its manifest entry ([] when intact).
+
+    Checks that each file exists and has the size the manifest records (the ``.ids`` and
+    ``.vectors`` sizes also follow from ``n_vectors``: 8 and 128 bytes a vector).
+    """
+    n = int(info.get("n_vectors", 0))
+    want = {"ids": 8 * n, "vectors": DIMS * n, **{k: int(v) for k, v in (info.get("bytes") or {}).items()}}
+    problems = []
+    for kind, path in (("index", files.index), ("ids", files.ids), ("vectors", files.vectors)):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{path.name} is missing")
+            continue
+        except OSError as exc:
+            problems.append(f"{path.name} is unreadable ({exc.strerror or exc})")
+            continue
+        if kind in want and size != want[kind]:
+            problems.append(f"{path.name} holds {size:,} bytes, the manifest says {want[kind]:,}")
+    return problems
+
+
+def generation_problems(gen_dir: Path, manifest: dict) -> list[str]:
+    """What keeps a generation marked complete from being searchable ([] when every shard is intact)."""
+    planned = len((manifest.get("plan") or {}).get("shards") or manifest.get("shards") or {})
+    shards = manifest.get("shards") or {}
+    problems = [f"shard {i} was never built" for i in range(planned) if str(i) not in shards]
+    for key in sorted(shards, key=int):
+        problems += shard_problems(ShardFiles(gen_dir, int(key)), shards[key])
+    return problems
+
+
+def build_running(idir: Path) -> bool:
+    """Whether a live process holds the build lock of ``idir`` (by the pid it wrote there).
+
+    Reads the pid instead of probing the lock, because a probe holding the lock for an
+    instant would make a build starting at that instant fail as busy.
+    """
+    try:
+        text = (idir / LOCK).read_text().strip()
+    except OSError:
+        return False
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class IndexState:
+    """What an index's folder holds.
+
+    ``status``: ``complete`` (the current generation is whole), ``damaged`` (it names files
+    that are missing or the wrong size, listed in ``problems``), ``building`` (no complete
+    generation yet and a build is running) or ``incomplete`` (no complete generation and no
+    build running: an interrupted or failed build, which ``build-index`` resumes).
+    ``building`` is True while a build of the index runs, whatever the status (a rebuild
+    keeps the last complete generation visible). ``manifest`` is the current generation's,
+    else the newest unfinished one's (None when there is none).
+    """
+
+    name: str
+    path: Path
+    status: str
+    generation: Path | None
+    manifest: dict | None
+    problems: list[str] = field(default_factory=list)
+    building: bool = False
+
+
+def index_names(home: str | os.PathLike[str]) -> list[str]:
+    """Names of the index folders under ``<home>/index`` (sorted)."""
+    root = Path(home) / "index"
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def index_state(idir: Path, idle: bool = False) -> IndexState | None:
+    """What the files of the index at ``idir`` hold; None when there is no trace of a build
+    (no folder, or one with neither ``CURRENT`` nor a generation). ``idle``: take no build
+    to be running (the caller holds the build lock)."""
+    if not idir.is_dir():
+        return None
+    live = False if idle else build_running(idir)
+    try:
+        pointer = (idir / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        pointer = ""
+    except OSError as exc:
+        return IndexState(idir.name, idir, "damaged", None, None, [f"{CURRENT} is unreadable ({exc})"], live)
+    if pointer:
+        gen = idir / pointer
+        if not gen.is_dir():
+            return IndexState(idir.name, idir, "damaged", None, None,
+                              [f"{CURRENT} names {pointer}, which is missing"], live)
+        try:
+            manifest = read_manifest(gen)
+        except IndexCorruptError as exc:
+            return IndexState(idir.name, idir, "damaged", gen, None, [str(exc)], live)
+        if manifest.get("status") != "complete":
+            problems = [f"{pointer} is not marked complete in its manifest"]
+        else:
+            problems = generation_problems(gen, manifest)
+        return IndexState(idir.name, idir, "damaged" if problems else "complete", gen, manifest, problems, live)
+    gens = generations(idir)
+    if not gens and not live:
+        return None
+    manifest = None
+    for g in reversed(gens):
+        try:
+            manifest = read_manifest(g)
+            break
+        except IndexCorruptError:
+            continue
+    return IndexState(idir.name, idir, "building" if live else "incomplete", None, manifest, [], live)
+
+
+def catalog_entry(manifest: dict, gen: Path) -> tuple[dict, list[dict]]:
+    """The catalog's index row and shard rows for complete generation ``gen``."""
+    row = {
+        "name": manifest["name"], "year": int(manifest["year"]), "dataset_version": manifest["dataset_version"],
+        "region": manifest["region"], "factory": manifest["params"]["factory"],
+        "params": {**manifest["params"], "generation": gen.name, "synthetic": bool(manifest.get("synthetic", False))},
+        "dims": DIMS, "n_vectors": int(manifest.get("n_vectors", sum(int(s["n_vectors"]) for s in manifest["shards"].values()))),
+        "n_shards": len(manifest["shards"]), "status": "complete",
+    }
+    shards = [{"shard": int(k), "path": str(ShardFiles(gen, int(k)).index), "tiles": list(info["tiles"]),
+               "n_vectors": int(info["n_vectors"])}
+              for k, info in sorted(manifest["shards"].items(), key=lambda kv: int(kv[0]))]
+    return row, shards
+
+
+def remove_debris(idir: Path) -> list[Path]:
+    """Remove the temporary ``.*.tmp`` files and folders a killed build left in ``idir`` and
+    its generations; returns what was removed. Call only under the build lock."""
+    removed = []
+    for folder in [idir, *generations(idir)]:
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if not (p.name.startswith(".") and p.name.endswith(".tmp")):
+                continue
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+            except OSError:
+                continue
+    return removed
