@@ -7,7 +7,8 @@ antimeridian, and at the scales this product thins (metres to kilometres) differ
 the WGS84 ellipsoid's geodesic by well under 0.5 %.
 
 :func:`thin` keeps points in priority order, each at least ``min_separation`` metres from
-every point kept before it (greedy suppression), with a hash grid of cells one radius wide
+every point kept before it, measured along the chord (so along the ground too; greedy
+suppression), with a hash grid of cells one radius wide
 so each candidate is checked against its 27 neighbouring cells only.
 """
 
@@ -55,10 +56,10 @@ def thin(lon, lat, min_separation: float, limit: int | None = None, keep=None) -
         return np.arange(min(limit, n), dtype=np.int64)
     xyz = ecef(lon, lat)
     r = float(min_separation)
-    # a chord shorter than the arc: compare chords against the chord of the radius
-    r_chord = 2.0 * EARTH_RADIUS * np.sin(min(r / (2.0 * EARTH_RADIUS), np.pi / 2))
-    r2 = r_chord * r_chord
-    cell = max(r_chord, 1e-3)
+    # Chords are compared with the radius itself: a chord is never longer than its arc,
+    # so kept points are at least ``r`` apart both through the Earth and along it.
+    r2 = r * r
+    cell = max(r, 1e-3)
     buckets: dict[tuple[int, int, int], list[np.ndarray]] = {}
 
     def add(p: np.ndarray) -> None:

@@ -29,7 +29,7 @@ TINY = get_config("v1.0", d_model=32, n_heads=2, n_layers=1, dim_feedforward=64)
 @pytest.mark.parametrize("inputs", ["s2_tanzania_36MXB", "belgium_patch_2020-2021.nc"])
 def test_real_inputs_encode_ingest_index_and_query(tmp_path, inputs):
     from tessera_search.index import build_index, open_index
-    from tessera_search.query import query_index
+    from tessera_search.query import point_query, search_index
 
     out, home = tmp_path / "enc", tmp_path / "ws"
     res = encode(DATA / inputs, out, config=TINY, substitute={"B8A": "B08"}, device="cpu")
@@ -44,6 +44,6 @@ def test_real_inputs_encode_ingest_index_and_query(tmp_path, inputs):
         assert idx.n_vectors > 0
         r, c = np.argwhere(stored.valid & owned_mask(stored.grid))[0]
         lon, lat = pixel_to_lonlat(stored.grid, r, c)
-        q = query_index(idx, (float(lon), float(lat)), k=min(5, idx.n_vectors), record=False)
+        q = search_index(idx, point_query(idx, (float(lon), float(lat))), k=min(5, idx.n_vectors), record=False)
     assert (q.tiles[0], int(q.rows[0]), int(q.cols[0])) == (res.tile, int(r), int(c)) or q.similarity[0] > 0.99999
     assert q.similarity[0] == pytest.approx(1.0, abs=1e-5)

@@ -21,8 +21,7 @@ from tessera_search.index import build_index, list_indexes, open_index
 from tessera_search.index import build as build_mod
 from tessera_search.index.build import normalise
 from tessera_search.index.shards import LOCK, ShardFiles, index_dir
-from tessera_search.query import query
-from tessera_search.retrieve import history, point_query, retrieve
+from tessera_search.query import history, point_query, run_query, search_index
 from tessera_search.store import TileStore
 from tessera_search.workspace import workspace_info
 
@@ -134,7 +133,7 @@ def test_killed_after_the_switch_the_files_win(tmp_path, monkeypatch, clean, hea
 
     idx = open_index(year=2023, home=tmp_path)  # the query --year path finds it on disk
     assert idx.name == NAME and idx.n_vectors == open_index(NAME, home=clean[0]).n_vectors
-    assert len(query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)) == 5
+    assert len(run_query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)) == 5
     if heal == "rerun":
         rep = _build(tmp_path)
         assert rep.up_to_date
@@ -167,7 +166,7 @@ def test_lost_shard_file_is_reported_and_rebuilt(tmp_path, clean, damage):
                                                  rf"--tile {TILES[0]} --tile {TILES[1]} --name {NAME}"):
         open_index(NAME, home=tmp_path)
     with pytest.raises(IndexCorruptError, match="damaged"):
-        query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)
+        run_query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)
     (row,) = list_indexes(tmp_path)
     assert row["status"] == "damaged" and any(path.name in p for p in row["problems"])
     assert _catalog_row(tmp_path)["status"] == "damaged"
@@ -331,7 +330,7 @@ def published(tmp_path, clean):
     """A built workspace with one recorded query, as shipped to readers."""
     _fill(tmp_path)
     _build(tmp_path)
-    first = query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)
+    first = run_query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)
     assert first.query_id is not None and first.warnings == []
     return tmp_path, first
 
@@ -364,13 +363,13 @@ def test_read_only_workspace_answers_info_indexes_history_and_queries(published,
     assert [h["id"] for h in history(home)] == [first.query_id]
     assert calls["rw"] == 0  # reads never try to write
 
-    res = query(_land_point(home), k=5, year=2023, home=home)
+    res = run_query(_land_point(home), k=5, year=2023, home=home)
     assert np.array_equal(res.ids, first.ids) and res.query_id is None
     (warning,) = res.warnings
     assert "not recorded in the history" in warning and "catalog" in warning and "Permission denied" in warning
     assert res.to_json()["warnings"] == [warning]
     with open_index(NAME, home=home) as idx:
-        out = retrieve(idx, point_query(idx, _land_point(home)), k=5)
+        out = search_index(idx, point_query(idx, _land_point(home)), k=5)
     assert out.query_id is None and len(out.warnings) == 1
     with pytest.raises(WriteError, match="catalog"):
         Catalog(home).record_tile(TileStore(home).attrs(Tile.from_name(TILES[0]), 2023))
@@ -393,7 +392,7 @@ def test_read_only_flag_and_unwritable_folders(published, monkeypatch, tmp_path_
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if mode & os.W_OK else real_access(p, mode, **k))
     assert not Catalog(home).writable()
-    res = query(_land_point(home), k=5, year=2023, home=home)
+    res = run_query(_land_point(home), k=5, year=2023, home=home)
     assert res.query_id is None and "not recorded" in res.warnings[0]
     assert len(Catalog(home).queries()) == 1
 
@@ -431,5 +430,5 @@ def test_damaged_catalog_says_how_to_recover_and_recovery_works(tmp_path, damage
     row = cat.index(NAME)
     assert row["status"] == "complete" and row["n_vectors"] == rep.n_vectors
     assert len(cat.shards(NAME)) == 2 and {r["tile"] for r in cat.index_tiles(NAME)} == set(TILES)
-    res = query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)
+    res = run_query(_land_point(tmp_path), k=5, year=2023, home=tmp_path)
     assert res.query_id is not None and res.warnings == []

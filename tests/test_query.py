@@ -12,7 +12,7 @@ from tessera_search.catalog import Catalog
 from tessera_search.errors import NoCoverageError, NoDataError
 from tessera_search.grid import Tile, lonlat_to_pixel, pack_ids, pixel_to_lonlat
 from tessera_search.index import build_index, open_index
-from tessera_search.query import query, query_vector
+from tessera_search.query import query_vector, run_query
 from tessera_search.regions import resolve_region
 from tessera_search.store import TileStore
 
@@ -38,7 +38,7 @@ def ws(tmp_path_factory):
 
 def test_query_returns_ranked_distinct_pixels_query_first(ws):
     lon, lat = _lonlat(ws, "grid_36.75_-1.25", 20, 30)
-    res = query((lon, lat), k=300, index="nairobi", home=ws)
+    res = run_query((lon, lat), k=300, index="nairobi", home=ws)
     assert len(res) == 300 and len(set(res.ids.tolist())) == 300
     assert res.ids[0] == pack_ids(367, -13, 20, 30) and res.similarity[0] == pytest.approx(1.0)
     assert np.all(np.diff(res.similarity) <= 0)
@@ -84,7 +84,7 @@ def test_cli_query_json_and_history(ws, cli):
     code, out, err = cli("--home", ws, "query", "--point", f"{lon},{lat}", "--k", "50", "--year", "2023", "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["index"] == "nairobi" and doc["query"]["tile"] == "grid_36.75_-1.35"
+    assert doc["index"] == "nairobi" and doc["query"]["positives"][0]["tile"] == "grid_36.75_-1.35"
     assert [m["rank"] for m in doc["matches"]] == list(range(1, 51))
     assert set(doc["matches"][0]) == {"rank", "id", "lon", "lat", "tile", "row", "col", "similarity"}
     assert doc["matches"][0]["id"] == pack_ids(367, -14, 25, 25)
@@ -153,9 +153,9 @@ def test_cli_query_errors(ws, cli):
 
 def test_api_errors(ws):
     with pytest.raises(NoDataError):
-        query(_lonlat(ws, "grid_36.75_-1.35", 20, 0), k=5, index="nairobi", home=ws)
+        run_query(_lonlat(ws, "grid_36.75_-1.35", 20, 0), k=5, index="nairobi", home=ws)
     with pytest.raises(NoCoverageError):
-        query(_lonlat(ws, "grid_36.85_-1.25", 20, 20), k=5, index="nairobi", home=ws)
+        run_query(_lonlat(ws, "grid_36.85_-1.25", 20, 20), k=5, index="nairobi", home=ws)
 
 
 def test_cli_build_from_a_mirror_then_query_fetches_missing_tiles(tmp_path, cli):
@@ -216,7 +216,7 @@ def test_region_mask_limits_the_index(tmp_path):
     want = int((region.mask(data.grid) & data.valid).sum())
     assert rep.n_vectors == want and 0 < want < int(data.valid.sum())
     with pytest.raises(NoCoverageError, match="outside its region"):
-        query(_lonlat(home, "grid_36.75_-1.35", 24, 50), k=5, index=rep.name, home=home)
+        run_query(_lonlat(home, "grid_36.75_-1.35", 24, 50), k=5, index=rep.name, home=home)
 
 
 def test_without_index_or_year_the_only_index_is_used(tmp_path, cli):

@@ -17,16 +17,11 @@ from _helpers import small_grid
 from tessera_search.catalog import Catalog
 from tessera_search.errors import InvalidInputError, NoDataError
 from tessera_search.grid import Tile, pixel_to_lonlat
-from tessera_search.retrieve import (
-    _ecef,
-    combine,
-    example_query,
-    export,
-    history,
-    replay,
-    retrieve,
-    thin,
-)
+from tessera_search.geodesy import ecef as _ecef
+from tessera_search.geodesy import thin
+from tessera_search.query import combine, example_query, history, replay
+from tessera_search.query import search_index as retrieve
+from tessera_search.query import write_result as export
 from tessera_search.sources.synthetic import generate_tile
 from tessera_search.store import TileStore
 

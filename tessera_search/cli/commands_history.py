@@ -17,7 +17,8 @@ def history(
     json: Json = False,
 ) -> None:
     """List recorded queries (newest first); rerun one with `query --replay ID`."""
-    from ..retrieve import history as do_history
+    from ..query import history as do_history
+    from ..query import recorded_spec
 
     rows = do_history(state.home, limit=limit)
     if json:
@@ -27,12 +28,12 @@ def history(
 
     table = Table(title=f"{len(rows)} recorded queries")
     for col in ("id", "index", "created", "mode", "k", "results", "examples"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "index"), overflow="fold")
     for r in rows:
-        p = r["params"]
-        ex = f"{len(p.get('positives', []) or [])}+ / {len(p.get('negatives', []) or [])}-"
-        if not p.get("positives") and p.get("point"):
-            ex = "point " + ",".join(f"{v:.5f}" for v in p["point"])
+        spec = recorded_spec({"params": r["params"], "vector": [0.0]})
+        ex = f"{len(spec.positives)}+ / {len(spec.negatives)}-"
+        if len(spec.positives) == 1 and not spec.negatives:
+            ex = "point " + ",".join(f"{spec.positives[0][k]:.5f}" for k in ("lon", "lat"))
         table.add_row(str(r["id"]), str(r["index"]), str(r["created_at"]), str(r["mode"]), str(r["k"]),
                       str(r["n_results"]), ex)
     out_console().print(table)

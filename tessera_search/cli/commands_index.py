@@ -67,7 +67,7 @@ def indexes(json: Json = False) -> None:
 
     table = Table(title="indexes")
     for col in ("name", "year", "version", "region", "factory", "pixels", "shards", "status"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name", overflow="fold")
     for r in rows:
         synth = " [bold magenta](SYNTHETIC)[/]" if (r.get("params") or {}).get("synthetic") else ""
         table.add_row(r["name"] + synth, str(r["year"]), str(r["dataset_version"]), str(r["region"]), str(r["factory"]),

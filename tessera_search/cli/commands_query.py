@@ -11,7 +11,7 @@ from ._app import app, state
 from ._console import err_console, out_console, print_json
 from .options import Json, Source
 
-_VECTOR_SUFFIXES = (".csv", ".parquet", ".geojson", ".json")
+_TABLE_ROWS = 20  # table rows printed unless --all
 
 
 @app.command()
@@ -35,48 +35,34 @@ def query(
     crs: Annotated[str | None, typer.Option("--crs", help="Mosaic CRS for .tif, e.g. EPSG:4326 (needed when the tiles span UTM zones).", show_default=False)] = None,
     per_tile: Annotated[bool, typer.Option("--per-tile", help="With --out DIR: one COG per tile on the tile's own grid.")] = False,
     replay: Annotated[int | None, typer.Option("--replay", help="Rerun recorded query ID (see `tessera-search history`).", show_default=False)] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Print every match in the table (default: the top 20).")] = False,
     json: Json = False,
 ) -> None:
     """Find the pixels most like one or more example pixels (exact cosine similarity)."""
     from ..errors import InvalidInputError
-    from ..grid import parse_point
-
     from ..export import QUERY_SUFFIXES, check_output
+    from ..grid import parse_point
+    from ..query import replay as do_replay
+    from ..query import run_query, write_result
 
     positives = [parse_point(p) for p in point or []]
     negatives = [parse_point(p) for p in negative or []]
     if out is not None:
         check_output(out, QUERY_SUFFIXES, directory=per_tile)
-    plain = (len(positives) == 1 and not negatives and examples is None and example_year is None
-             and threshold is None and not min_separation and not group and replay is None and not per_tile
-             and (out is None or out.suffix.lower() in _VECTOR_SUFFIXES))
-    if plain:
-        from ..query import query as do_query
 
-        res = do_query(positives[0], k=k, index=index, year=year, nprobe=nprobe, home=state.home, source=source)
-        files = [res.write(out)] if out is not None else []
+    def files_of(res, idx):
+        return write_result(res, idx, out, values=values, crs=crs, per_tile=per_tile) if out is not None else []
+
+    if replay is not None:
+        if positives or negatives or examples is not None:
+            raise InvalidInputError("--replay reruns a recorded query as it was; drop the examples")
+        res, files = do_replay(replay, home=state.home, then=files_of)
     else:
-        from ..index import open_index
-        from ..retrieve import example_query, export, point_query, replay as do_replay, retrieve
-
-        if replay is not None:
-            if positives or negatives or examples is not None:
-                raise InvalidInputError("--replay reruns a recorded query as it was; drop the examples")
-            res = do_replay(replay, home=state.home)
-            idx_name = res.index
-        else:
-            idx_name = index
-        with open_index(idx_name, year=year, home=state.home) as idx:
-            if replay is None:
-                if len(positives) == 1 and not negatives and examples is None and example_year is None:
-                    spec = point_query(idx, positives[0], source=source)
-                else:
-                    spec = example_query(idx.year, points=positives, negatives=negatives, examples=examples,
-                                         example_year=example_year, push=push, home=state.home, source=source)
-                res = retrieve(idx, spec, k=k, threshold=threshold, min_separation=min_separation, group=group,
-                               max_results=max_results, nprobe=nprobe)
-            files = export(res, idx, out, values=values, crs=crs, per_tile=per_tile) if out is not None else []
-    for message in getattr(res, "warnings", None) or []:
+        res, files = run_query(positives, negatives=negatives, examples=examples, example_year=example_year,
+                               push=push, index=index, year=year, k=k, threshold=threshold,
+                               min_separation=min_separation, group=group, max_results=max_results,
+                               nprobe=nprobe, home=state.home, source=source, then=files_of)
+    for message in res.warnings:
         err_console.print(f"[yellow]Warning[/]: {message}", highlight=False, soft_wrap=True)
     if json:
         doc = res.to_json()
@@ -84,38 +70,43 @@ def query(
             doc["files"] = [str(f) for f in files]
         print_json(doc)
         return
-    _print_table(res, files)
+    _print_table(res, files, show_all)
 
 
-def _print_table(res, files) -> None:
+def _print_table(res, files, show_all: bool = False) -> None:
     from rich.table import Table
 
     con = out_console()
     label = " (SYNTHETIC)" if res.synthetic else ""
-    q = res.query
-    if "tile" in q:
-        what = f"{q['tile']} row {q['row']} col {q['col']} ({q['centre_lon']:.5f}, {q['centre_lat']:.5f})"
+    pos, neg = res.query.get("positives", []), res.query.get("negatives", [])
+    if len(pos) == 1 and not neg and "row" in pos[0]:
+        p = pos[0]
+        what = f"{p['tile']} row {p['row']} col {p['col']} ({p['lon']:.5f}, {p['lat']:.5f})"
     else:
-        what = f"{len(q.get('positives', []))} positive / {len(q.get('negatives', []))} negative example(s)"
-    blobs = getattr(res, "blobs", None)
-    if blobs is not None:
-        table = Table(title=f"{len(blobs)} blobs of {len(res)} pixels like {what} in {res.index}{label}")
+        what = f"{len(pos)} positive / {len(neg)} negative example(s)"
+    shown = len(res) if show_all else min(len(res), _TABLE_ROWS)
+    if res.blobs is not None:
+        shown = len(res.blobs) if show_all else min(len(res.blobs), _TABLE_ROWS)
+        table = Table(title=f"{len(res.blobs)} blobs of {len(res)} pixels like {what} in {res.index}{label}")
         for col in ("rank", "tile", "pixels", "area m2", "mean sim", "max sim", "lon", "lat"):
             table.add_column(col, justify="left" if col == "tile" else "right")
-        for b in blobs[:200]:
+        for b in res.blobs[:shown]:
             table.add_row(str(b.rank), b.tile, str(b.n_pixels), f"{b.area_m2:,.0f}", f"{b.mean_similarity:.4f}",
                           f"{b.max_similarity:.4f}", f"{b.lon:.5f}", f"{b.lat:.5f}")
+        total, unit = len(res.blobs), "blobs"
     else:
         table = Table(title=f"{len(res)} pixels most like {what} in {res.index}{label}")
         for col in ("rank", "lon", "lat", "tile", "row", "col", "similarity"):
             table.add_column(col, justify="left" if col == "tile" else "right")
-        for m in res.matches():
+        for m in res.matches()[:shown]:
             table.add_row(str(m["rank"]), f"{m['lon']:.5f}", f"{m['lat']:.5f}", m["tile"], str(m["row"]),
                           str(m["col"]), f"{m['similarity']:.4f}")
+        total, unit = len(res), "matches"
     con.print(table)
-    if getattr(res, "truncated", False):
-        con.print("[yellow]stopped at --max-results: more pixels pass the threshold[/]")
-    if getattr(res, "query_id", None) is not None:
+    if shown < total:
+        where = f"; all of them are in {files[0]}" if files else "; --all prints them, --out FILE writes them"
+        con.print(f"{total - shown} more {unit} not shown{where}", highlight=False)
+    if res.query_id is not None:
         con.print(f"recorded as query {res.query_id} (rerun: tessera-search query --replay {res.query_id})", highlight=False)
     for f in files:
         con.print(f"wrote {f}", highlight=False)

@@ -254,16 +254,6 @@ class Index:
         order = top_k(ids, sims, k)
         return ids[order], sims[order], len(ids)
 
-    def query(self, point, k: int = 10, nprobe: int | None = None, refine_factor: int | None = None,
-              source=None, record: bool = True):
-        """Query by example: the pixels most like the stored pixel at ``point`` (lon, lat).
-
-        See :func:`tessera_search.query.query`.
-        """
-        from ..query import query_index
-
-        return query_index(self, point, k=k, nprobe=nprobe, refine_factor=refine_factor, source=source, record=record)
-
     def close(self) -> None:
         """Drop the opened shards and the search threads."""
         if self._pool is not None:

@@ -1,0 +1,241 @@
+"""Files from a query result: a COG match mask or similarity raster, a PNG quicklook,
+points or blobs (:meth:`QueryResult.write`), chosen by the path's suffix."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_path
+from ..errors import InvalidInputError, NoDataError
+from ..grid import Tile, unpack_ids
+from ._result import QueryResult
+from ._vectors import unit_rows
+
+_MAX_MARKERS = 5000  # quicklook: above this many matches, paint blocks instead of markers
+_BLOCK = 65_536  # vectors projected at a time
+
+
+def _tile_rows(index, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """The indexed int8 vectors of ``tile`` (memory-mapped, not read) and their sorted IDs."""
+    from ..grid import tile_id_prefix
+
+    lo = tile_id_prefix(tile)
+    for shard in index.shards:
+        if tile.name in shard.tiles and shard.n_vectors:
+            ids = np.asarray(shard.ids)
+            a, b = np.searchsorted(ids, lo), np.searchsorted(ids, lo + (1 << 32))
+            return shard.vectors[a:b], ids[a:b]
+    return np.zeros((0, 128), np.int8), np.zeros(0, np.int64)
+
+
+def _tile_coverage(index, tile: Tile) -> np.ndarray:
+    """(H, W) bool: the pixels of ``tile`` that are in the index."""
+    grid = index.grid(tile)
+    mask = np.zeros(grid.shape, bool)
+    for shard in index.shards:
+        if tile.name not in shard.tiles or shard.n_vectors == 0:
+            continue
+        from ..grid import tile_id_prefix
+
+        lo = tile_id_prefix(tile)
+        hi = lo + (1 << 32)
+        ids = np.asarray(shard.ids)
+        a, b = np.searchsorted(ids, lo), np.searchsorted(ids, hi)
+        _, _, r, c = unpack_ids(ids[a:b])
+        mask[r, c] = True
+    return mask
+
+
+def _tile_similarity(index, tile: Tile, vector: np.ndarray) -> np.ndarray:
+    """(H, W) float32: exact cosine of every indexed pixel of ``tile`` to ``vector``; NaN elsewhere."""
+    out = np.full(index.grid(tile).shape, np.nan, np.float32)
+    q = np.asarray(vector, np.float32)
+    v, ids = _tile_rows(index, tile)
+    for a in range(0, len(v), _BLOCK):  # blocks: one tile's float copy would be 0.6 GB
+        _, _, r, c = unpack_ids(ids[a:a + _BLOCK])
+        x = np.asarray(v[a:a + _BLOCK], dtype=np.float32)
+        n = np.linalg.norm(x, axis=1)
+        n[n == 0] = np.inf
+        out[r, c] = (x @ q) / n
+    return out
+
+
+def _tags(result: QueryResult, extra: dict | None = None) -> dict:
+    return {"year": result.year, "dataset_version": result.dataset_version, "index": result.index,
+            "synthetic": result.synthetic, "query_id": result.query_id,
+            "query_params": json.dumps({k: v for k, v in result.params.items()}, default=str),
+            "producer": "tessera-search", **(extra or {})}
+
+
+def write_raster(result: QueryResult, index, path, values: str = "mask", crs: str | None = None,
+                 per_tile: bool = False) -> list[Path]:
+    """A COG of the matches: uint8 mask (1 match, 0 indexed but no match, 255 nodata) or
+    float32 similarity of every indexed pixel (``values="similarity"``, NaN nodata).
+
+    The mosaic covers the tiles holding matches, on their own 10 m grid when they share a
+    UTM zone, in ``crs`` otherwise; ``per_tile`` writes one COG per tile into directory
+    ``path``. Returns the files written.
+    """
+    from ..export import RasterWriter
+
+    if values not in ("mask", "similarity"):
+        raise InvalidInputError(f"values is mask or similarity, not {values!r}")
+    if len(result) == 0:
+        raise NoDataError("no matches to write; loosen the threshold or raise k")
+    names = sorted(set(result.tiles))
+    tiles = [Tile.from_name(n) for n in names]
+    grids = [index.grid(t) for t in tiles]
+    path = Path(path)
+    target = path
+    if per_tile:
+        path.mkdir(parents=True, exist_ok=True)
+        target = path / "matches.tif"
+    kw = dict(count=1, crs=crs, per_tile=per_tile, tags=_tags(result, {"values": values}))
+    if values == "mask":
+        writer = RasterWriter(target, grids, dtype="uint8", nodata=255, band_descriptions=["match"],
+                              colormap={0: (40, 40, 40), 1: (255, 215, 0)}, **kw)
+    else:
+        writer = RasterWriter(target, grids, dtype="float32", nodata=float("nan"),
+                              band_descriptions=["cosine similarity"], overview_resampling="average", **kw)
+    with writer:
+        for t, g in zip(tiles, grids, strict=True):
+            if values == "mask":
+                cov = _tile_coverage(index, t)
+                data = np.where(cov, 0, 255).astype(np.uint8)
+                sel = np.array([n == t.name for n in result.tiles])
+                data[result.rows[sel], result.cols[sel]] = 1
+            else:
+                data = _tile_similarity(index, t, result.vector)
+            writer.write_tile(g, data)
+    return list(writer.written) if per_tile else [target]
+
+
+def write_quicklook(result: QueryResult, index, path, max_size: int = 1024) -> Path:
+    """A PNG: the matches (yellow dots) over a false-colour PCA view of the embeddings of the
+    tiles holding them, the query's example points marked (cyan +, red x for negatives),
+    with a scale bar. Tiles of several UTM zones are drawn in EPSG:4326."""
+    import rasterio
+    from PIL import Image, ImageDraw, ImageFont
+    from rasterio.enums import Resampling
+
+    from ..export import RasterWriter
+
+    if len(result) == 0:
+        raise NoDataError("no matches to draw; loosen the threshold or raise k")
+    path = Path(path)
+    tiles = [Tile.from_name(n) for n in sorted(set(result.tiles))]
+    grids = [index.grid(t) for t in tiles]
+    crs = None if len({g.epsg for g in grids}) == 1 else "EPSG:4326"
+    # PCA basis from a sample of the tiles' indexed vectors, then each tile projected in
+    # blocks: memory holds one tile's colours, never its vectors.
+    rng = np.random.default_rng(0)
+    sample = [unit_rows(v[np.sort(rng.choice(len(v), size=min(len(v), 20000), replace=False))])
+              for v, _ in (_tile_rows(index, t) for t in tiles) if len(v)]
+    x = np.concatenate(sample) if sample else np.zeros((1, 128))
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    basis = vt[:3].T
+    proj = (x - mean) @ basis
+    lo_p, hi_p = np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0)
+    del sample, x, proj
+    stage = path.with_name(f".{path.stem}.rgb.tif")
+    try:
+        with RasterWriter(stage, grids, count=4, dtype="uint8", nodata=0, crs=crs) as w:
+            for t, g in zip(tiles, grids, strict=True):
+                arr = np.zeros((4, g.height, g.width), np.uint8)
+                v, ids = _tile_rows(index, t)
+                for a in range(0, len(v), _BLOCK):
+                    _, _, r, c = unpack_ids(ids[a:a + _BLOCK])
+                    rgb = np.clip(((unit_rows(v[a:a + _BLOCK]) - mean) @ basis - lo_p) / np.maximum(hi_p - lo_p, 1e-9), 0, 1)
+                    arr[:3, r, c] = (30 + 200 * rgb.T).astype(np.uint8)
+                    arr[3, r, c] = 1
+                w.write_tile(g, arr)
+        with rasterio.open(stage) as src:
+            f = max(src.width / max_size, src.height / max_size, 1.0)
+            wpx, hpx = max(1, int(round(src.width / f))), max(1, int(round(src.height / f)))
+            img = src.read(out_shape=(4, hpx, wpx), resampling=Resampling.nearest)
+            transform = src.transform @ src.transform.scale(src.width / wpx, src.height / hpx)
+            src_crs = src.crs
+    finally:
+        stage.unlink(missing_ok=True)
+    from pyproj import Transformer
+
+    to_img = Transformer.from_crs(4326, src_crs.to_wkt(), always_xy=True)
+    def to_pixel(x, y):  # north-up: (col, row) of map coordinates in the quicklook
+        return (np.asarray(x) - transform.c) / transform.a, (np.asarray(y) - transform.f) / transform.e
+
+    rgb = np.transpose(img[:3], (1, 2, 0)).copy()
+    rgb[img[3] == 0] = 255
+    # Matches are painted from their coordinates, so they stay visible however much the
+    # picture is decimated.
+    mx, my = to_img.transform(result.lon, result.lat)
+    mc, mr = to_pixel(mx, my)
+    mc, mr = np.floor(mc).astype(int), np.floor(mr).astype(int)
+    ok = (mc >= 0) & (mc < wpx) & (mr >= 0) & (mr < hpx)
+    if ok.sum() > _MAX_MARKERS:  # many matches: paint 3 x 3 blocks, markers would clutter
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = np.clip(mr[ok] + dr, 0, hpx - 1), np.clip(mc[ok] + dc, 0, wpx - 1)
+                rgb[rr, cc] = (255, 215, 0)
+    header, footer = 22, 34
+    canvas = Image.new("RGB", (wpx + 20, hpx + header + footer + 10), "white")
+    canvas.paste(Image.fromarray(rgb), (10, header + 5))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    title = (f"{len(result)} matches in {result.index} ({result.year})"
+             + (" - SYNTHETIC data" if result.synthetic else ""))
+    draw.text((10, 4), title, fill=(0, 0, 0), font=font)
+    draw.rectangle([9, header + 4, 10 + wpx, header + 5 + hpx], outline=(0, 0, 0))
+    if ok.sum() <= _MAX_MARKERS:  # few matches: a ringed dot each, visible at any zoom
+        for c, r in zip(mc[ok][::-1], mr[ok][::-1], strict=True):  # best drawn last, on top
+            x, y = 10 + c, header + 5 + r
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 215, 0), outline=(0, 0, 0))
+    for ex, colour, cross in ([(e, (0, 200, 255), False) for e in result.query.get("positives", [])]
+                              + [(e, (220, 0, 0), True) for e in result.query.get("negatives", [])]):
+        x, y = to_img.transform(ex["lon"], ex["lat"])
+        c, r = to_pixel(x, y)
+        px, py = 10 + c, header + 5 + r
+        if 0 <= c < wpx and 0 <= r < hpx:
+            draw.ellipse([px - 11, py - 11, px + 11, py + 11], outline=(0, 0, 0), width=2)
+            if cross:
+                draw.line([px - 8, py - 8, px + 8, py + 8], fill=colour, width=3)
+                draw.line([px - 8, py + 8, px + 8, py - 8], fill=colour, width=3)
+            else:
+                draw.line([px - 9, py, px + 9, py], fill=colour, width=3)
+                draw.line([px, py - 9, px, py + 9], fill=colour, width=3)
+    metres_px = transform.a
+    if src_crs.is_geographic:
+        metres_px *= 111_320.0 * math.cos(math.radians(transform.f + transform.e * hpx / 2))
+    from ..export import _nice_length
+
+    length = _nice_length(metres_px * wpx / 4)
+    if length > 0:
+        bar = int(round(length / metres_px))
+        y = header + 5 + hpx + 12
+        draw.rectangle([10, y, 10 + bar, y + 5], fill=(0, 0, 0))
+        draw.text((14 + bar, y - 3), f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m",
+                  fill=(0, 0, 0), font=font)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def write_result(result: QueryResult, index, path, values: str = "mask", crs: str | None = None,
+           per_tile: bool = False) -> list[Path]:
+    """Write ``result`` by the suffix of ``path`` (.tif, .png, .geojson, .parquet, .csv);
+    ``per_tile`` takes a directory. A .tif also gets its PNG quicklook beside it."""
+    path = Path(path)
+    if per_tile or path.suffix.lower() in (".tif", ".tiff"):
+        files = write_raster(result, index, path, values=values, crs=crs, per_tile=per_tile)
+        if not per_tile:
+            files.append(write_quicklook(result, index, path.with_suffix(".png")))
+        return files
+    if path.suffix.lower() == ".png":
+        return [write_quicklook(result, index, path)]
+    if crs is not None:
+        raise InvalidInputError("crs applies to .tif output; points and polygons are written in lon/lat")
+    return [result.write(path)]
