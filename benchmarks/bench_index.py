@@ -239,14 +239,14 @@ def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
     nprobe = res.nprobe
     # End to end from a point: read the pixel from the store, search, locate the matches.
     from tessera_search.grid import Tile, pixel_to_lonlat, unpack_ids
-    from tessera_search.query import query_index
+    from tessera_search.query import point_query, search_index
 
     e2e = []
     for pid in idx.shards[0].ids[:: max(1, idx.shards[0].n_vectors // 10)][:10]:
         ix, iy, r, c = unpack_ids(int(pid))
         lon, lat_ = pixel_to_lonlat(idx.grid(Tile(int(ix), int(iy))), r, c)
         t0 = time.perf_counter()
-        query_index(idx, (float(lon), float(lat_)), k=1000, record=False)
+        search_index(idx, point_query(idx, (float(lon), float(lat_))), k=1000, record=False)
         e2e.append(time.perf_counter() - t0)
     return {"median_s": float(np.median(lat)), "p95_s": float(np.percentile(lat, 95)),
             "first_median_s": float(np.median(first)), "first_p95_s": float(np.percentile(first, 95)),
