@@ -1,19 +1,21 @@
 """Benchmark: tessera-search's sharded index against exact search and bare faiss.
 
-    python benchmarks/bench_index.py [--sizes 1e6,1e7] [--queries 30] [--work DIR]
+    python benchmarks/bench_index.py [--sizes 1e6,1e7] [--queries 30] [--window PX] [--work DIR]
+    python benchmarks/bench_index.py --tiny --work DIR      # smoke run: ~25 k pixels, seconds
 
 For each size, in one run and on the same int8 vectors:
 
-- **data**: a seeded synthetic landscape written straight into a tile store (whole
-  0.1 degree tiles on their real UTM grids): fields of 24 land-cover classes, each class a
-  prototype drawn from the per-channel mean/std of real TESSERA embeddings
-  (``/work/shared/reference/embedding-stats.json`` when present), each field offset from
-  its prototype, each pixel varying around its field (low-rank, like real embeddings,
-  plus a little isotropic noise), a river of no-data pixels; quantized per pixel to
-  int8 + scale exactly like the releases;
-- **ours**: ``build_index`` end to end (read store, mask, normalise, add, write) with its
-  default parameters, then ``Index.search`` at k = 10 and k = 1000, warm: every query is
-  run once (timed separately as the "first pass") before the timed pass;
+- **data**: the product's SYNTHETIC landscape (:mod:`tessera_search.sources.synthetic`,
+  seed 7, year 2023), ingested the way a user would: whole 0.1 degree tiles near Nairobi
+  on their real UTM grids through ``ts.download(tiles, year, source="synthetic:7")``, or
+  with ``--window PX`` a centred PX x PX window of each tile's real grid
+  (``ts.generate_tile(..., grid=window)``, written with ``TileStore.write`` and
+  ``Catalog.record_tile``, as ``download`` does) for small, fast runs. Enough tiles to
+  hold about the requested number of valid pixels (lakes and rivers have none);
+- **ours**: ``ts.build_index`` end to end (read store, mask, normalise, add, write) with
+  its default parameters, then ``Index.search`` at k = 10 and k = 1000, warm: every query
+  is run once (timed separately as the "first pass") before the timed pass; and from a
+  point end to end with ``ts.point_query`` + ``ts.search_index``;
 - **bare faiss**: the same factory string and the same trained quantizer, ``add_with_ids``
   of the same normalised vectors held in memory, searched at the same nprobe without
   re-ranking;
@@ -21,8 +23,10 @@ For each size, in one run and on the same int8 vectors:
   products over every vector, then argpartition), the ground truth and the latency
   baseline.
 
-Each phase runs in its own process so its peak RSS is its own. Prints a Markdown table
-and writes ``bench_index.json`` beside the work directory. Not run in CI.
+Queries are indexed pixels drawn with a fixed seed. Each phase runs in its own process so
+its peak RSS is its own. Prints a Markdown table and writes ``bench_index.json`` into the
+work directory. ``--tiny`` (= ``--sizes 2e4 --window 100 --queries 5``) is what the smoke
+test runs. Not run in CI at full size.
 """
 
 from __future__ import annotations
@@ -43,69 +47,34 @@ import numpy as np
 
 YEAR = 2023
 SEED = 7
-N_CLASSES = 24
-RANK = 16
-STATS = Path("/work/shared/reference/embedding-stats.json")
+TINY = {"sizes": "2e4", "window": 100, "queries": 5}
+# Owned pixels of a whole tile near Nairobi (its UTM grid is larger than its cell), and
+# the share of the synthetic landscape that is land (water has no embedding).
+_OWNED_PER_TILE = 1.06e6
+_LAND_SHARE = 0.9
 
 
-# -- synthetic data ------------------------------------------------------------------
+# -- data ----------------------------------------------------------------------------
 
 
-def _stats() -> tuple[np.ndarray, np.ndarray]:
-    if STATS.exists():
-        d = json.loads(STATS.read_text())
-        return np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32)
-    return np.zeros(128, np.float32), np.full(128, 1.8, np.float32)
+def _tiles_for(n_pixels: float, window: int):
+    """Tiles (a square block near Nairobi) holding about ``n_pixels`` valid pixels."""
+    import tessera_search as ts
 
-
-def _tiles_for(n_pixels: float):
-    from tessera_search.grid import Tile
-
-    # Tiles near Nairobi hold about 1.1 M owned pixels each, ~4 % of them river.
-    n_tiles = max(1, math.ceil(n_pixels / 1.06e6))
+    per_tile = (window * window if window else _OWNED_PER_TILE) * _LAND_SHARE
+    n_tiles = max(1, math.ceil(n_pixels / per_tile))
     side = math.ceil(math.sqrt(n_tiles))
-    return [Tile(360 + i % side, -20 + i // side) for i in range(n_tiles)]
+    return [ts.Tile(360 + i % side, -20 + i // side) for i in range(n_tiles)]
 
 
-def make_tile(tile, seed: int = SEED):
-    """One whole synthetic tile (TileData) on the tile's real UTM grid."""
-    from tessera_search.grid import expected_grid
-    from tessera_search.quant import quantize
-    from tessera_search.sources.base import TileData
+def _window_grid(tile, size: int):
+    """A centred (size, size) window of the tile's real UTM grid (same CRS and lattice)."""
+    import tessera_search as ts
 
-    mean, std = _stats()
-    world = np.random.default_rng(seed)  # shared by every tile: the same classes everywhere
-    protos = mean + std * world.standard_normal((N_CLASSES, 128)).astype(np.float32)
-    b_field = world.standard_normal((RANK, 128)).astype(np.float32) / np.sqrt(RANK)
-    b_pixel = world.standard_normal((RANK, 128)).astype(np.float32) / np.sqrt(RANK)
-    rng = np.random.default_rng([seed, tile.ix + 1800, tile.iy + 900])
-    grid = expected_grid(tile)
-    h, w = grid.shape
-    # Fields: a jittered block grid of 30-60 pixel cells, each a class and an offset.
-    fh, fw = int(rng.integers(30, 60)), int(rng.integers(30, 60))
-    rows = (np.arange(h)[:, None] + rng.integers(0, fh, (1, w)) // 3) // fh
-    cols = (np.arange(w)[None, :] + rng.integers(0, fw, (h, 1)) // 3) // fw
-    field = (rows * (w // fw + 2) + cols).astype(np.int64)
-    n_fields = int(field.max()) + 1
-    f_class = rng.integers(0, N_CLASSES, n_fields)
-    f_off = (rng.standard_normal((n_fields, RANK)).astype(np.float32) @ b_field) * std * 0.35
-    emb = np.empty((h, w, 128), np.int8)
-    scales = np.empty((h, w), np.float32)
-    for r0 in range(0, h, 128):
-        f = field[r0:r0 + 128]
-        m = f.size
-        x = protos[f_class[f.ravel()]] + f_off[f.ravel()]
-        x += (rng.standard_normal((m, RANK)).astype(np.float32) @ b_pixel) * std * 0.2
-        x += rng.standard_normal((m, 128)).astype(np.float32) * std * 0.05
-        q, s = quantize(x)
-        emb[r0:r0 + 128] = q.reshape(f.shape + (128,))
-        scales[r0:r0 + 128] = s.reshape(f.shape)
-    # A river: a sinuous band of no-data pixels.
-    cc = (w / 2 + w / 6 * np.sin(np.arange(h) / h * 2 * np.pi * rng.uniform(0.5, 2))).astype(int)
-    band = np.abs(np.arange(w)[None, :] - cc[:, None]) < 25
-    scales[band] = np.nan
-    emb[band] = 0
-    return TileData(tile, YEAR, emb, scales, grid, "v1", "synthetic-bench", True)
+    g = ts.expected_grid(tile)
+    r0, c0 = (g.height - size) // 2, (g.width - size) // 2
+    a, b, c, d, e, f = g.transform
+    return ts.TileGrid(tile, g.epsg, (a, b, c + a * c0, d, e, f + e * r0), size, size)
 
 
 # -- phases (each in its own process) ------------------------------------------------
@@ -124,26 +93,29 @@ def _rss(field: str = "VmRSS") -> int:
     return 0
 
 
-def phase_data(home: Path, size: float) -> dict:
-    from tessera_search.catalog import Catalog
-    from tessera_search.store import TileStore
+def phase_data(home: Path, size: float, window: int) -> dict:
+    import tessera_search as ts
 
-    store, catalog = TileStore(home), Catalog(home)
     t0 = time.perf_counter()
-    tiles = _tiles_for(size)
-    for tile in tiles:
-        if not store.has(tile, YEAR):
-            catalog.record_tile(store.write(make_tile(tile)))
-    return {"tiles": [t.name for t in tiles], "seconds": time.perf_counter() - t0, "peak_rss": _peak_rss()}
+    tiles = _tiles_for(size, window)
+    if window:
+        store, catalog = ts.TileStore(home), ts.Catalog(home)
+        for tile in tiles:
+            if not store.has(tile, YEAR):
+                data = ts.generate_tile(tile, YEAR, seed=SEED, grid=_window_grid(tile, window)).data
+                catalog.record_tile(store.write(data))
+    else:
+        ts.download(tiles, YEAR, source=f"synthetic:{SEED}", home=home, progress=False)
+    return {"tiles": [t.name for t in tiles], "window": window, "seconds": time.perf_counter() - t0,
+            "peak_rss": _peak_rss()}
 
 
-def phase_build(home: Path, size: float) -> dict:
-    from tessera_search.index import build_index
-    from tessera_search.regions import resolve_region
+def phase_build(home: Path, size: float, window: int) -> dict:
+    import tessera_search as ts
 
-    region = resolve_region(tiles=[t.name for t in _tiles_for(size)])
     t0 = time.perf_counter()
-    rep = build_index(region, YEAR, home=home, progress=False, name="bench", rebuild=True)
+    rep = ts.build_index(tiles=[t.name for t in _tiles_for(size, window)], year=YEAR, home=home,
+                         progress=False, name="bench", rebuild=True)
     total = time.perf_counter() - t0
     man = json.loads((rep.path / "manifest.json").read_text())
     add_seconds = sum(s["seconds"] for s in man["shards"].values())
@@ -155,10 +127,10 @@ def phase_build(home: Path, size: float) -> dict:
 
 def _query_set(home: Path, n: int):
     """(n, 128) unit float32 query vectors: indexed pixels drawn with a fixed seed."""
-    from tessera_search.index import open_index
-    from tessera_search.index.build import normalise
+    import tessera_search as ts
+    from tessera_search.index.build import normalise  # the build's own, so vectors match exactly
 
-    idx = open_index("bench", home=home)
+    idx = ts.open_index("bench", home=home)
     rng = np.random.default_rng(123)
     out = []
     for _ in range(n):
@@ -168,13 +140,12 @@ def _query_set(home: Path, n: int):
 
 
 def _all_vectors(home: Path):
-    from tessera_search.index import open_index
+    import tessera_search as ts
 
-    idx = open_index("bench", home=home)
+    idx = ts.open_index("bench", home=home)
     ids = np.concatenate([np.asarray(s.ids) for s in idx.shards])
     vecs = np.concatenate([np.asarray(s.vectors) for s in idx.shards])
     return idx, ids, vecs
-
 
 def phase_exact(home: Path, n_queries: int, out: Path) -> dict:
     """Ground truth (top 1000 per query) and the exact int8 scan's latency."""
@@ -211,12 +182,12 @@ def _recall(got: np.ndarray, truth: np.ndarray, k: int) -> float:
 def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
     import faiss
 
-    from tessera_search.index import open_index
+    import tessera_search as ts
 
     rss0, anon0, file0 = _rss(), _rss("RssAnon"), _rss("RssFile")  # before anything opens the index
     truth = np.load(truth_path)
     Q = _query_set(home, n_queries)
-    idx = open_index("bench", home=home)
+    idx = ts.open_index("bench", home=home)
     resident = 0
     for s in idx.shards:
         ivf = faiss.extract_index_ivf(s.index)
@@ -238,15 +209,14 @@ def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
         r10.append(_recall(idx.search(q, k=10).ids, t, 10))
     nprobe = res.nprobe
     # End to end from a point: read the pixel from the store, search, locate the matches.
-    from tessera_search.grid import Tile, pixel_to_lonlat, unpack_ids
-    from tessera_search.query import point_query, search_index
+    from tessera_search.grid import pixel_to_lonlat
 
     e2e = []
     for pid in idx.shards[0].ids[:: max(1, idx.shards[0].n_vectors // 10)][:10]:
-        ix, iy, r, c = unpack_ids(int(pid))
-        lon, lat_ = pixel_to_lonlat(idx.grid(Tile(int(ix), int(iy))), r, c)
+        ix, iy, r, c = ts.unpack_ids(int(pid))
+        lon, lat_ = pixel_to_lonlat(idx.grid(ts.Tile(int(ix), int(iy))), r, c)
         t0 = time.perf_counter()
-        search_index(idx, point_query(idx, (float(lon), float(lat_))), k=1000, record=False)
+        ts.search_index(idx, ts.point_query(idx, (float(lon), float(lat_))), k=1000, record=False)
         e2e.append(time.perf_counter() - t0)
     return {"median_s": float(np.median(lat)), "p95_s": float(np.percentile(lat, 95)),
             "first_median_s": float(np.median(first)), "first_p95_s": float(np.percentile(first, 95)),
@@ -260,7 +230,6 @@ def phase_ours(home: Path, n_queries: int, truth_path: Path) -> dict:
 def phase_bare(home: Path, n_queries: int, truth_path: Path, nprobe: int) -> dict:
     import faiss
 
-    from tessera_search.index import open_index
     from tessera_search.index.build import normalise
 
     truth = np.load(truth_path)
@@ -316,9 +285,17 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
 
 
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} M pixels" if n >= 1e5 else f"{n:,} pixels"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.0f}x" if x >= 10 else f"{x:.2g}x"
+
+
 def _fmt_table(results: list[dict]) -> str:
     lines = [
-        "| metric | " + " | ".join(f"{r['n_vectors'] / 1e6:.1f} M pixels" for r in results) + " |",
+        "| metric | " + " | ".join(_pixels(r["n_vectors"]) for r in results) + " |",
         "|---|" + "---|" * len(results),
     ]
 
@@ -333,7 +310,7 @@ def _fmt_table(results: list[dict]) -> str:
     row("first pass (cold pages) median / p95, ours (ms)", lambda r: f"{r['ours']['first_median_s'] * 1e3:.1f} / {r['ours']['first_p95_s'] * 1e3:.1f}")
     row("query latency k=1000 median / p95, bare faiss (ms)", lambda r: f"{r['bare']['median_s'] * 1e3:.1f} / {r['bare']['p95_s'] * 1e3:.1f}")
     row("exact int8 scan median / p95 (ms)", lambda r: f"{r['exact']['median_s'] * 1e3:.0f} / {r['exact']['p95_s'] * 1e3:.0f}")
-    row("speed-up of ours over exact (median)", lambda r: f"{r['exact']['median_s'] / r['ours']['median_s']:.0f}x")
+    row("speed-up of ours over exact (median)", lambda r: _ratio(r["exact"]["median_s"] / r["ours"]["median_s"]))
     row("query from a point, end to end, median (ms)", lambda r: f"{r['ours']['e2e_median_s'] * 1e3:.1f}")
     row("build throughput ours: read+normalise+add+write (vectors/s)", lambda r: f"{r['build']['throughput']:,.0f}")
     row("bare faiss add throughput (vectors/s)", lambda r: f"{r['bare']['throughput']:,.0f}")
@@ -349,23 +326,43 @@ def _fmt_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e6,1e7", help="valid pixels per run, comma separated (default 1e6,1e7)")
     ap.add_argument("--queries", type=int, default=30)
+    ap.add_argument("--window", type=int, default=0, metavar="PX",
+                    help="use a centred PX x PX window of each tile's grid (default 0: whole tiles)")
+    ap.add_argument("--tiny", action="store_true",
+                    help=f"smoke run: --sizes {TINY['sizes']} --window {TINY['window']} --queries {TINY['queries']}")
     ap.add_argument("--work", default="/tmp/tessera-bench-index", help="work directory (kept between runs)")
+    ap.add_argument("--clean", action="store_true", help="delete each size's index once measured")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     ap.add_argument("--truth", help=argparse.SUPPRESS)
     ap.add_argument("--nprobe", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.sizes, args.window, args.queries = TINY["sizes"], TINY["window"], TINY["queries"]
+    try:
+        args.size_list = [float(v) for v in args.sizes.split(",")]
+    except ValueError:
+        ap.error(f"--sizes takes numbers such as 1e6,1e7, got {args.sizes!r}")
+    if min(args.size_list) < 2000:  # the ground truth is the top 1000 of every query
+        ap.error("every size must be at least 2000 pixels (recall is measured at k = 1000)")
+    if args.window < 0 or args.queries < 1:
+        ap.error("--window must be >= 0 and --queries >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
     if args.phase:
         home = Path(args.home)
         if args.phase == "data":
-            res = phase_data(home, args.size)
+            res = phase_data(home, args.size, args.window)
         elif args.phase == "build":
-            res = phase_build(home, args.size)
+            res = phase_build(home, args.size, args.window)
         elif args.phase == "exact":
             res = phase_exact(home, args.queries, Path(args.truth))
         elif args.phase == "ours":
@@ -377,11 +374,12 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = []
-    for size in [float(s) for s in args.sizes.split(",")]:
-        home = work / f"n{size:.0e}"
-        common = ["--size", str(size), "--home", str(home), "--queries", str(args.queries)]
+    for size in args.size_list:
+        home = work / (f"n{size:.0e}" + (f"-w{args.window}" if args.window else ""))
+        common = ["--size", str(size), "--window", str(args.window), "--home", str(home),
+                  "--queries", str(args.queries)]
         truth = str(home / "truth.npy")
-        r = {"size": size}
+        r = {"size": size, "window": args.window}
         for phase in ("data", "build", "exact", "ours"):
             t0 = time.perf_counter()
             r[phase] = _run_phase(["--phase", phase, *common, "--truth", truth])
@@ -389,7 +387,8 @@ def main() -> None:
         r["bare"] = _run_phase(["--phase", "bare", *common, "--truth", truth, "--nprobe", str(r["ours"]["nprobe"])])
         r["n_vectors"] = r["build"]["n_vectors"]
         results.append(r)
-        shutil.rmtree(home / "index" / "bench", ignore_errors=True) if os.environ.get("BENCH_CLEAN") else None
+        if args.clean:
+            shutil.rmtree(home / "index" / "bench", ignore_errors=True)
     doc = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "results": results}
     (work / "bench_index.json").write_text(json.dumps(doc, indent=1))
     print(f"machine: {doc['machine']}; date {doc['date']}\n")

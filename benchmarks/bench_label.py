@@ -1,10 +1,11 @@
 """Few-shot labelling vs scikit-learn's KNeighborsClassifier, on 4 full synthetic tiles.
 
-    python benchmarks/bench_label.py [--per-class 10] [--k 5] [--json results.json]
+    python benchmarks/bench_label.py [--per-class 10] [--k 5] [--backend auto] [--size PX] [--json results.json]
 
 Builds a workspace of the 4 tiles of the Nairobi box (about 4.9 M pixels, SYNTHETIC data
-with ground truth), labels ``--per-class`` random points of each land class, and measures
-in one run:
+with ground truth; ``--size PX``: a PX x PX window of each tile instead, for a quick
+smoke run), labels ``--per-class`` random points of each land class, and measures in one
+run:
 
 1. **Classifier, same inputs**: every valid pixel of the region, already in memory,
    classified by :class:`tessera_search.label.KNNClassifier` (fed the stored int8
@@ -12,8 +13,10 @@ in one run:
    algorithm="brute", weights=...)`` (fed the same vectors as float32, converted
    outside the timing); the ratio of the median ``predict`` times (``--repeat`` each,
    interleaved, after one warm-up on a slice) and the share of identical predictions,
-   for uniform and distance weights. The same predictions are also timed on the NumPy
-   fallback (no torch), which must give identical results.
+   for uniform and distance weights. Ours runs on ``--backend`` (``KNNClassifier``'s
+   ``backend=``: auto, numpy, torch or cuda); the same predictions are also timed on
+   ``backend="numpy"`` (what a machine without torch gets), which must give identical
+   results.
 2. **End to end**: :func:`tessera_search.label.label_region` from the store to the COG,
    legend and quicklook, with the map's accuracy against the ground truth.
 """
@@ -21,9 +24,10 @@ in one run:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tessera_search.examples import ExampleSet
-from tessera_search.grid import owned_mask, pixel_to_lonlat
+from tessera_search.grid import Tile, TileGrid, expected_grid, owned_mask, pixel_to_lonlat
 from tessera_search.label import KNNClassifier, label_region
 from tessera_search.regions import resolve_region
 from tessera_search.sources.synthetic import CLASSES, generate_tile
@@ -62,39 +66,48 @@ def _torch_version() -> str | None:
     return torch.__version__
 
 
-@contextlib.contextmanager
-def _numpy_only():
-    """The classifier's int8 path without torch (its float32-product fallback)."""
-    import tessera_search.label as lab
-
-    saved = lab._int8_torch
-    lab._int8_torch = lambda rows: None
-    try:
-        yield
-    finally:
-        lab._int8_torch = saved
+def window(tile: Tile, size: int | None) -> TileGrid | None:
+    """A centred ``size`` x ``size`` window of the tile's real grid (None: the whole tile)."""
+    if not size:
+        return None
+    g = expected_grid(tile)
+    h, w = min(size, g.height), min(size, g.width)
+    r0, c0 = (g.height - h) // 2, (g.width - w) // 2
+    a, b, c, d, e, f = g.transform
+    return TileGrid(tile, g.epsg, (a, b, c + a * c0, d, e, f + e * r0), h, w)
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="timed predictions per side (median reported)")
+    ap.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch", "cuda"],
+                    help="KNNClassifier backend for ours (the numpy-only timing always uses numpy)")
+    ap.add_argument("--size", type=int, default=None, metavar="PX",
+                    help="a PX x PX window of each tile instead of the whole tile (a quick smoke run)")
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-label-"))
+    try:
+        return run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def run(args: argparse.Namespace, tmp: Path) -> dict:
+    """The measurements, in workspace ``tmp`` (see the module docstring)."""
     from sklearn import __version__ as skl_version
     from sklearn.neighbors import KNeighborsClassifier
 
     region = resolve_region(bbox=BBOX)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-label-"))
     home = tmp / "ws"
     store = TileStore(home)
     truth, grids = {}, {}
     t0 = time.perf_counter()
     for t in region.tiles:
-        st = generate_tile(t, YEAR, seed=args.seed)
+        st = generate_tile(t, YEAR, seed=args.seed, grid=window(t, args.size))
         store.write(st.data)
         truth[t], grids[t] = st.classes, st.data.grid
     print(f"generated {len(region.tiles)} SYNTHETIC tiles in {time.perf_counter() - t0:.1f} s")
@@ -136,19 +149,22 @@ def main() -> dict:
     samples = sample_examples(examples, YEAR, home)
     labels = samples.labels()
     results: dict = {
-        "machine": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)),
+        "machine": cpu_model(), "cores": len(os.sched_getaffinity(0)),
         "pixels": int(n), "tiles": len(region.tiles), "examples": len(samples), "classes": len(set(labels)),
-        "k": args.k, "sklearn": skl_version, "numpy": np.__version__, "torch": _torch_version(), "runs": [],
+        "k": args.k, "backend": args.backend, "sklearn": skl_version, "numpy": np.__version__,
+        "torch": _torch_version(), "runs": [],
     }
     # Both sides warm up once on a slice (imports, thread pools), then each predict is
     # timed --repeat times, interleaved, and the medians compared.
     for weights in ("uniform", "distance"):
-        ours = KNNClassifier(args.k, weights).fit(samples.vectors, labels)
+        ours = KNNClassifier(args.k, weights, backend=args.backend).fit(samples.vectors, labels)
+        numpy_only = KNNClassifier(args.k, weights, backend="numpy").fit(samples.vectors, labels)
         codes = np.array(ours.classes_, dtype=object)
         ref = KNeighborsClassifier(n_neighbors=args.k, metric="cosine", algorithm="brute", weights=weights)
         # class indices in the same (sorted) order, so vote ties resolve alike
         ref.fit(samples.vectors.astype(np.float32), np.array([ours.classes_.index(v) for v in labels]))
         ours.predict(x_int8[:100_000])
+        numpy_only.predict(x_int8[:100_000])
         ref.predict(x_f32[:100_000])
         t_ours, t_ref, t_numpy = [], [], []
         for _ in range(args.repeat):
@@ -158,10 +174,9 @@ def main() -> dict:
             t0 = time.perf_counter()
             ref_pred = ref.predict(x_f32)
             t_ref.append(time.perf_counter() - t0)
-            with _numpy_only():  # what a machine without torch gets
-                t0 = time.perf_counter()
-                pred_numpy, _ = ours.predict(x_int8)
-                t_numpy.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # what a machine without torch gets
+            pred_numpy, _ = numpy_only.predict(x_int8)
+            t_numpy.append(time.perf_counter() - t0)
         assert np.array_equal(pred, pred_numpy)
         t_ours, t_ref, t_numpy = float(np.median(t_ours)), float(np.median(t_ref)), float(np.median(t_numpy))
         agree = float(np.mean(pred == ref_pred))
@@ -187,16 +202,14 @@ def main() -> dict:
     def truth_fn(grid):
         return truth[grid.tile], dict(CLASSES)
 
-    res = label_region(samples, region, YEAR, tmp / "classes.tif", k=args.k, home=home, truth=truth_fn)
+    res = label_region(samples, region, YEAR, tmp / "classes.tif", k=args.k, home=home, truth=truth_fn,
+                       backend=args.backend)
     results["end_to_end"] = {"seconds": round(time.perf_counter() - t0, 2), "pixels": res.n_pixels,
                              "accuracy_vs_truth": round(res.truth_accuracy, 4), "crs": res.crs,
                              "width": res.width, "height": res.height}
     print(json.dumps(results["end_to_end"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 

@@ -7,7 +7,8 @@ use, so ``import tessera_search`` and ``tessera-search --help`` stay fast.
     >>> region = ts.resolve_region(bbox="36.7,-1.4,36.9,-1.2")
     >>> ts.synthesize_mirror(region.tiles, 2023, "mirror")          # doctest: +SKIP
     >>> ts.download(region, 2023, source="mirror")                   # doctest: +SKIP
-    >>> ts.pixel_at(36.8, -1.3, 2023)["valid"]                       # doctest: +SKIP
+    >>> ws = ts.Workspace("indexes")                                  # doctest: +SKIP
+    >>> ws.pixel(36.8, -1.3, 2023).valid                              # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ _LAZY = {
     "DownloadReport": "ingest",
     "download": "ingest",
     "open_source": "ingest",
-    "pixel_at": "workspace",
+    "Workspace": "workspace",
+    "Pixel": "workspace",
     "workspace_info": "workspace",
     "Example": "examples",
     "ExampleSet": "examples",

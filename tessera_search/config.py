@@ -18,7 +18,10 @@ DEFAULT_HOME = Path("indexes")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """The workspace directory: ``home`` if given, else $TESSERA_SEARCH_HOME, else ./indexes."""
+    """The workspace directory: ``home`` if given (a path or a Workspace), else
+    $TESSERA_SEARCH_HOME, else ./indexes."""
+    if getattr(home, "home", None) is not None and not isinstance(home, (str, Path)):
+        return home.home  # a Workspace
     if home is None:
         home = os.environ.get(ENV_HOME) or DEFAULT_HOME
     return Path(home).expanduser().absolute()

@@ -107,7 +107,28 @@ class KTooLargeError(InvalidInputError):
 
 
 class TileNotFoundError(TesseraSearchError, FileNotFoundError):
-    """A tile-year that is not in the store or not offered by a source."""
+    """A tile-year that is not in the store or not offered by a source.
+
+    Made by :meth:`missing` for tiles absent from the store: ``tiles`` (names) and
+    ``year`` say which, so a caller (the CLI) can name the command that fetches them.
+    """
+
+    tiles: tuple[str, ...] = ()
+    year: int | None = None
+
+    @classmethod
+    def missing(cls, tiles, year: int, what: str = "this") -> TileNotFoundError:
+        """The error for tiles not in the store: which, for what, and how to get them."""
+        names = sorted({getattr(t, "name", str(t)) for t in tiles})
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} tiles)" if len(names) > 6 else "")
+        plural = len(names) != 1
+        err = cls(
+            f"{what} need{'' if plural else 's'} tile{'s' if plural else ''} {shown} ({year}), not in the store; "
+            "fetch them with download(...) first, or pass source= to fetch them on the way",
+            details={"tiles": names, "year": int(year)},
+        )
+        err.tiles, err.year = tuple(names), int(year)
+        return err
 
 
 class NoCoverageError(TesseraSearchError, LookupError):

@@ -497,47 +497,12 @@ def _example_tiles(ex: Example) -> list[Tile]:
     return tiles_for_geometry(ex.geometry)
 
 
-def missing_tiles_message(tiles: Sequence[Tile], year: int, what: str) -> str:
-    """The error text for tiles not in the store: which, and the command that fetches them."""
-    tiles = sorted(set(tiles))
-    shown = ", ".join(t.name for t in tiles[:6]) + (f", ... ({len(tiles)} tiles)" if len(tiles) > 6 else "")
-    if len(tiles) <= 6:
-        cmd = "tessera-search download " + " ".join(f"--tile {t.name}" for t in tiles) + f" --year {year}"
-    else:
-        w = min(t.ix for t in tiles) / 10.0
-        s = min(t.iy for t in tiles) / 10.0
-        e = (max(t.ix for t in tiles) + 1) / 10.0
-        n = (max(t.iy for t in tiles) + 1) / 10.0
-        cmd = f"tessera-search download --bbox {w:.1f},{s:.1f},{e:.1f},{n:.1f} --year {year}"
-    return (
-        f"{what} need{'s' if len(tiles) == 1 else ''} tile{'s' if len(tiles) > 1 else ''} {shown} "
-        f"({year}), not in the store; run `{cmd}` (add --source DIR|URL|synthetic to fetch from elsewhere), "
-        "or pass --source to this command to fetch them first"
-    )
-
-
 def ensure_tiles(tiles: Iterable[Tile], year: int, home=None, source=None, what: str = "the examples",
-                 progress: bool = False) -> None:
-    """Raise :class:`TileNotFoundError` for tiles not stored, or fetch them from ``source``."""
-    from .store import TileStore
+                 progress=None) -> None:
+    """:meth:`Workspace.ensure_tiles <tessera_search.workspace.Workspace.ensure_tiles>` on ``home``."""
+    from .workspace import Workspace
 
-    home = resolve_home(home)
-    store = TileStore(home)
-    missing = sorted({t for t in tiles if not store.has(t, year)})
-    if not missing:
-        return
-    if source is not None:
-        from .ingest import download
-
-        download(missing, year, source=source, home=home, progress=progress)
-        missing = [t for t in missing if not store.has(t, year)]
-        if missing:
-            raise TileNotFoundError(
-                f"{what}: source {source} could not provide {', '.join(t.name for t in missing[:6])}"
-                f"{' ...' if len(missing) > 6 else ''} ({year}); check the source, or drop those examples"
-            )
-        return
-    raise TileNotFoundError(missing_tiles_message(missing, year, what))
+    Workspace.of(home).ensure_tiles(tiles, year, source=source, what=what, progress=progress)
 
 
 def sample_examples(

@@ -23,7 +23,7 @@ from .sources.base import TileData, TileFailure
 from ._progress import progress_bar, warn
 from .store import TileStore
 
-__all__ = ["DownloadReport", "SyntheticSource", "download", "ensure_tile", "open_source"]
+__all__ = ["DownloadReport", "SyntheticSource", "download", "open_source"]
 
 
 class SyntheticSource:
@@ -148,18 +148,6 @@ def download(
             advance()
     report.stored.sort()
     return report
-
-
-def ensure_tile(tile: Tile, year: int, source=None, home=None, progress: bool = False) -> None:
-    """Make sure one tile-year is stored, fetching it if needed; TileNotFoundError if it cannot be."""
-    home = resolve_home(home)
-    if TileStore(home).has(tile, year):
-        return
-    report = download([tile], year, source=source, home=home, progress=progress)
-    if report.failed:
-        raise TileNotFoundError(str(report.failed[0]))
-    if report.unavailable:
-        raise TileNotFoundError(f"tile {tile.name} ({year}) is not offered by {report.source}")
 
 
 def stored_tiles(home=None, year: int | None = None) -> list[tuple[Tile, int]]:

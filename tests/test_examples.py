@@ -118,7 +118,11 @@ def test_real_worldcereal_points_read_and_name_their_missing_tiles(tmp_path):
     with pytest.raises(TileNotFoundError) as info:
         sample_examples(ex, 2017, tmp_path / "empty")
     msg = str(info.value)
-    assert "tessera-search download" in msg and "2017" in msg and "grid_" in msg
+    assert "not in the store" in msg and "2017" in msg and "grid_" in msg and "source=" in msg
+    assert info.value.year == 2017 and len(info.value.tiles) == 75
+    from tessera_search.cli import cli_message
+
+    assert "tessera-search download --bbox" in cli_message(info.value) and "--year 2017" in cli_message(info.value)
 
 
 def test_points_sample_the_pixel_that_holds_them():
@@ -186,7 +190,10 @@ def test_missing_tiles_are_fetched_from_a_source(tmp_path):
     data = small_tile("grid_36.85_-1.25")
     lon, lat = pixel_to_lonlat(data.grid, np.array([10]), np.array([20]))
     ex = ExampleSet.from_points(lon, lat, ["a"])
-    with pytest.raises(TileNotFoundError, match="--tile grid_36.85_-1.25 --year 2023"):
+    with pytest.raises(TileNotFoundError, match=r"grid_36.85_-1.25 \(2023\), not in the store") as info:
         sample_examples(ex, 2023, tmp_path / "ws")
+    from tessera_search.cli import cli_message
+
+    assert "`tessera-search download --tile grid_36.85_-1.25 --year 2023`" in cli_message(info.value)
     s = sample_examples(ex, 2023, tmp_path / "ws", source=str(tmp_path / "mirror"))
     np.testing.assert_array_equal(s.vectors[0], data.embeddings[10, 20])

@@ -169,7 +169,8 @@ def test_across_utm_zones_needs_a_crs_and_reprojects(tmp_path):
 def test_examples_on_missing_tiles_raise_with_the_download_command(pair, tmp_path):
     land, _ = pair
     ex = ExampleSet.from_points([30.05], [0.05], ["a"])
-    with pytest.raises(TileNotFoundError, match=r"grid_30\.05_0\.05.*tessera-search download --tile grid_30\.05_0\.05"):
+    # the library names the tile and how to fetch it (in Python terms; the CLI says `tessera-search download`)
+    with pytest.raises(TileNotFoundError, match=r"grid_30\.05_0\.05 \(2023\).*not in the store.*download"):
         lab.label_region(ex, list(PAIR), YEAR, None, class_field="class", home=land.home, k=1)
 
 
@@ -222,12 +223,12 @@ def test_cv_never_splits_a_block_or_a_polygon(pair, tmp_path, block_size):
     for e in np.unique(samples.example):
         assert np.unique(rep.folds[samples.example == e]).size == 1
     # blocks really are block_size squares: samples of one block are close together
-    from tessera_search.label import _metres_apart
+    from tessera_search.geodesy import ground_distance
 
     for b in np.unique(rep.blocks):
         m = rep.blocks == b
         if m.sum() > 1 and not np.any(samples.example[m] >= len(samples.examples) - 3):
-            d = _metres_apart(samples.lon[m][0], samples.lat[m][0], samples.lon[m], samples.lat[m])
+            d = ground_distance(samples.lon[m][0], samples.lat[m][0], samples.lon[m], samples.lat[m])
             assert d.max() <= block_size * np.sqrt(2) + 20
     assert len(set(rep.folds.tolist())) == 5
 
@@ -325,12 +326,12 @@ def test_suggestions_are_uncertain_spread_and_feed_back(pair, tmp_path):
     assert len(res) == 12
     assert np.all(np.diff(res.margin) >= 0)
     samples = sample_examples(ex, YEAR, land.home, class_field="crop")
-    from tessera_search.label import _metres_apart
+    from tessera_search.geodesy import ground_distance
 
     for i in range(len(res)):
         others = np.delete(np.arange(len(res)), i)
-        assert _metres_apart(res.lon[i], res.lat[i], res.lon[others], res.lat[others]).min() >= 150
-        assert _metres_apart(res.lon[i], res.lat[i], samples.lon, samples.lat).min() >= 150
+        assert ground_distance(res.lon[i], res.lat[i], res.lon[others], res.lat[others]).min() >= 150
+        assert ground_distance(res.lon[i], res.lat[i], samples.lon, samples.lat).min() >= 150
     # the first suggestion is the most uncertain pixel at least 150 m from every example
     clf = lab.KNNClassifier(5).fit(samples.vectors, samples.labels("crop"))
     store = TileStore(land.home)
@@ -342,7 +343,7 @@ def test_suggestions_are_uncertain_spread_and_feed_back(pair, tmp_path):
         lon, lat = pixel_to_lonlat(d.grid, r, c)
         far = np.ones(r.size, dtype=bool)
         for x, y in zip(samples.lon, samples.lat):
-            far &= _metres_apart(x, y, lon, lat) >= 150
+            far &= ground_distance(x, y, lon, lat) >= 150
         s = np.sort(clf.class_similarity(d.embeddings[r[far], c[far]]), axis=1)
         best = min(best, float((s[:, -1] - s[:, -2]).min()))
     assert res.margin[0] == pytest.approx(best, abs=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tessera_search.errors import InvalidInputError
-from tessera_search.label import KNNClassifier, sort_classes
+from tessera_search.label import KNNClassifier, _knn, sort_classes
 from tessera_search.quant import quantize
 
 
@@ -96,57 +96,52 @@ def _exact_top(x, e, k):
 
 
 @pytest.fixture(params=["numpy", "torch", "device"])
-def matmul(request, monkeypatch):
-    """Run the int8 path on NumPy's float32 product, on torch's int8 product, or on the
-    GPU path (``_DeviceTopK``, here on torch's CPU device: the same code a GPU runs)."""
-    import tessera_search.label as lab
-
+def backend(request, monkeypatch):
+    """The classifier's backend: the int8 path on NumPy's float32 product, on torch's int8
+    product, or the GPU path (``backend="cuda"``, ``_DeviceTopK``, here on torch's CPU
+    device: the same code a GPU runs)."""
     if request.param == "numpy":
-        monkeypatch.setattr(lab, "_int8_torch", lambda rows: None)
-        return request.param
-    torch = pytest.importorskip("torch")
-    monkeypatch.setattr(lab, "_int8_torch", lambda rows: torch)
-    monkeypatch.setattr(lab, "_cuda_device", lambda t: t.device("cpu") if request.param == "device" else None)
-    return request.param
+        return "numpy"
+    pytest.importorskip("torch")
+    if request.param == "torch":
+        return "torch"
+    monkeypatch.setattr(_knn, "_cuda_device", lambda t: t.device("cpu"))
+    return "cuda"
 
 
 @pytest.mark.parametrize("n_examples,k", [(80, 5), (7, 7), (200, 9), (1, 1)])
-def test_int8_path_finds_the_exact_neighbour_sets(matmul, n_examples, k):
+def test_int8_path_finds_the_exact_neighbour_sets(backend, n_examples, k):
     x_train, _, x_test = _clustered(n_examples + k, max(n_examples, 6), 9000)
     x_train = x_train[:n_examples]
-    clf = KNNClassifier(k).fit(x_train, np.arange(n_examples) % 3)
+    clf = KNNClassifier(k, backend=backend).fit(x_train, np.arange(n_examples) % 3)
     assert clf._keys is not None  # int8 examples take the key path
-    import tessera_search.label as lab
-
-    cols, _ = clf._neighbours(x_test, cosines=False, torch=lab._int8_torch(0))
+    cols, _ = clf._neighbours(x_test, cosines=False)
     ref = _exact_top(x_test, x_train, k)
     assert np.array_equal(np.sort(cols, axis=1), np.sort(ref, axis=1))
 
 
-def test_int8_path_breaks_exact_ties_towards_the_lower_column(matmul):
+def test_int8_path_breaks_exact_ties_towards_the_lower_column(backend):
     rng = np.random.default_rng(4)
     base = rng.integers(-90, 90, (4, 128)).astype(np.int8)
     # examples 0-3 and their exact copies 4-7 (same scores), then 2 far-off examples
     e = np.concatenate([base, base, -base[:2]])
     x = (base[[0, 1, 2, 3, 0]] // 2).astype(np.int8)
-    import tessera_search.label as lab
-
-    clf = KNNClassifier(3).fit(e, list("abcdabcdxy"))
-    cols, _ = clf._neighbours(x, cosines=False, torch=lab._int8_torch(0))
+    clf = KNNClassifier(3, backend=backend).fit(e, list("abcdabcdxy"))
+    cols, _ = clf._neighbours(x, cosines=False)
     np.testing.assert_array_equal(np.sort(cols, axis=1), np.sort(_exact_top(x, e, 3), axis=1))
     # k=1: each pixel's nearest example and its copy tie exactly; the first listed wins
-    one = KNNClassifier(1).fit(e, list("abcdabcdxy"))
-    cols, _ = one._neighbours(x, cosines=False, torch=lab._int8_torch(0))
+    one = KNNClassifier(1, backend=backend).fit(e, list("abcdabcdxy"))
+    cols, _ = one._neighbours(x, cosines=False)
     np.testing.assert_array_equal(cols[:, 0], [0, 1, 2, 3, 0])
 
 
-def test_int8_path_agrees_with_the_float_path_and_scikit_learn(matmul):
+def test_int8_path_agrees_with_the_float_path_and_scikit_learn(backend):
     from sklearn.neighbors import KNeighborsClassifier
 
     x_train, y_train, x_test = _clustered(11, 80, 70_000)  # more than one block per thread
     x_test.setflags(write=False)  # the store hands out read-only arrays
     for weights in ("uniform", "distance"):
-        ours = KNNClassifier(5, weights).fit(x_train, y_train)
+        ours = KNNClassifier(5, weights, backend=backend).fit(x_train, y_train)
         pred, conf = ours.predict(x_test)
         ref = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute", weights=weights)
         ref.fit(x_train.astype(np.float64), y_train)
@@ -173,24 +168,20 @@ def test_float_examples_or_pixels_take_the_float_path():
 
 def test_the_gpu_path_is_chosen_when_torch_sees_one(monkeypatch):
     torch = pytest.importorskip("torch")
-    import tessera_search.label as lab
-
     x_train, y_train, x_test = _clustered(5, 40, 3000)
-    monkeypatch.setattr(lab, "_int8_torch", lambda rows: torch)
+    monkeypatch.setattr(_knn, "_int8_torch", lambda rows: torch)
     cpu = KNNClassifier(5, "distance").fit(x_train, y_train)
     want = cpu.predict(x_test)
     assert cpu._device is None  # no GPU: the CPU key path ran
-    monkeypatch.setattr(lab, "_cuda_device", lambda t: t.device("cpu"))
+    monkeypatch.setattr(_knn, "_cuda_device", lambda t: t.device("cpu"))
     gpu = KNNClassifier(5, "distance").fit(x_train, y_train)
     got = gpu.predict(x_test)
-    assert isinstance(gpu._device, lab._DeviceTopK)
+    assert isinstance(gpu._device, _knn._DeviceTopK)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], atol=1e-6)
 
 
 def test_a_torch_without_int8_products_leaves_numpy_in_charge():
-    import tessera_search.label as lab
-
     class NoInt8Products:  # an old or exotic torch build
         int8 = "int8"
 
@@ -198,6 +189,70 @@ def test_a_torch_without_int8_products_leaves_numpy_in_charge():
         def ones(*args, **kwargs):
             raise NotImplementedError("no int8 on this backend")
 
-    assert lab._int_mm_works(NoInt8Products()) is False
+    assert _knn._int_mm_works(NoInt8Products()) is False
     torch = pytest.importorskip("torch")
-    assert lab._int_mm_works(torch) is True
+    assert _knn._int_mm_works(torch) is True
+
+
+# -- backends: one public parameter, identical answers ----------------------------------
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_numpy_and_torch_backends_give_identical_neighbours_and_predictions(weights):
+    pytest.importorskip("torch")
+    x_train, y_train, x_test = _clustered(21, 90, 40_000)  # more than one block
+    a = KNNClassifier(7, weights, backend="numpy").fit(x_train, y_train)
+    b = KNNClassifier(7, weights, backend="torch").fit(x_train, y_train)
+    assert a._engine(x_test) == (None, None) and b._engine(x_test)[0] is not None
+    cols_a, _ = a._neighbours(x_test, cosines=False)
+    cols_b, _ = b._neighbours(x_test, cosines=False)
+    np.testing.assert_array_equal(np.sort(cols_a, axis=1), np.sort(cols_b, axis=1))
+    np.testing.assert_array_equal(np.sort(cols_a, axis=1), np.sort(_exact_top(x_test, x_train, 7), axis=1))
+    da, ia = a.kneighbors(x_test[:2000])
+    db, ib = b.kneighbors(x_test[:2000])
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_allclose(da, db, atol=1e-6)
+    pa, ca = a.predict(x_test)
+    pb, cb = b.predict(x_test)
+    np.testing.assert_array_equal(pa, pb)
+    np.testing.assert_allclose(ca, cb, atol=1e-6)
+    np.testing.assert_allclose(a.votes(x_test[:500]), b.votes(x_test[:500]), atol=1e-9)
+
+
+def test_cuda_backend_without_a_gpu_fails_clearly(monkeypatch):
+    from tessera_search.errors import MissingDependencyError
+
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MissingDependencyError, match=r"backend='cuda' needs a CUDA GPU.*backend='auto'"):
+        KNNClassifier(5, backend="cuda")
+
+
+def test_torch_backends_without_torch_say_so(monkeypatch):
+    import sys
+
+    from tessera_search.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    for backend in ("torch", "cuda"):
+        with pytest.raises(MissingDependencyError, match=rf"backend='{backend}' needs torch.*pip install torch"):
+            KNNClassifier(5, backend=backend)
+    # auto and numpy never need it
+    x_train, y_train, x_test = _clustered(1, 30, 100)
+    for backend in ("auto", "numpy"):
+        assert KNNClassifier(3, backend=backend).fit(x_train, y_train).predict(x_test)[0].shape == (100,)
+
+
+def test_a_torch_without_int8_products_is_refused_for_backend_torch(monkeypatch):
+    from tessera_search.errors import MissingDependencyError
+
+    pytest.importorskip("torch")
+    monkeypatch.setattr(_knn, "_int_mm_works", lambda torch: False)
+    with pytest.raises(MissingDependencyError, match="int8 matrix product"):
+        KNNClassifier(5, backend="torch")
+    assert KNNClassifier(5, backend="auto").backend == "auto"
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(InvalidInputError, match="backend must be one of auto, numpy, torch, cuda"):
+        KNNClassifier(5, backend="tpu")

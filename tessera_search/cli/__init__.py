@@ -16,6 +16,7 @@ Each command group lives in its own module and registers itself on :data:`app`;
 
 from __future__ import annotations
 
+import re
 import sys
 
 from ._app import app
@@ -75,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except TesseraSearchError as exc:
             code = exit_code(exc)
+            message = cli_message(exc)
             if want_json:
-                print_error_json(exc)
-            err_console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False, soft_wrap=True)
+                print_error_json(exc, message=message)
+            err_console.print(f"[bold red]{type(exc).__name__}[/]: {message}", highlight=False, soft_wrap=True)
             return code
     if isinstance(result, int) and not isinstance(result, bool):
         return result
@@ -91,6 +93,38 @@ def _click_exceptions():
     except ImportError:  # older typer: click itself
         from click import exceptions
     return exceptions
+
+
+# Library parameters that are CLI options of the same name (underscores as dashes).
+_PARAMS = ("k", "push", "threshold", "max_results", "min_separation", "nprobe", "refine_factor", "example_year",
+           "source", "values", "crs", "top_out", "per_tile", "max_memory", "per_class", "min_distance", "n",
+           "class_field", "block_size", "folds", "top", "weights", "max_per_polygon")
+_PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(_PARAMS) + r")(?=(=| must | is a | applies | and | do | needs ))")
+_PY_FETCH = re.compile(r"(download it first, or pass source= to fetch it|fetch them with download\(\.\.\.\) first, "
+                       r"or pass source= to fetch them on the way)")
+
+
+def cli_message(exc: BaseException) -> str:
+    """The library's message in the CLI's words: flags for parameters, commands for next steps."""
+    text = str(exc)
+    details = getattr(exc, "details", None) or {}
+    tiles, year = details.get("tiles"), details.get("year")
+    if tiles and year is not None and _PY_FETCH.search(text):
+        text = _PY_FETCH.sub(f"run `{download_command(tiles, year)}` (add --source DIR|URL|synthetic to fetch "
+                             "from elsewhere), or pass --source to this command to fetch them first", text)
+    return _PARAM_RE.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
+
+
+def download_command(tiles, year: int) -> str:
+    """The ``tessera-search download`` line that fetches ``tiles`` (names) for ``year``."""
+    from ..grid import Tile
+
+    tiles = sorted(Tile.from_name(t) if isinstance(t, str) else t for t in tiles)
+    if len(tiles) <= 6:
+        return "tessera-search download " + " ".join(f"--tile {t.name}" for t in tiles) + f" --year {year}"
+    w, s = min(t.ix for t in tiles) / 10.0, min(t.iy for t in tiles) / 10.0
+    e, n = (max(t.ix for t in tiles) + 1) / 10.0, (max(t.iy for t in tiles) + 1) / 10.0
+    return f"tessera-search download --bbox {w:.1f},{s:.1f},{e:.1f},{n:.1f} --year {year}"
 
 
 def exit_code(exc: BaseException) -> int:

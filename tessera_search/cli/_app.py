@@ -18,9 +18,14 @@ app = typer.Typer(
 
 
 class State:
-    """Options every command sees (set by the top-level callback)."""
+    """Options every command sees (set by the top-level callback): the workspace, built once."""
 
-    home: Path | None = None
+    workspace = None  # tessera_search.workspace.Workspace
+
+    @property
+    def home(self):
+        """The workspace, which library functions take wherever they take ``home``."""
+        return self.workspace
 
 
 state = State()
@@ -42,6 +47,6 @@ def _global(
     Typical use: `tessera-search build-index --region kenya --year 2023`, then
     `tessera-search query --point 36.8,-1.3 --k 1000 --out matches.tif`.
     """
-    from ..config import resolve_home
+    from ..workspace import Workspace
 
-    state.home = resolve_home(home)
+    state.workspace = Workspace(home)

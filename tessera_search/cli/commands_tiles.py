@@ -95,7 +95,7 @@ def info(json: Json = False) -> None:
     """Summarise the workspace: store, catalog, indexes."""
     from ..workspace import workspace_info
 
-    summary = workspace_info(state.home)
+    summary = workspace_info(state.workspace)
     if json:
         print_json(summary)
         return
@@ -124,10 +124,9 @@ def pixel(
 ) -> None:
     """Show one stored pixel: tile, row, col, validity, scale, int8 vector, embedding."""
     from ..grid import parse_point
-    from ..workspace import pixel_at
 
     lon, lat = parse_point(point)
-    px = pixel_at(lon, lat, year, home=state.home)
+    px = state.workspace.pixel(lon, lat, year).to_json()
     if json:
         print_json(px)
         return

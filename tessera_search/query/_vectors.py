@@ -86,34 +86,30 @@ def unit_rows(q: np.ndarray) -> np.ndarray:
 def query_vector(point, year: int, home=None, source=None) -> QueryPixel:
     """The unit-norm embedding of the stored pixel at ``point`` ((lon, lat) or "LON,LAT").
 
-    The tile is fetched from ``source`` when the store lacks it. NoCoverageError when no
-    tile can be had there; NoDataError when the pixel is water or has no valid embedding.
+    ``home``: a :class:`~tessera_search.workspace.Workspace` or its path. The tile is
+    fetched from ``source`` when the store lacks it. NoCoverageError when no tile can be
+    had there; NoDataError when the pixel is water or has no valid embedding.
     """
-    from ..config import resolve_home
-    from ..ingest import ensure_tile
-    from ..store import TileStore
-    from ..workspace import pixel_at
+    from ..workspace import Workspace
 
     lon, lat = as_point(point)
-    home = resolve_home(home)
-    tile = tile_for_point(lon, lat)
-    if not TileStore(home).has(tile, year):
-        try:
-            ensure_tile(tile, year, source=source, home=home)
-        except (TileNotFoundError, SourceUnavailableError) as exc:
-            raise NoCoverageError(f"no embedding for ({lon}, {lat}) in {year}: {exc}") from exc
-    px = pixel_at(lon, lat, year, home=home)
-    if not px["valid"]:
+    ws = Workspace.of(home)
+    try:
+        ws.ensure_tiles([tile_for_point(lon, lat)], year, source=source, what=f"the point ({lon}, {lat})")
+    except (TileNotFoundError, SourceUnavailableError) as exc:
+        raise NoCoverageError(f"no embedding for ({lon}, {lat}) in {year}: {exc}",
+                              details=getattr(exc, "details", None)) from exc
+    px = ws.pixel(lon, lat, year)
+    if not px.valid:
         raise NoDataError(
-            f"({lon}, {lat}) falls on pixel row {px['row']}, col {px['col']} of {px['tile']} ({year}), which has "
+            f"({lon}, {lat}) falls on pixel row {px.row}, col {px.col} of {px.tile} ({year}), which has "
             "no embedding (water or no data); pick a point on land"
         )
-    v = np.asarray(px["int8"], dtype=np.float32)
-    norm = float(np.linalg.norm(v))
-    if norm == 0:
+    v = px.unit_vector()
+    if not np.any(v):
         raise NoDataError(f"the pixel at ({lon}, {lat}) has a zero embedding: nothing to search for")
-    return QueryPixel(lon=lon, lat=lat, year=int(year), tile=px["tile"], row=int(px["row"]), col=int(px["col"]),
-                      id=int(px["id"]), centre_lon=float(px["lon"]), centre_lat=float(px["lat"]), vector=v / norm)
+    return QueryPixel(lon=lon, lat=lat, year=int(year), tile=px.tile, row=px.row, col=px.col, id=px.id,
+                      centre_lon=px.lon, centre_lat=px.lat, vector=v)
 
 
 def index_pixel(index, point, source=None) -> QueryPixel:
