@@ -1,40 +1,28 @@
-"""Progress bars and warnings on stderr (rich), shared by every long-running operation."""
+"""Progress reporting for long work: the library calls back, it never draws.
+
+Every long-running library function takes ``progress``:
+
+- ``None`` / ``False`` (the default): nothing;
+- a callable ``progress(label, total)`` returning a context manager that yields
+  ``advance(n=1)``: the caller draws what it likes (the CLI passes a rich bar);
+- ``True``: the CLI's rich progress bar on stderr, for callers who ask for exactly that.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 
-__all__ = ["progress_bar", "warn"]
-
-
-def warn(message: str) -> None:
-    """A yellow line on stderr."""
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
+__all__ = ["progress_bar"]
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, label: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields ``advance(n=1)``. Disabled: a no-op."""
-    if not enabled:
+def progress_bar(progress, label: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n=1)`` for ``label`` with ``total`` steps, reported as ``progress`` says."""
+    if not progress:
         yield lambda n=1: None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-    )
-    with bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)
+    if progress is True:
+        from .cli._console import rich_progress as progress
+    with progress(label, total) as advance:
+        yield advance

@@ -20,7 +20,7 @@ from .config import resolve_home
 from .errors import SourceUnavailableError, TileNotFoundError
 from .grid import Tile
 from .sources.base import TileData, TileFailure
-from ._progress import progress_bar, warn
+from ._progress import progress_bar
 from .store import TileStore
 
 __all__ = ["DownloadReport", "SyntheticSource", "download", "open_source"]
@@ -101,7 +101,7 @@ def download(
     year: int,
     source: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress=None,
     version: str | None = None,
     workers: int = 4,
 ) -> DownloadReport:
@@ -140,7 +140,6 @@ def download(
         for item in src.fetch(todo, year):
             if isinstance(item, TileFailure):
                 report.failed.append(item)
-                warn(str(item))
             else:
                 attrs = store.write(item)
                 catalog.record_tile(attrs)

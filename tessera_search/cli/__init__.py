@@ -160,9 +160,9 @@ def _usage_error(exc, want_json: bool) -> None:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings as one yellow line on stderr (no file and line noise)."""
-    from ._console import err_console
+    from ._console import warn
 
-    err_console.print(f"[yellow]Warning[/]: {message}", highlight=False, soft_wrap=True)
+    warn(str(message))
 
 
 def run() -> None:

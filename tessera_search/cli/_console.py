@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -37,3 +39,29 @@ def print_json(obj: Any) -> None:
     """One JSON object on stdout. Floats print with repr precision (float32 round-trips)."""
     sys.stdout.write(json.dumps(_jsonable(obj), allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def rich_progress(label: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields ``advance(n=1)`` (the library's ``progress``)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+    )
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def warn(message: str) -> None:
+    """One ``Warning: ...`` line on stderr."""
+    err_console.print(f"[yellow]Warning[/]: {message}", highlight=False, soft_wrap=True)

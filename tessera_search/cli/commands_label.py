@@ -40,7 +40,7 @@ OptYear = Annotated[int | None, typer.Option("--year", help="Embedding year, e.g
 def _warn_dropped(dropped) -> None:
     if not dropped:
         return
-    from .._progress import warn
+    from ._console import warn
 
     shown = "; ".join(f"example {i}: {why}" for i, why in dropped[:5])
     more = f" (and {len(dropped) - 5} more)" if len(dropped) > 5 else ""

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from ._app import app, state
-from ._console import err_console, out_console, print_json
+from . import cli_message
+from ._console import out_console, print_json, warn
 from .options import Json, Source
 
 _TABLE_ROWS = 20  # table rows printed unless --all
@@ -51,7 +52,9 @@ def query(
         check_output(out, QUERY_SUFFIXES, directory=per_tile)
 
     def files_of(res, idx):
-        return write_result(res, idx, out, values=values, crs=crs, per_tile=per_tile) if out is not None else []
+        if out is None:
+            return []
+        return write_result(res, idx, out, values=values, crs=crs, per_tile=per_tile, progress=not json)
 
     if replay is not None:
         if positives or negatives or examples is not None:
@@ -61,9 +64,9 @@ def query(
         res, files = run_query(positives, negatives=negatives, examples=examples, example_year=example_year,
                                push=push, index=index, year=year, k=k, threshold=threshold,
                                min_separation=min_separation, group=group, max_results=max_results,
-                               nprobe=nprobe, home=state.home, source=source, then=files_of)
+                               nprobe=nprobe, home=state.home, source=source, then=files_of, progress=not json)
     for message in res.warnings:
-        err_console.print(f"[yellow]Warning[/]: {message}", highlight=False, soft_wrap=True)
+        warn(cli_message(Exception(message)))
     if json:
         doc = res.to_json()
         if files:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._app import app, state
-from ._console import out_console, print_json
+from ._console import err_console, out_console, print_json
 from .options import BBox, Json, Region, RegionFile, Source, Tiles, Year, region_from_options
 
 DatasetVersion = Annotated[
@@ -81,13 +81,12 @@ def download(
             + "".join(f"\n  {f}" for f in rep.failed),
             details=rep.to_json(),
         )
+    for f in rep.failed:
+        err_console.print(str(f), highlight=False, soft_wrap=True)
     if json:
         print_json(rep.to_json())
         return
-    con = out_console()
-    con.print(summary, highlight=False)
-    for f in rep.failed:
-        con.print(f"  {f}", highlight=False)
+    out_console().print(summary, highlight=False)
 
 
 @app.command()

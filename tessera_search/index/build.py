@@ -482,7 +482,7 @@ def build_index(
     factory: str | None = None,
     max_memory: int | str = DEFAULT_MAX_MEMORY,
     home: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress=None,
     rebuild: bool = False,
     shard_size: int | None = None,
     on_shard: Callable[[int, int], None] | None = None,
@@ -540,7 +540,7 @@ def _settle(home, idir: Path) -> None:
 
 
 def _build_locked(reg, year, name, idir, home, source, factory, budget, progress, rebuild, shard_size, on_shard, t0):
-    from .._progress import progress_bar, warn
+    from .._progress import progress_bar
     from ..catalog import Catalog
     from ..ingest import download
     from ..store import TileStore
@@ -554,11 +554,8 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
     if not present:
         raise NoCoverageError(
             f"none of the {len(reg.tiles)} tiles of {reg.name} for {year} could be stored; "
-            "check the source (`--source DIR|URL|synthetic`) and run `tessera-search download`"
+            "check the source (source=DIR|URL|synthetic) and download them first"
         )
-    if skipped:
-        warn(f"{len(skipped)} tile(s) of {reg.name} not available for {year}, left out: "
-             + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     attrs = [store.attrs(t, year) for t in present]
     versions: dict[str, list[str]] = {}
     for a in attrs:

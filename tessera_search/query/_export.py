@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_path
+from .._progress import progress_bar
 from ..errors import InvalidInputError, NoDataError
 from ..grid import Tile, unpack_ids
 from ._result import QueryResult
@@ -72,7 +73,7 @@ def _tags(result: QueryResult, extra: dict | None = None) -> dict:
 
 
 def write_raster(result: QueryResult, index, path, values: str = "mask", crs: str | None = None,
-                 per_tile: bool = False) -> list[Path]:
+                 per_tile: bool = False, progress=None) -> list[Path]:
     """A COG of the matches: uint8 mask (1 match, 0 indexed but no match, 255 nodata) or
     float32 similarity of every indexed pixel (``values="similarity"``, NaN nodata).
 
@@ -101,7 +102,7 @@ def write_raster(result: QueryResult, index, path, values: str = "mask", crs: st
     else:
         writer = RasterWriter(target, grids, dtype="float32", nodata=float("nan"),
                               band_descriptions=["cosine similarity"], overview_resampling="average", **kw)
-    with writer:
+    with writer, progress_bar(progress, f"raster {Path(path).name}", len(tiles)) as advance:
         for t, g in zip(tiles, grids, strict=True):
             if values == "mask":
                 cov = _tile_coverage(index, t)
@@ -111,10 +112,11 @@ def write_raster(result: QueryResult, index, path, values: str = "mask", crs: st
             else:
                 data = _tile_similarity(index, t, result.vector)
             writer.write_tile(g, data)
+            advance()
     return list(writer.written) if per_tile else [target]
 
 
-def write_quicklook(result: QueryResult, index, path, max_size: int = 1024) -> Path:
+def write_quicklook(result: QueryResult, index, path, max_size: int = 1024, progress=None) -> Path:
     """A PNG: the matches (yellow dots) over a false-colour PCA view of the embeddings of the
     tiles holding them, the query's example points marked (cyan +, red x for negatives),
     with a scale bar. Tiles of several UTM zones are drawn in EPSG:4326."""
@@ -144,7 +146,8 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024) -> P
     del sample, x, proj
     stage = path.with_name(f".{path.stem}.rgb.tif")
     try:
-        with RasterWriter(stage, grids, count=4, dtype="uint8", nodata=0, crs=crs) as w:
+        with RasterWriter(stage, grids, count=4, dtype="uint8", nodata=0, crs=crs) as w, \
+                progress_bar(progress, f"quicklook {path.name}", len(tiles)) as advance:
             for t, g in zip(tiles, grids, strict=True):
                 arr = np.zeros((4, g.height, g.width), np.uint8)
                 v, ids = _tile_rows(index, t)
@@ -154,6 +157,7 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024) -> P
                     arr[:3, r, c] = (30 + 200 * rgb.T).astype(np.uint8)
                     arr[3, r, c] = 1
                 w.write_tile(g, arr)
+                advance()
         with rasterio.open(stage) as src:
             f = max(src.width / max_size, src.height / max_size, 1.0)
             wpx, hpx = max(1, int(round(src.width / f))), max(1, int(round(src.height / f)))
@@ -225,17 +229,18 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024) -> P
 
 
 def write_result(result: QueryResult, index, path, values: str = "mask", crs: str | None = None,
-           per_tile: bool = False) -> list[Path]:
+                 per_tile: bool = False, progress=None) -> list[Path]:
     """Write ``result`` by the suffix of ``path`` (.tif, .png, .geojson, .parquet, .csv);
-    ``per_tile`` takes a directory. A .tif also gets its PNG quicklook beside it."""
+    ``per_tile`` takes a directory. A .tif also gets its PNG quicklook beside it.
+    ``progress``: see :mod:`tessera_search._progress`. Returns the files written."""
     path = Path(path)
     if per_tile or path.suffix.lower() in (".tif", ".tiff"):
-        files = write_raster(result, index, path, values=values, crs=crs, per_tile=per_tile)
+        files = write_raster(result, index, path, values=values, crs=crs, per_tile=per_tile, progress=progress)
         if not per_tile:
-            files.append(write_quicklook(result, index, path.with_suffix(".png")))
+            files.append(write_quicklook(result, index, path.with_suffix(".png"), progress=progress))
         return files
     if path.suffix.lower() == ".png":
-        return [write_quicklook(result, index, path)]
+        return [write_quicklook(result, index, path, progress=progress)]
     if crs is not None:
         raise InvalidInputError("crs applies to .tif output; points and polygons are written in lon/lat")
     return [result.write(path)]

@@ -21,6 +21,7 @@ def search_index(
     nprobe: int | None = None,
     refine_factor: int | None = None,
     record: bool = True,
+    progress=None,
 ) -> QueryResult:
     """Search an opened index with ``spec``'s vector in one of the result modes.
 
@@ -34,7 +35,8 @@ def search_index(
     if threshold is not None and min_separation:
         raise InvalidInputError("threshold and min_separation do not combine; pick one")
     ids, sims, truncated = search_modes(index, spec.vector, k=k, threshold=threshold, min_separation=min_separation,
-                                        max_results=max_results, nprobe=nprobe, refine_factor=refine_factor)
+                                        max_results=max_results, nprobe=nprobe, refine_factor=refine_factor,
+                                        progress=progress if (threshold is not None or min_separation) else None)
     lon, lat, names, rows, cols = locate_ids(index, ids)
     params = {"mode": "threshold" if threshold is not None else ("min_separation" if min_separation else "top_k"),
               "k": int(k), "threshold": threshold, "min_separation": min_separation, "group": bool(group),
@@ -77,6 +79,7 @@ def run_query(
     source=None,
     record: bool = True,
     then=None,
+    progress=None,
 ):
     """Query by example, start to end: open the index, build the query vector, search.
 
@@ -85,7 +88,8 @@ def run_query(
     else is a plain query: its pixel must lie in the index. ``index`` names the index, or
     ``year`` picks the one built for that year (or the workspace's only index).
     ``then(result, index)``, when given, runs while the index is open (for exports) and
-    its return value comes back as the second item: ``(result, then(...))``.
+    its return value comes back as the second item: ``(result, then(...))``. ``progress``:
+    see :mod:`tessera_search._progress`.
 
     Errors: IndexNotFoundError, KTooLargeError, NoCoverageError, NoDataError,
     InvalidInputError.
@@ -100,7 +104,8 @@ def run_query(
             spec = example_query(idx.year, points=points, negatives=negatives, examples=examples,
                                  example_year=example_year, push=push, home=idx.home, source=source)
         res = search_index(idx, spec, k=k, threshold=threshold, min_separation=min_separation, group=group,
-                           max_results=max_results, nprobe=nprobe, refine_factor=refine_factor, record=record)
+                           max_results=max_results, nprobe=nprobe, refine_factor=refine_factor, record=record,
+                           progress=progress)
         if then is None:
             return res
         return res, then(res, idx)

@@ -54,8 +54,20 @@ def locate_ids(index, ids) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarra
 
 def search_modes(index, vector, k: int = 10, threshold: float | None = None, min_separation: float | None = None,
            max_results: int = DEFAULT_MAX_RESULTS, nprobe: int | None = None,
-           refine_factor: int | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(ids, exact similarities, truncated) for one of the result modes on an open index."""
+           refine_factor: int | None = None, progress=None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(ids, exact similarities, truncated) for one of the result modes on an open index.
+
+    Threshold and min-separation searches grow k by 4x per round; ``progress`` (see
+    :mod:`tessera_search._progress`) counts the rounds.
+    """
+    from .._progress import progress_bar
+
+    with progress_bar(progress, "search", None) as advance:
+        return _search_modes(index, vector, k, threshold, min_separation, max_results, nprobe, refine_factor,
+                             advance)
+
+
+def _search_modes(index, vector, k, threshold, min_separation, max_results, nprobe, refine_factor, advance):
     n = index.n_vectors
     if threshold is not None:
         if not -1.0 <= threshold <= 1.0:
@@ -65,6 +77,7 @@ def search_modes(index, vector, k: int = 10, threshold: float | None = None, min
         want = min(max(1024, int(k) if k else 0), n, max_results)
         while True:
             res = index.search(vector, k=want, nprobe=nprobe, refine_factor=refine_factor)
+            advance()
             done = len(res.ids) < want or float(res.similarity[-1]) < threshold
             if done or want >= min(n, max_results):
                 keep = res.similarity >= threshold
@@ -77,6 +90,7 @@ def search_modes(index, vector, k: int = 10, threshold: float | None = None, min
         batch = min(max(4 * k, 1024), n)
         while True:
             res = index.search(vector, k=batch, nprobe=nprobe, refine_factor=refine_factor)
+            advance()
             lon, lat, _, _, _ = locate_ids(index, res.ids)
             kept = thin(lon, lat, float(min_separation), k)
             if len(kept) >= k or batch >= n:

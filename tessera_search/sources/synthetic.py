@@ -1024,9 +1024,9 @@ def synthesize_mirror(
 
     start = time.perf_counter()
     written = skipped = 0
-    bar = _progress(progress)
-    with bar:
-        task = bar.add_task(f"synthesize {year}", total=len(tiles))
+    from .._progress import progress_bar
+
+    with progress_bar(progress, f"synthesize {year}", len(tiles)) as advance:
         for tile in tiles:
             if _tile_complete(out, tile, year, seed, version):
                 skipped += 1
@@ -1036,7 +1036,7 @@ def synthesize_mirror(
             state["years"].setdefault(str(year), [])
             if tile.name not in state["years"][str(year)]:
                 state["years"][str(year)].append(tile.name)
-            bar.advance(task)
+            advance()
     state["versions"] = sorted(set(state.get("versions", [])) | {version})
     for names in state["years"].values():
         names.sort()
@@ -1045,16 +1045,6 @@ def synthesize_mirror(
     return SynthesisReport(
         out=out, year=year, seed=seed, tiles=tiles, written=written, skipped=skipped,
         version=version, seconds=time.perf_counter() - start,
-    )
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled,
     )
 
 
