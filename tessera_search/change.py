@@ -18,7 +18,8 @@ Streaming
 (:class:`tessera_search.export.RasterWriter`), adds its distances to a fixed 20,000-bin
 histogram over [0, 2] and keeps its best local peaks for ``top``; memory does not grow
 with the region. Summary percentiles come from the histogram (within 1e-4 of exact);
-mean, minimum and maximum are exact.
+mean, minimum and maximum are exact. Nothing is printed: ``progress=True`` shows a bar on
+stderr (for the CLI), ``on_progress(done, total)`` is called after each tile.
 
 Grids
 -----
@@ -34,9 +35,10 @@ The ``top`` largest distances, thinned so that no two places are closer than
 ``min_separation`` metres, greedily in decreasing distance. Two stages keep memory
 bounded: per tile, a greedy over all its pixels on the tile's grid picks up to
 ``2 * top + 16`` local peaks (suppressing pixels whose grid distance is below
-``0.999 * min_separation``, never more than the true rule would); then a global greedy
-over the best ``max(32 * top, 1024)`` peaks of all tiles decides, with distances
-measured on the WGS84 ellipsoid (the arc through the Earth-centred chord), so the rule
+``0.99 * min_separation``, never more than the true rule would: UTM's scale error is
+below 0.1 % and the sphere's departure from the ellipsoid below 0.6 %); then a global
+greedy over the best ``max(32 * top, 1024)`` peaks of all tiles decides
+(:func:`tessera_search.geodesy.thin`, distances on the mean Earth sphere), so the rule
 holds across tiles and UTM zones. Only near tile edges can this differ from one greedy
 over every pixel of the region (by picking another pixel of the same place). Ties go to
 the lower (tile, row, col).
@@ -56,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidInputError, NoDataError, TileNotFoundError
+from .geodesy import thin
 from .grid import Tile, TileGrid, owned_mask, pixel_to_lonlat
 
 __all__ = [
@@ -69,19 +72,10 @@ __all__ = [
 
 _BLOCK = 8192  # pixels per block of the distance computation: float32 copies stay in cache (2.5x faster than 65536)
 _HIST_BINS = 20000  # histogram of distances over [0, 2]: bins of 1e-4
-_LOCAL_SLACK = 0.999  # local suppression radius factor: UTM scale error is below 0.1 %
-_WGS84_A = 6378137.0
-_WGS84_E2 = 6.69437999014e-3
-_MEAN_RADIUS = 6371008.8
-
-# Colour ramp of the quicklook: (position in [0, 1], RGB); low change is dark.
-_RAMP = (
-    (0.0, (24, 26, 56)),
-    (0.3, (84, 40, 128)),
-    (0.55, (186, 54, 104)),
-    (0.8, (240, 120, 52)),
-    (1.0, (252, 234, 90)),
-)
+# Local suppression radius factor: a grid distance below 0.99 * min_separation is a
+# spherical distance below min_separation (UTM scale error < 0.1 %, sphere vs ellipsoid
+# < 0.6 % north-south at the equator), so the local stage never drops a place the rule keeps.
+_LOCAL_SLACK = 0.99
 
 
 # ======================================================================================
@@ -129,13 +123,13 @@ def parse_years(text: str | Sequence[int]) -> tuple[int, int]:
         if any(isinstance(p, float) and p != int(p) for p in parts):
             raise ValueError
     except (TypeError, ValueError):
-        raise InvalidInputError(f"--years {text!r} is not two integer years A,B, e.g. 2020,2024") from None
+        raise InvalidInputError(f"years {text!r} is not two integer years A,B, e.g. 2020,2024") from None
     if len(years) != 2:
-        raise InvalidInputError(f"--years {text!r} needs exactly two years A,B, e.g. 2020,2024")
+        raise InvalidInputError(f"years {text!r} needs exactly two years A,B, e.g. 2020,2024")
     if years[0] == years[1]:
-        raise InvalidInputError(f"--years {text!r} names the same year twice; give two different years")
+        raise InvalidInputError(f"years {text!r} names the same year twice; give two different years")
     if not all(1900 <= y <= 2200 for y in years):
-        raise InvalidInputError(f"--years {text!r}: years must be between 1900 and 2200")
+        raise InvalidInputError(f"years {text!r}: years must be between 1900 and 2200")
     return years[0], years[1]
 
 
@@ -263,8 +257,8 @@ def _missing_message(missing: dict[int, list[Tile]], name: str, years: tuple[int
         cmds.append(f"`{_download_command(tiles, year)}`")
     return (
         f"the change {years[0]} -> {years[1]} of {name} needs tiles that are not in the store "
-        f"({'; '.join(parts)}); run {' and '.join(cmds)} (add --source DIR|URL|synthetic to fetch "
-        "from elsewhere), or pass --source to `tessera-search change` to fetch them first"
+        f"({'; '.join(parts)}); run {' and '.join(cmds)} (add `--source DIR|URL|synthetic` to fetch "
+        "from elsewhere), or give a source (`tessera-search change --source ...`) to fetch them first"
     )
 
 
@@ -392,20 +386,6 @@ def _local_peaks(dist: np.ndarray, want: int, radius_px: float) -> tuple[np.ndar
     return np.divmod(np.array(picks, dtype=np.int64), w)
 
 
-def _ecef(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """(N, 3) Earth-centred coordinates (metres) of points on the WGS84 ellipsoid."""
-    lam, phi = np.radians(lon), np.radians(lat)
-    n = _WGS84_A / np.sqrt(1.0 - _WGS84_E2 * np.sin(phi) ** 2)
-    return np.stack([n * np.cos(phi) * np.cos(lam), n * np.cos(phi) * np.sin(lam),
-                     n * (1.0 - _WGS84_E2) * np.sin(phi)], axis=-1)
-
-
-def _ground_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Metres between ECEF points: the arc through their chord (exact to ~1e-9 at 100 m)."""
-    chord = np.sqrt(np.sum((np.asarray(p) - np.asarray(q)) ** 2, axis=-1))
-    return 2.0 * _MEAN_RADIUS * np.arcsin(np.minimum(chord / (2.0 * _MEAN_RADIUS), 1.0))
-
-
 class _Places:
     """The running pool of local peaks over all tiles, bounded to the best ``cap``."""
 
@@ -442,18 +422,7 @@ class _Places:
         """The global greedy: best first, skipping places within ``min_separation``."""
         order = self._order()
         c = {k: v[order] for k, v in self.cols.items()}
-        xyz = _ecef(c["lon"], c["lat"])
-        chosen: list[int] = []
-        taken = np.empty((self.top, 3))
-        for i in range(order.size):
-            if len(chosen) >= self.top:
-                break
-            if chosen and self.min_separation > 0:
-                if _ground_distance(taken[:len(chosen)], xyz[i]).min() < self.min_separation:
-                    continue
-            taken[len(chosen)] = xyz[i]
-            chosen.append(i)
-        sel = np.array(chosen, dtype=np.intp)
+        sel = thin(c["lon"], c["lat"], self.min_separation, limit=self.top)
         return {k: v[sel] for k, v in c.items()}
 
 
@@ -513,10 +482,11 @@ def change_map(
     per_tile: bool = False,
     top: int = 0,
     min_separation: float = 100.0,
-    progress: bool = True,
+    progress: bool = False,
     *,
     top_out: str | os.PathLike[str] | None = None,
     quicklook: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> ChangeResult:
     """Per-pixel cosine distance between the embeddings of ``years = (A, B)`` over ``region``.
 
@@ -525,7 +495,9 @@ def change_map(
     ``crs``, or one COG per tile (``per_tile``); plus ``<out>.png`` quicklooks unless
     ``quicklook=False``; ``None`` computes statistics and places only. ``top``: the most
     changed places, at least ``min_separation`` metres apart (``top_out`` writes them as
-    GeoJSON points). Tiles missing in a year raise
+    points: ``.geojson``, ``.parquet`` or ``.csv``, :func:`tessera_search.export.write_points`).
+    ``progress``: a progress bar on stderr; ``on_progress(done, total)``: called after
+    each tile. Tiles missing in a year raise
     :class:`~tessera_search.errors.TileNotFoundError` naming them, unless ``source`` is
     given: then they are downloaded, and tiles the source lacks are skipped
     (``ChangeResult.skipped``). Raises :class:`~tessera_search.errors.NoDataError` when no
@@ -539,14 +511,18 @@ def change_map(
     ya, yb = parse_years(years)
     top = int(top)
     if top < 0:
-        raise InvalidInputError(f"--top must be 0 or more, got {top}")
+        raise InvalidInputError(f"top must be 0 or more, got {top}")
     min_separation = float(min_separation)
     if not (math.isfinite(min_separation) and min_separation >= 0):
-        raise InvalidInputError(f"--min-separation must be finite metres >= 0, got {min_separation}")
+        raise InvalidInputError(f"min_separation must be finite metres >= 0, got {min_separation}")
     if top_out is not None and top == 0:
-        raise InvalidInputError("--top-out writes the most changed places: give --top K as well")
+        raise InvalidInputError("top_out writes the most changed places: give top > 0 as well")
     if per_tile and out is None:
-        raise InvalidInputError("--per-tile needs --out (the file name stem of the per-tile COGs)")
+        raise InvalidInputError("per_tile needs out (the file name stem of the per-tile COGs)")
+    if top_out is not None:
+        from .export import VECTOR_SUFFIXES, check_output
+
+        check_output(top_out, VECTOR_SUFFIXES, option="top_out")
     name, tiles, mask_of = _region_tiles(region)
     if not tiles:
         raise InvalidInputError(f"{name} selects no tiles")
@@ -583,7 +559,7 @@ def change_map(
         if writer is not None:
             stack.enter_context(writer)
         with progress_bar(progress, f"change {ya}->{yb}", len(tiles)) as advance:
-            for t in tiles:
+            for done, t in enumerate(tiles, 1):
                 grid, dist, _ = _tile_distance(store, t, (ya, yb), mask_of)
                 hist.add(dist)
                 places.add(grid, dist)
@@ -591,6 +567,8 @@ def change_map(
                     writer.write_tile(grid, dist)
                 del dist
                 advance()
+                if on_progress is not None:
+                    on_progress(done, len(tiles))
         if hist.n == 0:
             raise NoDataError(
                 f"{name} has no pixel valid in both {ya} and {yb} (water, no-data or outside the tiles); "
@@ -619,21 +597,24 @@ def change_map(
         result.top_distance = chosen["distance"].astype(np.float32)
     if out is not None and quicklook:
         vmax = _ramp_max(stats)
-        title = f"cosine distance {ya} -> {yb}, {name}" + (" - SYNTHETIC DATA" if synthetic else "")
+        title = f"cosine distance {ya} -> {yb}, {name}"
         marks = (result.top_lon, result.top_lat) if top > 0 else None
         for path in files:
-            result.quicklooks.append(write_change_quicklook(path, vmax=vmax, title=title, places=marks))
+            result.quicklooks.append(write_change_quicklook(path, vmax=vmax, title=title, places=marks,
+                                                            synthetic=synthetic))
         files.extend(result.quicklooks)
     if top_out is not None:
-        from .export import write_points_geojson
+        from .export import write_points
 
-        recs = result.top()
-        result.top_path = write_points_geojson(
+        n = result.top_distance.size
+        result.top_path = write_points(
             top_out, result.top_lon, result.top_lat,
-            {k: [r[k] for r in recs] for k in ("rank", "distance", "tile", "row", "col")},
-            metadata={"kind": "most changed places", "years": [ya, yb], "region": name,
-                      "metric": "cosine distance", "min_separation_m": min_separation, "synthetic": synthetic,
-                      "dataset_versions": {str(y): v for y, v in versions.items()}},
+            {"rank": np.arange(1, n + 1, dtype=np.int64), "distance": result.top_distance.astype(np.float32),
+             "tile": [str(v) for v in result.top_tile], "row": result.top_row.astype(np.int64),
+             "col": result.top_col.astype(np.int64)},
+            meta={"kind": "most changed places", "years": [ya, yb], "region": name,
+                  "metric": "cosine distance", "min_separation_m": min_separation, "synthetic": synthetic,
+                  "dataset_versions": {str(y): v for y, v in versions.items()}},
         )
         files.append(result.top_path)
     result.seconds = time.perf_counter() - t0
@@ -651,14 +632,6 @@ def _ramp_max(stats: ChangeStats) -> float:
     return float(min(2.0, max(0.05, math.ceil(p * 20.0 - 1e-9) / 20.0)))
 
 
-def _ramp(values: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 colours of values in [0, 1] (clipped) along :data:`_RAMP`."""
-    pos = np.array([p for p, _ in _RAMP])
-    cols = np.array([c for _, c in _RAMP], dtype=np.float64)
-    v = np.clip(values, 0.0, 1.0)
-    return np.stack([np.interp(v, pos, cols[:, i]) for i in range(3)], axis=-1).round().astype(np.uint8)
-
-
 def write_change_quicklook(
     raster: str | os.PathLike[str],
     png: str | os.PathLike[str] | None = None,
@@ -667,90 +640,26 @@ def write_change_quicklook(
     title: str = "",
     places: tuple[np.ndarray, np.ndarray] | None = None,
     max_size: int = 1024,
+    synthetic: bool | None = None,
 ) -> Path:
-    """A PNG of a distance raster: colour ramp 0..``vmax``, colour bar, scale bar, places.
+    """A PNG of a distance raster (default ``<raster>.png``); returns its path.
 
-    Nodata is white; values above ``vmax`` take the ramp's top colour. ``places``: (lon,
-    lat) degree arrays of ranked places, drawn as numbered rings (the first 50 inside the
-    picture). The raster is read decimated (from overviews, averaged) to at most
-    ``max_size`` pixels a side; one smaller than half that is enlarged by whole pixels.
+    The distance on a dark-to-yellow ramp from 0 to ``vmax`` (values above take the top
+    colour; nodata white) with its colour bar, ``places`` ((lon, lat) degree arrays, most
+    changed first) as numbered rings (ranks on the first 50), lon/lat ticks, a scale bar
+    and the ``SYNTHETIC DATA`` badge when ``synthetic`` (default: the raster's tag). The
+    raster is read averaged (from its overviews) to at most ``max_size`` pixels a side;
+    a small one is enlarged by whole pixels (:mod:`tessera_search.quicklook`).
     """
-    import rasterio
-    from PIL import Image, ImageDraw, ImageFont
-    from rasterio.enums import Resampling
-
-    from ._io import atomic_path
-    from .export import _nice_length, _readable, quicklook_path
+    from .export import quicklook_path
+    from .quicklook import RAMP_CHANGE, Markers, ValueLayer, paint, read_raster
 
     raster = Path(raster)
     png = quicklook_path(raster) if png is None else Path(png)
-    with rasterio.open(raster) as src:
-        f = max(src.width / max_size, src.height / max_size, 1.0)
-        w, h = max(1, int(round(src.width / f))), max(1, int(round(src.height / f)))
-        arr = src.read(1, out_shape=(h, w), resampling=Resampling.average if f > 1 else Resampling.nearest)
-        crs = src.crs
-        tr = src.transform
-        sx, sy = src.width / w, src.height / h
-    up = max(1, (max_size // 2) // max(w, h))  # small rasters are enlarged, pixels kept square
-    if up > 1:
-        arr = np.repeat(np.repeat(arr, up, axis=0), up, axis=1)
-        h, w, sx, sy = h * up, w * up, sx / up, sy / up
-    empty = ~np.isfinite(arr)
-    rgb = np.full((h, w, 3), 255, dtype=np.uint8)
-    rgb[~empty] = _ramp(arr[~empty].astype(np.float64) / vmax)
-
-    font = ImageFont.load_default()
-    header = 22 if title else 0
-    bar_h = 14
-    footer = 30 + bar_h + 28
-    width = max(w + 20, 500)
-    canvas = Image.new("RGB", (width, h + header + footer + 10), "white")
-    canvas.paste(Image.fromarray(rgb), (10, header + 5))
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((10, 4), title, fill=(0, 0, 0), font=font)
-    draw.rectangle([9, header + 4, 10 + w, header + 5 + h], outline=(0, 0, 0))
-
-    if places is not None and len(places[0]):
-        from pyproj import Transformer
-
-        lon, lat = (np.asarray(v, dtype=np.float64)[:50] for v in places)
-        x, y = Transformer.from_crs("EPSG:4326", crs.to_wkt(), always_xy=True).transform(lon, lat)
-        for i, (xi, yi) in enumerate(zip(np.atleast_1d(x), np.atleast_1d(y), strict=True)):
-            col, row = (float(xi) - tr.c) / tr.a, (float(yi) - tr.f) / tr.e  # north-up rasters
-            px, py = 10 + col / sx, header + 5 + row / sy
-            if not (10 <= px <= 10 + w and header + 5 <= py <= header + 5 + h):
-                continue
-            draw.ellipse([px - 6, py - 6, px + 6, py + 6], outline=(0, 0, 0), width=4)
-            draw.ellipse([px - 5, py - 5, px + 5, py + 5], outline=(255, 255, 255), width=2)
-            draw.text((px + 7, py - 7), str(i + 1), fill=(255, 255, 255), font=font,
-                      stroke_width=2, stroke_fill=(0, 0, 0))
-
-    # Scale bar: metres per quicklook pixel along x at the raster's centre.
-    metres_px = tr.a * sx
-    if crs is not None and crs.is_geographic:
-        centre_y = tr.f + tr.e * h * sy / 2
-        metres_px *= 111_320.0 * math.cos(math.radians(centre_y))
-    y0 = header + 5 + h + 12
-    length = _nice_length(metres_px * w / 4)
-    if length > 0:
-        bar = max(1, int(round(length / metres_px)))
-        draw.rectangle([10, y0, 10 + bar, y0 + 5], fill=(0, 0, 0))
-        label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
-        draw.text((14 + bar, y0 - 3), label, fill=(0, 0, 0), font=font)
-    # Colour bar: 0 .. vmax.
-    y1 = y0 + 18
-    bw = min(256, width - 20)
-    ramp = _ramp(np.linspace(0.0, 1.0, bw))
-    canvas.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (10, y1))
-    draw.rectangle([9, y1 - 1, 10 + bw, y1 + bar_h], outline=(0, 0, 0))
-    for frac, text in ((0.0, "0"), (0.5, f"{vmax / 2:.3g}"), (1.0, f">= {vmax:.3g}")):
-        x = 10 + int(round(frac * (bw - 1)))
-        draw.line([x, y1 + bar_h, x, y1 + bar_h + 3], fill=(0, 0, 0))
-        tw = font.getlength(text)
-        draw.text((min(max(x - tw / 2, 10), 10 + bw - tw), y1 + bar_h + 5), text, fill=(0, 0, 0), font=font)
-    draw.text((20 + bw, y1 + 1), "cosine distance (white: no data)", fill=(0, 0, 0), font=font)
-    with atomic_path(png) as tmp:
-        canvas.save(tmp, format="PNG")
-        _readable(tmp)
-    return png
+    view = read_raster(raster, 1, max_size=max_size, resampling="average")
+    base = ValueLayer(view.data[0].astype(np.float64), 0.0, float(vmax), RAMP_CHANGE, "cosine distance")
+    marks = []
+    if places is not None:
+        marks.append(Markers.places(places[0], places[1], label="most changed (rank)"))
+    return paint(png, base, view.extent, markers=marks, title=title, max_size=max_size,
+                 synthetic=view.synthetic if synthetic is None else bool(synthetic))

@@ -1,4 +1,5 @@
-"""Writing results: GeoTIFF / COG rasters from per-tile arrays, PNG quicklooks, GeoJSON.
+"""Writing results: the one home of raster writing (COG), vector writing (GeoJSON,
+GeoParquet, CSV) and raster quicklooks (through :mod:`tessera_search.quicklook`).
 
 Rasters are written **tile by tile**: a :class:`RasterWriter` takes one tile's
 ``(bands, H, W)`` array at a time and puts it in place, so memory does not grow with the
@@ -21,6 +22,34 @@ so overlapping tile grids never overwrite each other's pixels. The mosaic is sta
 tiled GeoTIFF beside the output and turned into a Cloud-Optimized GeoTIFF (GDAL's
 ``COG`` driver: internal tiling, overviews, deflate) in one streaming copy, then renamed
 into place: a reader never sees a half-written file.
+
+Memory stays at one tile plus one block row: the stage file is sparse (blocks never
+written read back as nodata, so it is not pre-filled), each tile is merged into its
+window alone, and GDAL's block cache is capped at :data:`GDAL_CACHE_MB` while the
+writer is open (GDAL's default is 5 % of the machine's memory, which a large mosaic
+otherwise fills). A 2 x 2 mosaic of full 1,108 x 1,115 tiles peaks at about 0.23 GB
+resident (0.16 GB of it is Python, NumPy and GDAL themselves).
+
+Bands are plain: band 1 is grey, or a palette with ``colormap``; bands 2+ are
+"undefined", never alpha. (GDAL's GeoTIFF copy marks the second band of a two-band
+paletted file as alpha, so QGIS would draw a class map as mostly transparent; the
+writer rewrites that one TIFF field in place, which changes no offset, so the COG
+layout stays valid.)
+
+Vectors
+-------
+:func:`write_points` and :func:`write_polygons` write features in lon/lat degrees
+(WGS84) by the path's suffix, with one metadata convention: a JSON object of facts
+about the file (what it is, year, parameters, ``synthetic``) stored
+
+- in GeoJSON as a top-level ``"tessera_search"`` member of the FeatureCollection;
+- in (Geo)Parquet under the schema metadata key ``b"tessera_search"`` (JSON bytes),
+  beside GeoParquet's ``b"geo"`` (WKB ``geometry`` column, CRS OGC:CRS84);
+- for CSV in a sidecar ``<name>.csv.json`` (``{"tessera_search": {...}}``) beside the
+  file (CSV has no place for it); points are ``lon``, ``lat`` columns, polygons a WKT
+  ``geometry`` column.
+
+:func:`read_metadata` reads it back from any of the three.
 """
 
 from __future__ import annotations
@@ -37,35 +66,41 @@ import numpy as np
 from ._io import atomic_path, write_error, writing
 from .errors import InvalidInputError
 from .grid import TileGrid
+from .quicklook import PALETTE, nice_length  # noqa: F401 - PALETTE is re-exported
 
 __all__ = [
+    "GDAL_CACHE_MB",
     "PALETTE",
     "POINT_SUFFIXES",
     "QUERY_SUFFIXES",
     "RASTER_SUFFIXES",
+    "VECTOR_SUFFIXES",
     "check_output",
+    "csv_metadata_path",
     "MosaicPlan",
     "RasterWriter",
     "legend_path",
     "plan_mosaic",
     "quicklook_path",
+    "read_metadata",
     "write_legend_json",
+    "write_points",
     "write_points_geojson",
+    "write_polygons",
     "write_quicklook",
 ]
 
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
-)
-"""Distinct colours for class codes 1, 2, ... (cycled beyond 20)."""
+_nice_length = nice_length  # the old private name, still imported by query/_export.py until it uses the painter
+
+GDAL_CACHE_MB = 256
+"""GDAL's block cache while a :class:`RasterWriter` is open, in MB."""
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 """A Cloud-Optimized GeoTIFF."""
 POINT_SUFFIXES = (".geojson", ".json")
 """GeoJSON points."""
+VECTOR_SUFFIXES = (".geojson", ".json", ".parquet", ".csv")
+"""What :func:`write_points` and :func:`write_polygons` write (GeoJSON, GeoParquet, CSV)."""
 QUERY_SUFFIXES = (".tif", ".tiff", ".png", ".geojson", ".json", ".parquet", ".csv")
 """What a query's matches can be written as (COG mask, PNG quicklook, points or blobs)."""
 
@@ -141,7 +176,7 @@ def _crs_text(crs) -> str:
     try:
         c = CRS.from_user_input(crs)
     except CRSError as exc:
-        raise InvalidInputError(f"--crs {crs!r} is not a CRS GDAL knows ({exc}); e.g. EPSG:4326") from None
+        raise InvalidInputError(f"crs {crs!r} is not a CRS GDAL knows ({exc}); e.g. EPSG:4326") from None
     epsg = c.to_epsg()
     return f"EPSG:{epsg}" if epsg else c.to_wkt()
 
@@ -159,12 +194,15 @@ def plan_mosaic(grids: Sequence[TileGrid], crs: str | None = None) -> MosaicPlan
     if target is None or (len(epsgs) == 1 and target == f"EPSG:{epsgs[0]}"):
         if len(epsgs) > 1:
             raise InvalidInputError(
-                f"the tiles span UTM zones ({', '.join(f'EPSG:{e}' for e in epsgs)}); pass --crs "
-                "EPSG:4326 (or another CRS) for one mosaic, or --per-tile for one file per tile"
+                f"the tiles span UTM zones ({', '.join(f'EPSG:{e}' for e in epsgs)}); give a crs (e.g. "
+                "EPSG:4326; `--crs` on the command line) for one mosaic, or per_tile (`--per-tile`) for one "
+                "file per tile"
             )
         res = {(g.transform[0], -g.transform[4]) for g in grids}
         if len(res) != 1:
-            raise InvalidInputError(f"the tiles have different pixel sizes {sorted(res)}; pass --crs to resample")
+            raise InvalidInputError(
+                f"the tiles have different pixel sizes {sorted(res)}; give a crs (`--crs`) to resample"
+            )
         a, e = grids[0].transform[0], grids[0].transform[4]
         xmin = min(g.bounds[0] for g in grids)
         ymax = max(g.bounds[3] for g in grids)
@@ -246,7 +284,8 @@ class RasterWriter:
         self.count, self.dtype, self.nodata = int(count), str(dtype), nodata
         self.per_tile = bool(per_tile)
         if self.per_tile and crs is not None:
-            raise InvalidInputError("--per-tile writes each tile on its own UTM grid; drop --crs, or drop --per-tile")
+            raise InvalidInputError("per_tile writes each tile on its own UTM grid and takes no crs: drop one of "
+                                    "them (`--per-tile`, `--crs`)")
         self.tags = {k: _tag(v) for k, v in (tags or {}).items()}
         self.band_descriptions = list(band_descriptions or [])
         self.band_scales = list(band_scales or [])
@@ -256,40 +295,45 @@ class RasterWriter:
         self.written: list[Path] = []
         self._tmp: Path | None = None
         self._dst = None
+        self._env = None
 
     # -- context --------------------------------------------------------------------
     def __enter__(self) -> RasterWriter:
-        if not self.per_tile:
-            import tempfile
+        import rasterio
 
-            import rasterio
-
-            with writing("the raster", self.path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".stage.tif", dir=self.path.parent)
-                os.close(fd)
-                self._tmp = Path(tmp)
-                p = self.plan
-                self._dst = rasterio.open(
-                    self._tmp, "w+", driver="GTiff", width=p.width, height=p.height, count=self.count,
-                    dtype=self.dtype, crs=p.crs, transform=p.affine(), nodata=self.nodata, tiled=True,
-                    blockxsize=256, blockysize=256, compress="deflate", zlevel=1, bigtiff="IF_SAFER",
-                )
-                self._blank()
+        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+        self._env.__enter__()
+        try:
+            if not self.per_tile:
+                self._open_stage()
+        except BaseException:
+            self._env.__exit__(None, None, None)
+            self._env = None
+            raise
         return self
+
+    def _open_stage(self) -> None:
+        import tempfile
+
+        import rasterio
+
+        with writing("the raster", self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".stage.tif", dir=self.path.parent)
+            os.close(fd)
+            self._tmp = Path(tmp)
+            p = self.plan
+            # Sparse: a block never written reads back as nodata, so the stage needs no
+            # pre-filling pass and a tile's window is merged against nodata.
+            self._dst = rasterio.open(
+                self._tmp, "w+", driver="GTiff", width=p.width, height=p.height, count=self.count,
+                dtype=self.dtype, crs=p.crs, transform=p.affine(), nodata=self.nodata, tiled=True,
+                blockxsize=256, blockysize=256, compress="deflate", zlevel=1, bigtiff="IF_SAFER", sparse_ok=True,
+            )
+            self._interpretation(self._dst)
 
     def _fill(self):
         return 0 if self.nodata is None else self.nodata
-
-    def _blank(self) -> None:
-        """Fill the stage file with nodata, one row of blocks at a time (bounded memory)."""
-        from rasterio.windows import Window
-
-        p = self.plan
-        for r0 in range(0, p.height, 256):
-            h = min(256, p.height - r0)
-            self._dst.write(np.full((self.count, h, p.width), self._fill(), dtype=self.dtype),
-                            window=Window(0, r0, p.width, h))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -297,10 +341,15 @@ class RasterWriter:
                 with writing("the raster", self.path):
                     self._finish()
         finally:
-            if self._dst is not None and not self._dst.closed:
-                self._dst.close()
-            if self._tmp is not None and self._tmp.exists():
-                self._tmp.unlink()
+            try:
+                if self._dst is not None and not self._dst.closed:
+                    self._dst.close()
+                if self._tmp is not None and self._tmp.exists():
+                    self._tmp.unlink()
+            finally:
+                if self._env is not None:
+                    self._env.__exit__(None, None, None)
+                    self._env = None
 
     # -- writing --------------------------------------------------------------------
     def write_tile(self, grid: TileGrid, data: np.ndarray) -> None:
@@ -369,16 +418,24 @@ class RasterWriter:
         )
         self._merge(window, dest)
 
+    def _interpretation(self, dst) -> None:
+        """Colour map and colour interpretation, set before any pixel is written (GDAL
+        cannot change a GeoTIFF's photometric tag once data is in it)."""
+        from rasterio.enums import ColorInterp
+
+        if self.colormap:
+            dst.write_colormap(1, {int(k): (*v[:3], 255) for k, v in self.colormap.items()})
+        first = ColorInterp.palette if self.colormap else ColorInterp.gray
+        dst.colorinterp = [first] + [ColorInterp.undefined] * (self.count - 1)
+
     def _style(self, dst) -> None:
-        """Tags, colour map, band descriptions and scales on an open dataset."""
+        """Tags, band descriptions and scales on an open dataset."""
         if self.tags:
             dst.update_tags(**self.tags)
         for i, d in enumerate(self.band_descriptions, 1):
             dst.set_band_description(i, d)
         if self.band_scales:
             dst.scales = tuple(self.band_scales)
-        if self.colormap:
-            dst.write_colormap(1, {int(k): (*v[:3], 255) for k, v in self.colormap.items()})
 
     def _cog_copy(self, src, path: Path) -> None:
         from rasterio.shutil import copy
@@ -386,6 +443,7 @@ class RasterWriter:
         with atomic_path(path) as tmp:
             copy(src, tmp, driver="COG", compress="deflate", blocksize=512,
                  overview_resampling=self.overview_resampling, bigtiff="IF_SAFER")
+            _no_alpha(tmp)
             _readable(tmp)
         self.written.append(path)
 
@@ -400,11 +458,64 @@ class RasterWriter:
         with MemoryFile() as mem:
             with mem.open(driver="GTiff", width=grid.width, height=grid.height, count=self.count,
                           dtype=self.dtype, crs=grid.crs, transform=grid.affine(), nodata=self.nodata) as d:
+                self._interpretation(d)
                 d.write(data)
                 self._style(d)
                 d.update_tags(tile=grid.tile.name)
             with mem.open() as d:
                 self._cog_copy(d, self.path.with_name(f"{self.path.stem}_{grid.tile.name}.tif"))
+
+
+_EXTRA_SAMPLES = 338  # TIFF tag ExtraSamples: 0 unspecified, 1 associated alpha, 2 unassociated alpha
+
+
+def _no_alpha(path: Path) -> None:
+    """Mark every extra sample of every image (full resolution and overviews) of a GeoTIFF
+    "unspecified" instead of alpha, in place.
+
+    GDAL's GeoTIFF copy always marks the second band of a two-band paletted file as alpha.
+    The field is a few bytes at a fixed place of each image file directory, so rewriting
+    it moves nothing and keeps the COG layout intact.
+    """
+    import struct
+
+    with open(path, "r+b") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None:
+            return
+        magic = struct.unpack(order + "H", head[2:4])[0]
+        big = magic == 43
+        if magic not in (42, 43):
+            return
+        ifd = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
+        count_fmt, entry_size, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+        value_size = 8 if big else 4
+        seen = set()
+        while ifd and ifd not in seen:
+            seen.add(ifd)
+            fh.seek(ifd)
+            n = struct.unpack(order + count_fmt, fh.read(struct.calcsize(count_fmt)))[0]
+            start = ifd + struct.calcsize(count_fmt)
+            fh.seek(start)
+            entries = fh.read(n * entry_size)
+            for i in range(n):
+                entry = entries[i * entry_size:(i + 1) * entry_size]
+                tag, typ = struct.unpack(order + "HH", entry[:4])
+                if tag != _EXTRA_SAMPLES or typ != 3:  # SHORT
+                    continue
+                k = struct.unpack(order + off_fmt, entry[4:4 + value_size])[0]  # the value count
+                if 2 * k <= value_size:  # the values sit in the entry itself
+                    where = start + i * entry_size + 4 + value_size
+                else:
+                    where = struct.unpack(order + off_fmt, entry[4 + value_size:])[0]
+                fh.seek(where)
+                values = list(struct.unpack(order + "H" * k, fh.read(2 * k)))
+                if any(v in (1, 2) for v in values):
+                    fh.seek(where)
+                    fh.write(struct.pack(order + "H" * k, *[0 if v in (1, 2) else v for v in values]))
+            fh.seek(start + n * entry_size)
+            ifd = struct.unpack(order + off_fmt, fh.read(value_size))[0]
 
 
 def _window_transform(plan: MosaicPlan, col0: int, row0: int):
@@ -432,7 +543,7 @@ def _tag(value) -> str:
 
 
 # ======================================================================================
-# Sidecars, quicklooks and points
+# Sidecars and quicklooks
 # ======================================================================================
 
 
@@ -441,19 +552,7 @@ def write_legend_json(path: str | os.PathLike[str], legend: Mapping[int, str]) -
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({str(int(k)): str(v) for k, v in sorted(legend.items())}, indent=1) + "\n")
-        _readable(tmp)
     return path
-
-
-def _nice_length(metres: float) -> float:
-    """The largest 1, 2 or 5 x 10^n not above ``metres``."""
-    if metres <= 0:
-        return 0.0
-    p = 10.0 ** math.floor(math.log10(metres))
-    for m in (5.0, 2.0, 1.0):
-        if m * p <= metres:
-            return m * p
-    return p
 
 
 def write_quicklook(
@@ -465,75 +564,156 @@ def write_quicklook(
     title: str = "",
     max_size: int = 1024,
     band: int = 1,
+    synthetic: bool | None = None,
 ) -> Path:
-    """A PNG picture of a raster band with a legend and a scale bar.
+    """A PNG picture of one band of a raster (default ``<raster>.png``); returns its path.
 
-    With ``legend`` the band holds class codes, drawn with ``colours`` (default
-    :data:`PALETTE`); without, values are drawn on a grey ramp between the band's
-    2nd and 98th percentiles. Nodata is white. The raster is read decimated (from its
-    overviews when it has them) to at most ``max_size`` pixels a side.
+    With ``legend`` ``{code: name}`` the band holds class codes, drawn with ``colours``
+    (default :data:`PALETTE`) and listed in the legend box; without, values are drawn on a
+    grey ramp between the band's 2nd and 98th percentiles with a colour bar. Nodata is
+    white. Lon/lat ticks, a scale bar, and the ``SYNTHETIC DATA`` badge when
+    ``synthetic`` (default: the raster's ``synthetic`` tag). The raster is read decimated
+    (from its overviews) to at most ``max_size`` pixels a side
+    (:func:`tessera_search.quicklook.read_raster`, :func:`~tessera_search.quicklook.paint`).
     """
-    import rasterio
-    from PIL import Image, ImageDraw, ImageFont
-    from rasterio.enums import Resampling
+    from .quicklook import RAMP_GREY, ClassLayer, ValueLayer, paint, read_raster
 
     raster = Path(raster)
     png = quicklook_path(raster) if png is None else Path(png)
-    with rasterio.open(raster) as src:
-        f = max(src.width / max_size, src.height / max_size, 1.0)
-        w, h = max(1, int(round(src.width / f))), max(1, int(round(src.height / f)))
-        arr = src.read(band, out_shape=(h, w), resampling=Resampling.nearest)
-        nodata = src.nodata
-        crs = src.crs
-        px_x = src.transform.a * src.width / w
-        centre_y = src.transform.f + src.transform.e * src.height / 2
-    empty = _nodata_mask(arr[None], nodata) if nodata is not None else np.zeros(arr.shape, bool)
-    rgb = np.full((h, w, 3), 255, dtype=np.uint8)
+    view = read_raster(raster, band, max_size=max_size)
+    arr = view.data[0]
+    empty = view.empty()
     if legend:
-        cols = dict(colours or {})
-        for code in legend:
-            colour = cols.get(code, PALETTE[(int(code) - 1) % len(PALETTE)])
-            rgb[(arr == code) & ~empty] = colour
-    elif (~empty).any():
-        vals = arr[~empty].astype(np.float64)
-        lo, hi = np.percentile(vals, [2, 98])
-        scaled = np.clip((arr.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-        grey = (40 + 200 * scaled).astype(np.uint8)
-        rgb[~empty] = np.repeat(grey[~empty][:, None], 3, axis=1)
+        codes = np.where(empty, -1, arr).astype(np.int64)  # -1: no code, drawn as no data
+        base = ClassLayer(codes, dict(legend), dict(colours) if colours else None, nodata=None)
+    else:
+        vals = arr.astype(np.float64)
+        vals[empty] = np.nan
+        finite = vals[np.isfinite(vals)]
+        lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+        name = view.descriptions[0] if view.descriptions and view.descriptions[0] else f"band {band}"
+        base = ValueLayer(vals, float(lo), float(hi) if hi > lo else float(lo) + 1.0, RAMP_GREY, name, open_top=False)
+    return paint(png, base, view.extent, title=title, max_size=max_size,
+                 synthetic=view.synthetic if synthetic is None else bool(synthetic))
 
-    font = ImageFont.load_default()
-    rows = list(legend.items()) if legend else []
-    panel_w = 0
-    if rows:
-        panel_w = 30 + max(int(font.getlength(str(name))) for _, name in rows) + 20
-    header = 22 if title else 0
-    footer = 34
-    canvas = Image.new("RGB", (w + panel_w + 20, max(h, 22 * len(rows) + 10) + header + footer + 10), "white")
-    canvas.paste(Image.fromarray(rgb), (10, header + 5))
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((10, 4), title, fill=(0, 0, 0), font=font)
-    draw.rectangle([9, header + 4, 10 + w, header + 5 + h], outline=(0, 0, 0))
-    for i, (code, name) in enumerate(rows):
-        y = header + 8 + 22 * i
-        colour = (colours or {}).get(code, PALETTE[(int(code) - 1) % len(PALETTE)])
-        draw.rectangle([w + 22, y, w + 38, y + 14], fill=tuple(colour), outline=(0, 0, 0))
-        draw.text((w + 44, y + 1), str(name), fill=(0, 0, 0), font=font)
-    # Scale bar: metres per quicklook pixel along x at the raster's centre.
-    metres_px = px_x
-    if crs is not None and crs.is_geographic:
-        metres_px = px_x * 111_320.0 * math.cos(math.radians(centre_y))
-    length = _nice_length(metres_px * w / 4)
-    if length > 0:
-        bar = int(round(length / metres_px))
-        y = header + 5 + h + 12
-        draw.rectangle([10, y, 10 + bar, y + 5], fill=(0, 0, 0))
-        label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
-        draw.text((14 + bar, y - 3), label, fill=(0, 0, 0), font=font)
-    with atomic_path(png) as tmp:
-        canvas.save(tmp, format="PNG")
-        _readable(tmp)
-    return png
+
+# ======================================================================================
+# Vectors: points and polygons as GeoJSON, GeoParquet or CSV
+# ======================================================================================
+
+
+def csv_metadata_path(path: str | os.PathLike[str]) -> Path:
+    """The metadata sidecar of a CSV: ``places.csv.json`` for ``places.csv``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".geojson", ".json"):
+        return "geojson"
+    if suffix in (".parquet", ".csv"):
+        return suffix[1:]
+    got = f"'{path.suffix}'" if path.suffix else "no extension"
+    raise InvalidInputError(f"{path}: {got} is not a vector format; use one of {', '.join(VECTOR_SUFFIXES)}")
+
+
+def _columns(columns: Mapping[str, Sequence] | None, n: int, reserved: Sequence[str]) -> dict[str, object]:
+    """Columns as numpy arrays (numbers, bools) or lists (anything else), each of ``n`` values."""
+    out: dict[str, object] = {}
+    for name, values in (columns or {}).items():
+        name = str(name)
+        if name in reserved:
+            raise ValueError(f"column {name!r} is reserved for the geometry ({', '.join(reserved)})")
+        if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+            col = values.ravel()
+        else:
+            col = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        if len(col) != n:
+            raise ValueError(f"column {name!r} has {len(col)} values for {n} features")
+        out[name] = col
+    return out
+
+
+def _as_list(col) -> list:
+    return col.tolist() if isinstance(col, np.ndarray) else list(col)
+
+
+def _meta_json(meta: Mapping[str, object] | None) -> dict:
+    return json.loads(json.dumps({str(k): _json_value(v) for k, v in (meta or {}).items()}, default=str))
+
+
+def write_points(
+    path: str | os.PathLike[str],
+    lon: Sequence[float] | np.ndarray,
+    lat: Sequence[float] | np.ndarray,
+    columns: Mapping[str, Sequence] | None = None,
+    meta: Mapping[str, object] | None = None,
+) -> Path:
+    """Points (degrees, WGS84) with per-point ``columns`` as ``.geojson``/``.json``,
+    ``.parquet`` or ``.csv`` (by suffix), atomically; returns the path.
+
+    ``columns`` maps a name to one value per point (numpy arrays keep their dtype in
+    Parquet; NaN and None become null in GeoJSON and empty in CSV). ``meta``: facts about
+    the file, stored by the convention of the module docstring. GeoJSON coordinates are
+    rounded to 1e-8 degrees (about 1 mm); Parquet also has plain ``lon``/``lat`` columns.
+    """
+    path = Path(path)
+    fmt = _format(path)
+    lon = np.asarray(lon, dtype=np.float64).ravel()
+    lat = np.asarray(lat, dtype=np.float64).ravel()
+    if lon.shape != lat.shape:
+        raise ValueError(f"{lon.size} longitudes for {lat.size} latitudes")
+    cols = _columns(columns, lon.size, ("lon", "lat", "geometry"))
+    if fmt == "geojson":
+        geoms = [{"type": "Point", "coordinates": [round(x, 8), round(y, 8)]}
+                 for x, y in zip(lon.tolist(), lat.tolist(), strict=True)]
+        _write_geojson(path, geoms, cols, meta)
+    elif fmt == "parquet":
+        import shapely
+
+        wkb = shapely.to_wkb(shapely.points(lon, lat)) if lon.size else np.empty(0, object)
+        bbox = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())] if lon.size else None
+        _write_parquet(path, {"lon": lon, "lat": lat, **cols}, list(wkb), ["Point"], bbox, meta)
+    else:
+        _write_csv(path, {"lon": lon, "lat": lat, **cols}, meta)
+    return path
+
+
+def write_polygons(
+    path: str | os.PathLike[str],
+    geometries: Sequence,
+    columns: Mapping[str, Sequence] | None = None,
+    meta: Mapping[str, object] | None = None,
+) -> Path:
+    """Polygons (or any geometry; lon/lat degrees, WGS84) with per-feature ``columns`` as
+    ``.geojson``/``.json``, ``.parquet`` (WKB) or ``.csv`` (a WKT ``geometry`` column), by
+    suffix, atomically; returns the path.
+
+    ``geometries``: GeoJSON geometry dicts or shapely geometries. ``columns`` and ``meta``
+    as for :func:`write_points`.
+    """
+    import shapely
+    from shapely.geometry import mapping, shape
+
+    path = Path(path)
+    fmt = _format(path)
+    geoms = list(geometries)
+    cols = _columns(columns, len(geoms), ("geometry",))
+    if fmt == "geojson":
+        _write_geojson(path, [g if isinstance(g, Mapping) else mapping(g) for g in geoms], cols, meta)
+        return path
+    shapes = [shape(g) if isinstance(g, Mapping) else g for g in geoms]
+    if fmt == "parquet":
+        bounds = shapely.total_bounds(shapes) if shapes else None
+        bbox = [float(v) for v in bounds] if shapes else None
+        types = sorted({g.geom_type for g in shapes})
+        wkb = list(shapely.to_wkb(shapes)) if shapes else []
+        _write_parquet(path, cols, wkb, types, bbox, meta)
+    else:
+        wkt = [shapely.to_wkt(g, rounding_precision=-1) for g in shapes]
+        _write_csv(path, {**cols, "geometry": wkt}, meta)
+    return path
 
 
 def write_points_geojson(
@@ -543,33 +723,91 @@ def write_points_geojson(
     properties: Mapping[str, Sequence],
     metadata: Mapping[str, object] | None = None,
 ) -> Path:
-    """A GeoJSON FeatureCollection of points (degrees) with per-point properties.
-
-    ``properties`` maps a name to a column (one value per point; numpy values become
-    JSON numbers). ``metadata`` goes into a top-level ``"tessera_search"`` member.
-    """
+    """GeoJSON points whatever the suffix of ``path``: :func:`write_points` for callers that
+    always want GeoJSON (``properties`` are its ``columns``, ``metadata`` its ``meta``)."""
     path = Path(path)
-    lon = np.asarray(lon, dtype=np.float64)
-    lat = np.asarray(lat, dtype=np.float64)
-    cols = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in properties.items()}
-    for k, v in cols.items():
-        if len(v) != lon.size:
-            raise ValueError(f"property {k!r} has {len(v)} values for {lon.size} points")
-    features = []
-    for i in range(lon.size):
-        props = {k: _json_value(v[i]) for k, v in cols.items()}
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [round(float(lon[i]), 8), round(float(lat[i]), 8)]},
-            "properties": props,
-        })
-    doc: dict = {"type": "FeatureCollection", "features": features}
-    if metadata:
-        doc["tessera_search"] = {k: _json_value(v) for k, v in metadata.items()}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc) + "\n")
-        _readable(tmp)
+    lon = np.asarray(lon, dtype=np.float64).ravel()
+    lat = np.asarray(lat, dtype=np.float64).ravel()
+    if lon.shape != lat.shape:
+        raise ValueError(f"{lon.size} longitudes for {lat.size} latitudes")
+    cols = _columns(properties, lon.size, ("geometry",))
+    geoms = [{"type": "Point", "coordinates": [round(x, 8), round(y, 8)]}
+             for x, y in zip(lon.tolist(), lat.tolist(), strict=True)]
+    _write_geojson(path, geoms, cols, metadata)
     return path
+
+
+def _write_geojson(path: Path, geoms: list, cols: dict, meta) -> None:
+    lists = {k: _as_list(v) for k, v in cols.items()}
+    features = [
+        {"type": "Feature", "geometry": g, "properties": {k: _json_value(v[i]) for k, v in lists.items()}}
+        for i, g in enumerate(geoms)
+    ]
+    doc = {"type": "FeatureCollection", "tessera_search": _meta_json(meta), "features": features}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, default=str) + "\n")
+
+
+def _write_parquet(path: Path, cols: dict, wkb: list, types: list[str], bbox, meta) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {k: pa.array(v) for k, v in cols.items()}
+    arrays["geometry"] = pa.array(wkb, type=pa.binary())
+    column = {"encoding": "WKB", "geometry_types": types}
+    if bbox is not None:
+        column["bbox"] = bbox
+    geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": column}}
+    table = pa.table(arrays).replace_schema_metadata({
+        b"geo": json.dumps(geo).encode(),
+        b"tessera_search": json.dumps(_meta_json(meta)).encode(),
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, str(tmp))
+
+
+def _csv_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else repr(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(_json_value(v), default=str)
+    return str(v)
+
+
+def _write_csv(path: Path, cols: dict, meta) -> None:
+    import csv
+
+    # The sidecar first: a CSV is never visible without its metadata.
+    side = csv_metadata_path(path)
+    with atomic_path(side) as tmp:
+        tmp.write_text(json.dumps({"tessera_search": _meta_json(meta)}, indent=1) + "\n")
+    names = list(cols)
+    lists = [_as_list(cols[k]) for k in names]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for row in zip(*lists, strict=True):
+            w.writerow([_csv_cell(v) for v in row])
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict:
+    """The ``tessera_search`` metadata of a file :func:`write_points` / :func:`write_polygons`
+    wrote (GeoJSON member, Parquet schema key or CSV sidecar); ``{}`` when it has none."""
+    path = Path(path)
+    fmt = _format(path)
+    if fmt == "geojson":
+        return dict(json.loads(path.read_text()).get("tessera_search") or {})
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        raw = (pq.read_schema(str(path)).metadata or {}).get(b"tessera_search")
+        return dict(json.loads(raw)) if raw else {}
+    side = csv_metadata_path(path)
+    return dict(json.loads(side.read_text()).get("tessera_search") or {}) if side.exists() else {}
 
 
 def _json_value(v):
@@ -581,4 +819,6 @@ def _json_value(v):
         return {str(k): _json_value(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_json_value(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v.tolist()]
     return v

@@ -340,6 +340,70 @@ def test_top_places_follow_the_greedy_rule(home, tmp_path, sep):
     assert doc["tessera_search"]["years"] == [A, B]
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_top_places_as_geoparquet_or_csv(home, tmp_path, suffix):
+    from tessera_search.export import read_metadata
+
+    _store_pair(home)
+    out = tmp_path / f"top{suffix}"
+    res = change_map([T1], (A, B), None, home=home, top=3, top_out=out)
+    assert res.top_path == out and res.files == [out]
+    meta = read_metadata(out)
+    assert meta["kind"] == "most changed places" and meta["years"] == [A, B] and meta["synthetic"] is False
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(out)
+        assert t["rank"].to_pylist() == [1, 2, 3] and t["tile"].to_pylist() == [T1.name] * 3
+        np.testing.assert_array_equal(t["lon"].to_numpy(), res.top_lon)
+        np.testing.assert_array_equal(t["distance"].to_numpy(), res.top_distance)
+    else:
+        import csv
+
+        with open(out, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [int(r["rank"]) for r in rows] == [1, 2, 3]
+        assert [int(r["row"]) for r in rows] == res.top_row.tolist()
+
+
+def test_library_speaks_in_parameter_names_and_never_prints(home, tmp_path, capsys):
+    _store_pair(home)
+    with pytest.raises(InvalidInputError, match="^top_out writes the most changed places: give top > 0"):
+        change_map([T1], (A, B), None, home=home, top_out=tmp_path / "x.geojson")
+    with pytest.raises(InvalidInputError, match="^per_tile needs out"):
+        change_map([T1], (A, B), None, home=home, per_tile=True)
+    with pytest.raises(InvalidInputError, match="^min_separation must be"):
+        change_map([T1], (A, B), None, home=home, min_separation=-1)
+    with pytest.raises(InvalidInputError, match="^top must be 0 or more"):
+        change_map([T1], (A, B), None, home=home, top=-1)
+    with pytest.raises(InvalidInputError, match="^years "):
+        parse_years("2020")
+    with pytest.raises(InvalidInputError, match=r"top_out .*'\.shp' is not a supported output"):
+        change_map([T1], (A, B), None, home=home, top=2, top_out=tmp_path / "x.shp")
+    seen = []
+    res = change_map([T1], (A, B), tmp_path / "c.tif", home=home, top=2,
+                     on_progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 1)] and res.quicklooks
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_quicklook_shows_places_colour_bar_and_synthetic_badge(home, tmp_path):
+    from PIL import Image
+
+    from tessera_search.quicklook import RAMP_CHANGE, SYNTHETIC_COLOUR
+
+    grid = small_grid(T1, 60, 60)
+    store = TileStore(home)
+    store.write(generate_tile(T1, A, seed=0, grid=grid).data)
+    store.write(generate_tile(T1, B, seed=0, grid=grid).data)
+    res = change_map([T1], (A, B), tmp_path / "c.tif", home=home, top=3)
+    with Image.open(res.quicklooks[0]) as im:
+        px = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    for colour in (SYNTHETIC_COLOUR, RAMP_CHANGE[0][1], RAMP_CHANGE[-1][1]):  # badge, the bar's ends
+        assert np.any(np.all(px == np.array(colour, np.uint8), axis=1)), colour
+
+
 def test_top_places_are_thinned_across_utm_zones(home):
     pairs = _store_pair(home, (WEST, EAST))
     alon, alat, adist, anames, _, _ = _all_pixels(pairs)

@@ -31,7 +31,8 @@ def change(
     min_separation: Annotated[float, typer.Option(
         "--min-separation", help="Metres between listed places (greedy, most changed first).", min=0)] = 100.0,
     top_out: Annotated[Path | None, typer.Option(
-        "--top-out", help="Write the --top places as GeoJSON points.", show_default=False)] = None,
+        "--top-out", help="Write the --top places as points: .geojson, .parquet (GeoParquet) or .csv.",
+        show_default=False)] = None,
     source: Source = None,
     json: Json = False,
 ) -> None:
@@ -43,12 +44,12 @@ def change(
     """
     from ..change import change_map, parse_years
     from ..errors import InvalidInputError
-    from ..export import POINT_SUFFIXES, RASTER_SUFFIXES, check_output
+    from ..export import RASTER_SUFFIXES, VECTOR_SUFFIXES, check_output
 
     if out is not None:
         check_output(out, RASTER_SUFFIXES, directory=per_tile)
     if top_out is not None:
-        check_output(top_out, POINT_SUFFIXES, option="--top-out")
+        check_output(top_out, VECTOR_SUFFIXES, option="--top-out")
 
     try:
         pair = parse_years(years)
@@ -62,7 +63,7 @@ def change(
     res = change_map(reg, pair, out, home=state.home, source=source, crs=crs, per_tile=per_tile, top=top,
                      min_separation=min_separation, progress=not json, top_out=top_out)
     if res.skipped:
-        from .._progress import warn
+        from ._console import warn
 
         names = ", ".join(t.name for t in res.skipped[:6]) + (" ..." if len(res.skipped) > 6 else "")
         warn(f"{len(res.skipped)} tile(s) are not offered by the source for both years and were skipped: {names}")
