@@ -90,7 +90,6 @@ __all__ = [
     "write_quicklook",
 ]
 
-_nice_length = nice_length  # the old private name, still imported by query/_export.py until it uses the painter
 
 GDAL_CACHE_MB = 256
 """GDAL's block cache while a :class:`RasterWriter` is open, in MB."""

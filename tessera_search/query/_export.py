@@ -4,12 +4,10 @@ points or blobs (:meth:`QueryResult.write`), chosen by the path's suffix."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_path
 from .._progress import progress_bar
 from ..errors import InvalidInputError, NoDataError
 from ..grid import Tile, unpack_ids
@@ -117,14 +115,11 @@ def write_raster(result: QueryResult, index, path, values: str = "mask", crs: st
 
 
 def write_quicklook(result: QueryResult, index, path, max_size: int = 1024, progress=None) -> Path:
-    """A PNG: the matches (yellow dots) over a false-colour PCA view of the embeddings of the
-    tiles holding them, the query's example points marked (cyan +, red x for negatives),
-    with a scale bar. Tiles of several UTM zones are drawn in EPSG:4326."""
-    import rasterio
-    from PIL import Image, ImageDraw, ImageFont
-    from rasterio.enums import Resampling
-
+    """A PNG: the matches (yellow ringed dots) over a false-colour PCA view of the embeddings
+    of the tiles holding them, the examples marked (cyan +, red x for negatives), with a
+    legend, scale bar and lon/lat ticks. Tiles of several UTM zones are drawn in EPSG:4326."""
     from ..export import RasterWriter
+    from ..quicklook import Markers, RGBLayer, paint, read_raster
 
     if len(result) == 0:
         raise NoDataError("no matches to draw; loosen the threshold or raise k")
@@ -158,74 +153,19 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024, prog
                     arr[3, r, c] = 1
                 w.write_tile(g, arr)
                 advance()
-        with rasterio.open(stage) as src:
-            f = max(src.width / max_size, src.height / max_size, 1.0)
-            wpx, hpx = max(1, int(round(src.width / f))), max(1, int(round(src.height / f)))
-            img = src.read(out_shape=(4, hpx, wpx), resampling=Resampling.nearest)
-            transform = src.transform @ src.transform.scale(src.width / wpx, src.height / hpx)
-            src_crs = src.crs
+        view = read_raster(stage, (1, 2, 3, 4), max_size=max_size)
     finally:
         stage.unlink(missing_ok=True)
-    from pyproj import Transformer
-
-    to_img = Transformer.from_crs(4326, src_crs.to_wkt(), always_xy=True)
-    def to_pixel(x, y):  # north-up: (col, row) of map coordinates in the quicklook
-        return (np.asarray(x) - transform.c) / transform.a, (np.asarray(y) - transform.f) / transform.e
-
-    rgb = np.transpose(img[:3], (1, 2, 0)).copy()
-    rgb[img[3] == 0] = 255
-    # Matches are painted from their coordinates, so they stay visible however much the
-    # picture is decimated.
-    mx, my = to_img.transform(result.lon, result.lat)
-    mc, mr = to_pixel(mx, my)
-    mc, mr = np.floor(mc).astype(int), np.floor(mr).astype(int)
-    ok = (mc >= 0) & (mc < wpx) & (mr >= 0) & (mr < hpx)
-    if ok.sum() > _MAX_MARKERS:  # many matches: paint 3 x 3 blocks, markers would clutter
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                rr, cc = np.clip(mr[ok] + dr, 0, hpx - 1), np.clip(mc[ok] + dc, 0, wpx - 1)
-                rgb[rr, cc] = (255, 215, 0)
-    header, footer = 22, 34
-    canvas = Image.new("RGB", (wpx + 20, hpx + header + footer + 10), "white")
-    canvas.paste(Image.fromarray(rgb), (10, header + 5))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    title = (f"{len(result)} matches in {result.index} ({result.year})"
-             + (" - SYNTHETIC data" if result.synthetic else ""))
-    draw.text((10, 4), title, fill=(0, 0, 0), font=font)
-    draw.rectangle([9, header + 4, 10 + wpx, header + 5 + hpx], outline=(0, 0, 0))
-    if ok.sum() <= _MAX_MARKERS:  # few matches: a ringed dot each, visible at any zoom
-        for c, r in zip(mc[ok][::-1], mr[ok][::-1], strict=True):  # best drawn last, on top
-            x, y = 10 + c, header + 5 + r
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 215, 0), outline=(0, 0, 0))
-    for ex, colour, cross in ([(e, (0, 200, 255), False) for e in result.query.get("positives", [])]
-                              + [(e, (220, 0, 0), True) for e in result.query.get("negatives", [])]):
-        x, y = to_img.transform(ex["lon"], ex["lat"])
-        c, r = to_pixel(x, y)
-        px, py = 10 + c, header + 5 + r
-        if 0 <= c < wpx and 0 <= r < hpx:
-            draw.ellipse([px - 11, py - 11, px + 11, py + 11], outline=(0, 0, 0), width=2)
-            if cross:
-                draw.line([px - 8, py - 8, px + 8, py + 8], fill=colour, width=3)
-                draw.line([px - 8, py + 8, px + 8, py - 8], fill=colour, width=3)
-            else:
-                draw.line([px - 9, py, px + 9, py], fill=colour, width=3)
-                draw.line([px, py - 9, px, py + 9], fill=colour, width=3)
-    metres_px = transform.a
-    if src_crs.is_geographic:
-        metres_px *= 111_320.0 * math.cos(math.radians(transform.f + transform.e * hpx / 2))
-    from ..export import _nice_length
-
-    length = _nice_length(metres_px * wpx / 4)
-    if length > 0:
-        bar = int(round(length / metres_px))
-        y = header + 5 + hpx + 12
-        draw.rectangle([10, y, 10 + bar, y + 5], fill=(0, 0, 0))
-        draw.text((14 + bar, y - 3), f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m",
-                  fill=(0, 0, 0), font=font)
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return path
+    pos, neg = result.query.get("positives", []), result.query.get("negatives", [])
+    markers = [Markers.matches(result.lon, result.lat)]
+    if pos:
+        markers.append(Markers.positives([e["lon"] for e in pos], [e["lat"] for e in pos]))
+    if neg:
+        markers.append(Markers.negatives([e["lon"] for e in neg], [e["lat"] for e in neg]))
+    rgb = np.transpose(view.data[:3], (1, 2, 0))
+    return paint(path, RGBLayer(rgb, view.data[3] > 0, "embeddings (PCA false colour)"), view.extent,
+                 markers=markers, title=f"{len(result)} matches in {result.index} ({result.year})",
+                 synthetic=result.synthetic, max_size=max_size, max_markers=_MAX_MARKERS)
 
 
 def write_result(result: QueryResult, index, path, values: str = "mask", crs: str | None = None,

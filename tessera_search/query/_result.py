@@ -15,7 +15,6 @@ a result carries)::
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_path
 from ..errors import InvalidInputError
 from ._search import Blob
 
-MATCH_COLUMNS = ("rank", "id", "lon", "lat", "tile", "row", "col", "similarity")
 VECTOR_SUFFIXES = (".geojson", ".json", ".parquet", ".csv")
 
 
@@ -83,61 +80,19 @@ class QueryResult:
                 "blobs": None if self.blobs is None else [b.to_json() for b in self.blobs]}
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Matches as points (with blobs: polygons with area) in .geojson, .parquet or .csv."""
+        """Matches as points (with blobs: polygons with area) in .geojson, .parquet or .csv,
+        with :meth:`metadata` stored by :mod:`tessera_search.export`'s one convention."""
+        from ..export import write_points, write_polygons
+
         path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in VECTOR_SUFFIXES:
+        if path.suffix.lower() not in VECTOR_SUFFIXES:
             raise InvalidInputError(f"cannot write {path.name}: use one of {', '.join(VECTOR_SUFFIXES)}")
         meta = json.loads(json.dumps(self.metadata(), default=str))
         if self.blobs is None:
-            rows = self.matches()
-            geoms = [{"type": "Point", "coordinates": [m["lon"], m["lat"]]} for m in rows]
-        else:
-            rows = [b.to_json() for b in self.blobs]
-            geoms = [b.geometry for b in self.blobs]
-        writer = {".geojson": _write_geojson, ".json": _write_geojson, ".parquet": _write_parquet,
-                  ".csv": _write_csv}[suffix]
-        with atomic_path(path) as tmp:
-            writer(tmp, rows, geoms, meta, points=self.blobs is None)
-        return path
-
-
-def _write_geojson(tmp: Path, rows, geoms, meta, points: bool) -> None:
-    props = [{k: v for k, v in r.items() if not (points and k in ("lon", "lat"))} for r in rows]
-    doc = {"type": "FeatureCollection", "tessera_search": meta,
-           "features": [{"type": "Feature", "geometry": g, "properties": p} for g, p in zip(geoms, props, strict=True)]}
-    tmp.write_text(json.dumps(doc))
-
-
-def _write_parquet(tmp: Path, rows, geoms, meta, points: bool) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import shapely
-    from shapely.geometry import shape
-
-    from ._search import Blob
-
-    names = list(rows[0]) if rows else (list(MATCH_COLUMNS) if points else list(Blob(0, "", 0, 0, 0, 0, 0, 0, {}).to_json()))
-    cols = {k: [r[k] for r in rows] for k in names}
-    if points:
-        cols = {"rank": pa.array(np.asarray(cols["rank"], np.int32)), "id": pa.array(np.asarray(cols["id"], np.int64)),
-                "lon": pa.array(np.asarray(cols["lon"], np.float64)), "lat": pa.array(np.asarray(cols["lat"], np.float64)),
-                "tile": pa.array(cols["tile"], pa.string()), "row": pa.array(np.asarray(cols["row"], np.int32)),
-                "col": pa.array(np.asarray(cols["col"], np.int32)),
-                "similarity": pa.array(np.asarray(cols["similarity"], np.float32))}
-    cols["geometry"] = pa.array([shapely.to_wkb(shape(g)) for g in geoms], pa.binary())
-    kinds = ["Point"] if points else ["Polygon", "MultiPolygon"]
-    geo = {"version": "1.0.0", "primary_column": "geometry",
-           "columns": {"geometry": {"encoding": "WKB", "geometry_types": kinds, "crs": None}}}
-    table = pa.table(cols).replace_schema_metadata(
-        {b"geo": json.dumps(geo).encode(), b"tessera_search": json.dumps(meta).encode()})
-    pq.write_table(table, str(tmp))
-
-
-def _write_csv(tmp: Path, rows, geoms, meta, points: bool) -> None:
-    names = list(rows[0]) if rows else list(MATCH_COLUMNS)
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=names)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
+            cols = {"rank": np.arange(1, len(self) + 1, dtype=np.int32), "id": np.asarray(self.ids, np.int64),
+                    "tile": list(self.tiles), "row": np.asarray(self.rows, np.int32),
+                    "col": np.asarray(self.cols, np.int32), "similarity": np.asarray(self.similarity, np.float32)}
+            return write_points(path, self.lon, self.lat, cols, meta)
+        rows = [b.to_json() for b in self.blobs]
+        names = list(Blob(0, "", 0, 0, 0, 0, 0, 0, {}).to_json())
+        return write_polygons(path, [b.geometry for b in self.blobs], {k: [r[k] for r in rows] for k in names}, meta)
