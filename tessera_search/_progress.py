@@ -5,7 +5,7 @@ Every long-running library function takes ``progress``:
 - ``None`` / ``False`` (the default): nothing;
 - a callable ``progress(label, total)`` returning a context manager that yields
   ``advance(n=1)``: the caller draws what it likes (the CLI passes a rich bar);
-- ``True``: the CLI's rich progress bar on stderr, for callers who ask for exactly that.
+The CLI's rich bar is :func:`tessera_search.cli.rich_progress`; pass it to see one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ def progress_bar(progress, label: str, total: int | None) -> Iterator[Callable[.
     if not progress:
         yield lambda n=1: None
         return
-    if progress is True:
-        from .cli._console import rich_progress as progress
+    if not callable(progress):
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"progress is a callback progress(label, total) returning a context manager that yields "
+            f"advance(n), not {progress!r}; for a bar on stderr pass tessera_search.cli.rich_progress"
+        )
     with progress(label, total) as advance:
         yield advance

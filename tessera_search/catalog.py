@@ -297,8 +297,12 @@ class Catalog:
                 raise self._error(exc, write=False) from exc
 
     def _recover(self, con) -> None:
-        """Record what the workspace's files hold: every stored tile-year, every complete index."""
-        from .index.shards import catalog_entry, index_dir, index_names, index_state
+        """Record every stored tile-year in a new catalog (the store is the truth).
+
+        Indexes are recorded from their own files by whoever lists or opens them
+        (:func:`tessera_search.index.list_indexes`), so the catalog needs no knowledge of
+        the index layout.
+        """
         from .store import TileStore
 
         store = TileStore(self.home)
@@ -307,13 +311,6 @@ class Catalog:
                 self._insert_tile(con, store.attrs(tile, year))
             except (TesseraSearchError, KeyError, TypeError, ValueError):
                 continue  # an unreadable tile is the store's problem, reported when it is read
-        for name in index_names(self.home):
-            try:
-                state = index_state(index_dir(self.home, name))
-                if state is not None and state.status == "complete":
-                    self._write_index(con, *catalog_entry(state.manifest, state.generation))
-            except (TesseraSearchError, KeyError, TypeError, ValueError):
-                continue
 
     # -- tiles ----------------------------------------------------------------------
     @staticmethod

@@ -18,8 +18,9 @@ Streaming
 (:class:`tessera_search.export.RasterWriter`), adds its distances to a fixed 20,000-bin
 histogram over [0, 2] and keeps its best local peaks for ``top``; memory does not grow
 with the region. Summary percentiles come from the histogram (within 1e-4 of exact);
-mean, minimum and maximum are exact. Nothing is printed: ``progress=True`` shows a bar on
-stderr (for the CLI), ``on_progress(done, total)`` is called after each tile.
+mean, minimum and maximum are exact. Nothing is printed: ``progress`` is a callback (see
+:mod:`tessera_search._progress`; the CLI passes its bar), ``on_progress(done, total)`` is
+called after each tile.
 
 Grids
 -----
@@ -482,7 +483,7 @@ def change_map(
     per_tile: bool = False,
     top: int = 0,
     min_separation: float = 100.0,
-    progress: bool = False,
+    progress=None,
     *,
     top_out: str | os.PathLike[str] | None = None,
     quicklook: bool = True,
@@ -495,7 +496,7 @@ def change_map(
     ``crs``, or one COG per tile (``per_tile``); plus ``<out>.png`` quicklooks unless
     ``quicklook=False``; ``None`` computes statistics and places only. ``top``: the most
     changed places, at least ``min_separation`` metres apart (``top_out`` writes them as
-    points: ``.geojson``, ``.parquet`` or ``.csv``, :func:`tessera_search.export.write_points`).
+    points: ``.geojson``, ``.parquet`` or ``.csv``, :func:`tessera_search.vectors.write_points`).
     ``progress``: a progress bar on stderr; ``on_progress(done, total)``: called after
     each tile. Tiles missing in a year raise
     :class:`~tessera_search.errors.TileNotFoundError` naming them, unless ``source`` is
@@ -604,7 +605,7 @@ def change_map(
                                                             synthetic=synthetic))
         files.extend(result.quicklooks)
     if top_out is not None:
-        from .export import write_points
+        from .vectors import write_points
 
         n = result.top_distance.size
         result.top_path = write_points(

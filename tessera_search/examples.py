@@ -47,7 +47,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .config import resolve_home
-from .errors import InvalidInputError, NoDataError, TileNotFoundError
+from .errors import InvalidInputError, NoDataError
 from .grid import (
     Tile,
     lonlat_to_pixel,
@@ -514,7 +514,7 @@ def sample_examples(
     max_per_polygon: int = DEFAULT_MAX_PER_POLYGON,
     seed: int = 0,
     source: str | None = None,
-    progress: bool = False,
+    progress=None,
 ) -> ExampleSamples:
     """Sample the embeddings of ``examples`` (a file or an :class:`ExampleSet`) for ``year``.
 
@@ -657,8 +657,8 @@ def _polygon_pixels(poly: BaseGeometry, grid, valid: np.ndarray) -> tuple[np.nda
 
 def _raw_pixel(grid, lon, lat) -> tuple[np.ndarray, np.ndarray]:
     """Fractional (row, col) positions of lon/lat points on the grid (may be outside)."""
-    from .grid import _to_utm
+    from .grid import to_utm
 
-    x, y = _to_utm(grid.epsg).transform(np.asarray(lon, np.float64), np.asarray(lat, np.float64))
+    x, y = to_utm(grid.epsg).transform(np.asarray(lon, np.float64), np.asarray(lat, np.float64))
     a, _, c, _, e, f = grid.transform
     return (np.asarray(y) - f) / e, (np.asarray(x) - c) / a

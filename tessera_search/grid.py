@@ -58,6 +58,7 @@ __all__ = [
     "tile_for_point",
     "tile_id_prefix",
     "tiles_in_bbox",
+    "to_utm",
     "unpack_ids",
     "utm_epsg",
 ]
@@ -250,7 +251,8 @@ class TileGrid:
 
 
 @lru_cache(maxsize=128)
-def _to_utm(epsg: int):
+def to_utm(epsg: int):
+    """The cached pyproj Transformer from WGS84 lon/lat to ``epsg`` (x, y order)."""
     from pyproj import Transformer
 
     return Transformer.from_crs(4326, epsg, always_xy=True)
@@ -270,7 +272,7 @@ def expected_grid(tile: Tile, epsg: int | None = None) -> TileGrid:
     t = np.linspace(0.0, 1.0, 41)
     lons = np.concatenate([w + (e - w) * t, np.full_like(t, e), e - (e - w) * t, np.full_like(t, w)])
     lats = np.concatenate([np.full_like(t, s), s + (n - s) * t, np.full_like(t, n), n - (n - s) * t])
-    xs, ys = _to_utm(epsg).transform(lons, lats)
+    xs, ys = to_utm(epsg).transform(lons, lats)
     xmin = math.floor(xs.min() / PIXEL_SIZE) * PIXEL_SIZE
     xmax = math.ceil(xs.max() / PIXEL_SIZE) * PIXEL_SIZE
     # A pixel row holds y in (bottom, top] (rows run down, rows = floor), so a cell's
@@ -299,7 +301,7 @@ def pixel_to_lonlat(grid: TileGrid, rows, cols) -> tuple[np.ndarray, np.ndarray]
 def lonlat_to_pixel(grid: TileGrid, lon, lat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, col, inside) of the pixels holding the points; row/col are -1 outside the grid."""
     lon, lat = np.broadcast_arrays(np.asarray(lon, np.float64), np.asarray(lat, np.float64))
-    x, y = _to_utm(grid.epsg).transform(np.ascontiguousarray(lon), np.ascontiguousarray(lat))
+    x, y = to_utm(grid.epsg).transform(np.ascontiguousarray(lon), np.ascontiguousarray(lat))
     x, y = np.asarray(x).reshape(lon.shape), np.asarray(y).reshape(lon.shape)
     a, _, c, _, e, f = grid.transform
     col = np.floor((np.asarray(x) - c) / a).astype(np.int64)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .catalog import Catalog
 from .config import resolve_home
-from .errors import SourceUnavailableError, TileNotFoundError
+from .errors import SourceUnavailableError
 from .grid import Tile
 from .sources.base import TileData, TileFailure
 from ._progress import progress_bar

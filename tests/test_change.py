@@ -342,7 +342,7 @@ def test_top_places_follow_the_greedy_rule(home, tmp_path, sep):
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_top_places_as_geoparquet_or_csv(home, tmp_path, suffix):
-    from tessera_search.export import read_metadata
+    from tessera_search.vectors import read_metadata
 
     _store_pair(home)
     out = tmp_path / f"top{suffix}"

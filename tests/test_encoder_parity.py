@@ -6,7 +6,6 @@ scales relative 1e-5, int8 |delta| <= 1 and only where v/s sits within 1e-4 of a
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from _helpers import SHARED
 

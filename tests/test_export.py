@@ -15,14 +15,16 @@ from tessera_search.export import (
     GDAL_CACHE_MB,
     PALETTE,
     RasterWriter,
-    csv_metadata_path,
     plan_mosaic,
-    read_metadata,
     write_legend_json,
+    write_quicklook,
+)
+from tessera_search.vectors import (
+    csv_metadata_path,
+    read_metadata,
     write_points,
     write_points_geojson,
     write_polygons,
-    write_quicklook,
 )
 from tessera_search.grid import Tile, TileGrid, owned_mask, pixel_to_lonlat
 

@@ -4,7 +4,6 @@ check the files the CLI wrote with rasterio and the library."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from _helpers import SHARED
 

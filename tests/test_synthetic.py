@@ -399,7 +399,7 @@ def test_read_truth_of_a_missing_tile_says_what_to_run(tmp_path):
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic-mirror")
-    report = synthesize_mirror([MIRROR_A, MIRROR_B], YEAR, out, seed=0, progress=True)
+    report = synthesize_mirror([MIRROR_A, MIRROR_B], YEAR, out, seed=0)
     return {"out": out, "report": report}
 
 

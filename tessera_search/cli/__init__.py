@@ -20,8 +20,9 @@ import re
 import sys
 
 from ._app import app
+from ._console import rich_progress
 
-__all__ = ["app", "main", "run"]
+__all__ = ["app", "cli_message", "main", "rich_progress", "run"]
 
 
 _COMMAND_MODULES = (

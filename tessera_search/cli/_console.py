@@ -65,3 +65,8 @@ def rich_progress(label: str, total: int | None) -> Iterator[Callable[..., None]
 def warn(message: str) -> None:
     """One ``Warning: ...`` line on stderr."""
     err_console.print(f"[yellow]Warning[/]: {message}", highlight=False, soft_wrap=True)
+
+
+def bar(json: bool):
+    """The ``progress`` to pass the library: the rich bar, or None when printing JSON."""
+    return None if json else rich_progress

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._app import app, state
-from ._console import out_console, print_json
+from ._console import bar, out_console, print_json
 from .options import BBox, Json, Region, RegionFile, Source, Tiles, region_from_options
 
 
@@ -61,7 +61,7 @@ def change(
         raise typer.BadParameter("--per-tile needs --out (the stem of the per-tile file names)", param_hint="--per-tile")
     reg = region_from_options(region, bbox, region_file, tile)
     res = change_map(reg, pair, out, home=state.home, source=source, crs=crs, per_tile=per_tile, top=top,
-                     min_separation=min_separation, progress=not json, top_out=top_out)
+                     min_separation=min_separation, progress=bar(json), top_out=top_out)
     if res.skipped:
         from ._console import warn
 

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ._app import app
-from ._console import err_console, out_console, print_json
+from ._console import err_console, out_console, print_json, rich_progress
 from .options import Json
 
 Device = Annotated[
@@ -43,12 +43,11 @@ def encode(
     json: Json = False,
 ) -> None:
     """Embed satellite time series with the bundled TESSERA encoder into release-layout int8 tiles."""
-    from .._progress import progress_bar
     from ..encoder.data import parse_substitutions
     from ..encoder.infer import encode as do_encode
 
     subs = parse_substitutions(substitute_band)
-    with progress_bar(True, "encoding", None) as advance:
+    with rich_progress("encoding", None) as advance:
         seen = [0]
 
         def progress(done: int, total: int) -> None:
@@ -99,7 +98,6 @@ def train(
     json: Json = False,
 ) -> None:
     """Train a TESSERA encoder as in the paper (Barlow Twins, sparse temporal views, mix regulariser)."""
-    from .._progress import progress_bar
     from ..encoder.config import get_config
     from ..encoder.train import TrainConfig
     from ..encoder.train import train as do_train
@@ -111,7 +109,7 @@ def train(
         sample_size_s2=sample_size, sample_size_s1=sample_size, mix_weight=mix_weight, seed=seed,
         checkpoint_every=checkpoint_every,
     )
-    with progress_bar(True, "training", steps) as advance:
+    with rich_progress("training", steps) as advance:
         res = do_train(data, out, cfg, resume=resume, device=device, progress=lambda s, t, loss: advance(1))
     summary = {
         "checkpoint": str(res.checkpoint), "step": res.step, "pixels": res.n_pixels, "tiles": res.n_tiles,

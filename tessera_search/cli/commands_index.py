@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ._app import app, state
-from ._console import out_console, print_json
+from ._console import bar, out_console, print_json
 from .options import BBox, Json, Region, RegionFile, Source, Tiles, Year, region_from_options
 
 
@@ -27,7 +27,7 @@ def build_index(
 
     reg = region_from_options(region, bbox, region_file, tile)
     rep = do_build(reg, year, source=source, name=name, factory=factory, max_memory=max_memory,
-                   home=state.home, progress=not json, rebuild=rebuild)
+                   home=state.home, progress=bar(json), rebuild=rebuild)
     if json:
         print_json(rep.to_json())
         return

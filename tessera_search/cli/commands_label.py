@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ._app import app, state
-from ._console import out_console, print_json
+from ._console import bar, out_console, print_json
 from .options import BBox, Json, Region, RegionFile, Source, Tiles, region_from_options
 
 
@@ -123,7 +123,7 @@ def label(
         if given_region or cv is not None:
             raise typer.BadParameter("--index searches the whole index: drop the region options and --cv")
         res = lab.label_candidates(examples, index=index, year=year, per_class=per_class, out=out,
-                                   progress=not json, **common)
+                                   progress=bar(json), **common)
         if json:
             print_json(res.to_json())
             return
@@ -151,7 +151,7 @@ def label(
         raise typer.BadParameter("--out is required for a class map (or give --cv N)", param_hint="--out")
     reg = region_from_options(region, bbox, region_file, tile)
     res = lab.label_region(examples, reg, year, out, crs=crs, per_tile=per_tile, truth=truth,
-                           progress=not json, **common)
+                           progress=bar(json), **common)
     _warn_dropped(res.dropped)
     report["map"] = res.to_json()
     if json:
@@ -201,7 +201,7 @@ def suggest(
     reg = region_from_options(region, bbox, region_file, tile)
     res = do_suggest(examples, reg, year, n=n, min_distance=min_distance, out=out, class_field=class_field,
                      k=k, weights=weights.value, home=state.home, max_per_polygon=max_per_polygon, seed=seed,
-                     source=source, progress=not json)
+                     source=source, progress=bar(json))
     if json:
         print_json(res.to_json())
         return

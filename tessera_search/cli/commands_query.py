@@ -9,7 +9,7 @@ import typer
 
 from ._app import app, state
 from . import cli_message
-from ._console import out_console, print_json, warn
+from ._console import bar, out_console, print_json, warn
 from .options import Json, Source
 
 _TABLE_ROWS = 20  # table rows printed unless --all
@@ -54,7 +54,7 @@ def query(
     def files_of(res, idx):
         if out is None:
             return []
-        return write_result(res, idx, out, values=values, crs=crs, per_tile=per_tile, progress=not json)
+        return write_result(res, idx, out, values=values, crs=crs, per_tile=per_tile, progress=bar(json))
 
     if replay is not None:
         if positives or negatives or examples is not None:
@@ -64,7 +64,7 @@ def query(
         res, files = run_query(positives, negatives=negatives, examples=examples, example_year=example_year,
                                push=push, index=index, year=year, k=k, threshold=threshold,
                                min_separation=min_separation, group=group, max_results=max_results,
-                               nprobe=nprobe, home=state.home, source=source, then=files_of, progress=not json)
+                               nprobe=nprobe, home=state.home, source=source, then=files_of, progress=bar(json))
     for message in res.warnings:
         warn(cli_message(Exception(message)))
     if json:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._app import app, state
-from ._console import err_console, out_console, print_json
+from ._console import bar, err_console, out_console, print_json
 from .options import BBox, Json, Region, RegionFile, Source, Tiles, Year, region_from_options
 
 DatasetVersion = Annotated[
@@ -46,7 +46,7 @@ def synthesize(
     from ..sources.synthetic import synthesize_mirror
 
     reg = region_from_options(region, bbox, region_file, tile)
-    rep = synthesize_mirror(reg.tiles, year, out, seed=seed, version=dataset_version, progress=True)
+    rep = synthesize_mirror(reg.tiles, year, out, seed=seed, version=dataset_version, progress=bar(False))
     if json:
         print_json({"out": str(rep.out), "year": rep.year, "seed": rep.seed, "synthetic": True,
                     "tiles": [t.name for t in rep.tiles], "written": rep.written, "skipped": rep.skipped})

@@ -289,7 +289,7 @@ def _year_of(dates: Sequence[_dt.date]) -> int | None:
     return max(counts, key=lambda y: (counts[y], y))
 
 
-def _grid_for(epsg: int, transform: tuple[float, ...], height: int, width: int):
+def grid_for(epsg: int, transform: tuple[float, ...], height: int, width: int):
     """A TileGrid for a patch: its own transform, named by the tile whose cell holds its centre."""
     from pyproj import Transformer
 
@@ -301,7 +301,7 @@ def _grid_for(epsg: int, transform: tuple[float, ...], height: int, width: int):
     return TileGrid(tile_for_point(float(lon), float(lat)), int(epsg), tuple(float(v) for v in transform), int(height), int(width))
 
 
-def _epsg_from_crs(crs_text: str, where: str) -> int:
+def epsg_from_crs(crs_text: str, where: str) -> int:
     from pyproj import CRS
     from pyproj.exceptions import CRSError
 
@@ -418,7 +418,7 @@ def load_datacube(
     asc, desc = ((sar, sar_doy), empty) if s1_orbit == "ascending" else (empty, (sar, sar_doy))
     if crs_text is None:
         raise InvalidInputError(f"{where} carries no CRS (a 'crs' or 'spatial_ref' variable with crs_wkt)")
-    epsg = _epsg_from_crs(crs_text, where)
+    epsg = epsg_from_crs(crs_text, where)
     ys_sorted = ys[::-1] if flip_y else ys
     xs_sorted = xs[::-1] if flip_x else xs
     if len(xs_sorted) < 2 or len(ys_sorted) < 2:
@@ -426,7 +426,7 @@ def load_datacube(
     a = float(np.median(np.diff(xs_sorted)))
     e = float(np.median(np.diff(ys_sorted)))
     transform = (a, 0.0, float(xs_sorted[0] - a / 2.0), 0.0, e, float(ys_sorted[0] - e / 2.0))
-    grid = _grid_for(epsg, transform, h, w)
+    grid = grid_for(epsg, transform, h, w)
     tile = TileInputs(
         bands=bands, masks=masks.astype(np.uint8), doys=doys.astype(np.int32),
         sar_asc=asc[0], sar_asc_doy=asc[1], sar_desc=desc[0], sar_desc_doy=desc[1],
@@ -529,7 +529,7 @@ def load_geotiff_stack(
         sar = np.zeros((0, h, w, 2), dtype=np.int16)
         sar_doy = np.zeros((0,), dtype=np.int16)
         notes.append("no S1 GeoTIFFs: S1 read as no observations")
-    grid = _grid_for(_epsg_from_crs(crs.to_wkt(), path.name), tuple(transform)[:6], h, w)
+    grid = grid_for(epsg_from_crs(crs.to_wkt(), path.name), tuple(transform)[:6], h, w)
     tile = TileInputs(
         bands=bands_dn, masks=masks, doys=doys, sar_asc=sar, sar_asc_doy=sar_doy,
         sar_desc=np.zeros((0, h, w, 2), dtype=np.int16), sar_desc_doy=np.zeros((0,), dtype=np.int16),

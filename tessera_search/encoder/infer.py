@@ -339,7 +339,7 @@ def _grid_from_reference(path: Path, shape: tuple[int, int]):
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from .data import _epsg_from_crs, _grid_for
+    from .data import epsg_from_crs, grid_for
 
     try:
         with rasterio.open(path) as src:
@@ -347,7 +347,7 @@ def _grid_from_reference(path: Path, shape: tuple[int, int]):
                 raise InvalidInputError(f"reference {path} has no CRS")
             if src.shape != shape:
                 raise InvalidInputError(f"reference {path} is {src.shape} pixels, the tile is {shape}")
-            return _grid_for(_epsg_from_crs(src.crs.to_wkt(), str(path)), tuple(src.transform)[:6], *shape)
+            return grid_for(epsg_from_crs(src.crs.to_wkt(), str(path)), tuple(src.transform)[:6], *shape)
     except RasterioIOError as exc:
         raise InvalidInputError(f"reference {path} is not a readable GeoTIFF: {exc}") from exc
 

@@ -36,11 +36,13 @@ from .shards import (
     index_state,
     open_vectors,
     read_faiss_index,
+    release_pages,
 )
 
 __all__ = ["Index", "SearchResult", "list_indexes", "open_index", "reconcile_index"]
 
 _MIN_CANDIDATES = 4096
+_GATHER = 2048  # re-rank rows gathered between page releases (~2048 x 64 KiB fault-around)
 
 
 @dataclass
@@ -94,12 +96,34 @@ class Shard:
         return np.asarray(self.ids[np.asarray(positions, dtype=np.int64)])
 
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
-        """(n, 128) int8 stored vectors at ``positions`` (read in file order)."""
+        """(n, 128) int8 stored vectors at ``positions`` (read in file order).
+
+        The pages read (and the kernel's fault-around neighbours, 16 x more) are unmapped
+        again afterwards: they stay in the page cache, but not in this process's resident
+        memory, which would otherwise grow towards the whole file query after query.
+        """
         positions = np.asarray(positions, dtype=np.int64)
         order = np.argsort(positions, kind="stable")
         out = np.empty((len(positions), DIMS), np.int8)
-        out[order] = self.vectors[positions[order]]
+        for a in range(0, len(order), _GATHER):  # released per chunk: resident memory stays small
+            sel = order[a:a + _GATHER]
+            out[sel] = self.vectors[positions[sel]]
+            release_pages(self.vectors)
         return out
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, 128) int8 vectors at positions [start, stop), read from the file.
+
+        For scans of many rows (a whole tile): a plain read goes through the page cache
+        without mapping every page into this process, so resident memory stays one block.
+        """
+        start, stop = max(0, int(start)), min(int(stop), self.n_vectors)
+        if stop <= start:
+            return np.zeros((0, DIMS), np.int8)
+        data = np.fromfile(self.files.vectors, dtype=np.int8, count=(stop - start) * DIMS, offset=start * DIMS)
+        if data.size != (stop - start) * DIMS:
+            raise IndexCorruptError(f"{self.files.vectors.name} is shorter than its manifest says; rebuild the index")
+        return data.reshape(stop - start, DIMS)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(bool found (n,), (n,) positions; -1 where not found) for pixel IDs (binary search)."""

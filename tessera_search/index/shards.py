@@ -240,6 +240,18 @@ def _map(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def release_pages(arr: np.ndarray) -> None:
+    """Unmap the resident pages of a memory-mapped array from this process (they stay in
+    the page cache, so the next read is a minor fault, not a disk read)."""
+    import mmap
+
+    base = arr
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
+    if base is not None and hasattr(base, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
 def open_vectors(files: ShardFiles, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Memory maps of a shard's ((n,) int64 IDs, (n, 128) int8 vectors), by position."""
     try:

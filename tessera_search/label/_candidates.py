@@ -18,7 +18,7 @@ from ..config import resolve_home
 from ..errors import InvalidInputError
 from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet, ensure_tiles
 from ..grid import Tile, owned_mask
-from ._common import ProgressFn, _classified_blocks, _fit, _keep_top, _locate, _samples
+from ._common import ProgressFn, classified_blocks, fit_examples, keep_top, locate, samples_for
 
 __all__ = ["CandidateResult", "label_candidates"]
 
@@ -107,7 +107,7 @@ def label_candidates(
     seed: int = 0,
     source: str | None = None,
     backend: str = "auto",
-    progress: bool = False,
+    progress=None,
     on_progress: ProgressFn | None = None,
 ) -> CandidateResult:
     """For each class, the ``per_class`` pixels of an index (or of ``tiles``) nearest its examples.
@@ -136,8 +136,8 @@ def label_candidates(
         raise InvalidInputError(f"per_class must be at least 1, got {per_class}")
     year = int(year)
     tiles = sorted(set(tiles))
-    samples = _samples(examples, year, home, class_field, max_per_polygon, seed, source, progress)
-    clf = _fit(samples, class_field, k, weights, backend)
+    samples = samples_for(examples, year, home, class_field, max_per_polygon, seed, source, progress)
+    clf = fit_examples(samples, class_field, k, weights, backend)
     ensure_tiles(tiles, year, home, source, f"index {index}" if index else "the tiles", progress)
     from ..store import TileStore
 
@@ -146,7 +146,7 @@ def label_candidates(
     best = [dict(score=np.empty(0, np.float32), ids=np.empty(0, np.int64), margin=np.empty(0, np.float32),
                  conf=np.empty(0, np.float32)) for _ in range(C)]
     seen = {"scanned": 0, "synthetic": samples.synthetic}
-    for ids, sim, pred, conf in _classified_blocks(clf, store, tiles, year, owned_mask, samples.ids, progress,
+    for ids, sim, pred, conf in classified_blocks(clf, store, tiles, year, owned_mask, samples.ids, progress,
                                                    "candidates", seen, on_progress):
         for c in range(C):
             sel = np.flatnonzero(pred == c) if exclusive else np.arange(ids.size)
@@ -156,7 +156,7 @@ def label_candidates(
             others = np.delete(sim[sel], c, axis=1)
             mg = sc - (others.max(axis=1) if others.shape[1] else np.float32(0))
             b = best[c]
-            b.update(_keep_top(np.concatenate([b["score"], sc]), np.concatenate([b["ids"], ids[sel]]),
+            b.update(keep_top(np.concatenate([b["score"], sc]), np.concatenate([b["ids"], ids[sel]]),
                                per_class, margin=np.concatenate([b["margin"], mg]),
                                conf=np.concatenate([b["conf"], conf[sel]])))
     # Assemble, best first within each class, classes in code order.
@@ -169,7 +169,7 @@ def label_candidates(
         for key, src in (("score", "score"), ("margin", "margin"), ("conf", "conf"), ("ids", "ids")):
             parts[key].append(b[src])
     ids = np.concatenate(parts["ids"]).astype(np.int64)
-    lon, lat, tile_names, row, col = _locate(store, year, ids)
+    lon, lat, tile_names, row, col = locate(store, year, ids)
     result = CandidateResult(
         classes=list(clf.classes_), class_name=np.concatenate(parts["cls"]), rank=np.concatenate(parts["rank"]),
         score=np.concatenate(parts["score"]), margin=np.concatenate(parts["margin"]),
@@ -177,7 +177,7 @@ def label_candidates(
         year=year, index=index, n_scanned=seen["scanned"], synthetic=seen["synthetic"],
     )
     if out is not None:
-        from ..export import write_points_geojson
+        from ..vectors import write_points_geojson
 
         field_name = samples.examples.class_field or class_field or "class"
         result.path = write_points_geojson(

@@ -1,9 +1,9 @@
 """Plumbing shared by the labelling workflows: samples, the fitted classifier, region scans.
 
 Every workflow (:mod:`._maps`, :mod:`._validate`, :mod:`._candidates`,
-:mod:`._suggestions`) samples its examples with :func:`_samples`, fits with :func:`_fit`
-and, when it scans a region, reads it tile by tile through :func:`_scan` or
-:func:`_classified_blocks`.
+:mod:`._suggestions`) samples its examples with :func:`samples_for`, fits with :func:`fit_examples`
+and, when it scans a region, reads it tile by tile through :func:`scan_tiles` or
+:func:`classified_blocks`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..examples import ExampleSamples, sample_examples
 from ..grid import Tile, TileGrid, owned_mask, pack_ids, unpack_ids
-from ._knn import _BLOCK_ROWS, KNNClassifier
+from ._knn import BLOCK_ROWS, KNNClassifier
 
 ProgressFn = Callable[[int, int], None]
 """``on_progress(done, total)``: called after each tile of a scan."""
 
 
-def _samples(examples, year, home, class_field, max_per_polygon, seed, source, progress) -> ExampleSamples:
+def samples_for(examples, year, home, class_field, max_per_polygon, seed, source, progress) -> ExampleSamples:
     if isinstance(examples, ExampleSamples):
         if examples.year != int(year):
             raise InvalidInputError(f"the samples are from {examples.year}, not {year}")
@@ -31,13 +31,13 @@ def _samples(examples, year, home, class_field, max_per_polygon, seed, source, p
                            seed=seed, source=source, progress=progress)
 
 
-def _fit(samples: ExampleSamples, class_field: str | None, k: int, weights: str,
+def fit_examples(samples: ExampleSamples, class_field: str | None, k: int, weights: str,
          backend: str = "auto") -> KNNClassifier:
     labels = samples.labels(class_field)
     return KNNClassifier(k, weights, backend=backend).fit(samples.vectors, labels)
 
 
-def _warn_one_class(clf: KNNClassifier, what: str) -> None:
+def warn_one_class(clf: KNNClassifier, what: str) -> None:
     """Warn (TesseraSearchWarning) when the examples hold one class: ``what`` is then trivial."""
     if clf.n_classes == 1:
         import warnings
@@ -50,7 +50,7 @@ def _warn_one_class(clf: KNNClassifier, what: str) -> None:
             "add examples of the other classes"), stacklevel=3)
 
 
-def _region_tiles(region) -> tuple[list[Tile], Callable[[TileGrid], np.ndarray]]:
+def region_tiles(region) -> tuple[list[Tile], Callable[[TileGrid], np.ndarray]]:
     """Tiles of a Region (or an iterable of Tiles) and its pixel-mask function."""
     if hasattr(region, "tiles") and hasattr(region, "mask"):
         return list(region.tiles), region.mask
@@ -60,7 +60,7 @@ def _region_tiles(region) -> tuple[list[Tile], Callable[[TileGrid], np.ndarray]]
     return tiles, owned_mask
 
 
-def _scan(store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids: np.ndarray | None = None,
+def scan_tiles(store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids: np.ndarray | None = None,
           ) -> Iterator[tuple[Tile, TileGrid, np.ndarray, np.ndarray, dict]]:
     """Per tile: (tile, grid, (H*W, 128) int8 view, flat indices of pixels to use, attrs).
 
@@ -82,7 +82,7 @@ def _scan(store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids: np.ndar
         del data
 
 
-def _classified_blocks(clf: KNNClassifier, store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids,
+def classified_blocks(clf: KNNClassifier, store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids,
                        progress: bool, label: str, seen: dict, on_progress: ProgressFn | None = None,
                        ) -> Iterator[tuple[np.ndarray, ...]]:
     """Per block of a region's pixels: (ids, (n, C) class similarity, class, confidence).
@@ -90,12 +90,12 @@ def _classified_blocks(clf: KNNClassifier, store, tiles: Sequence[Tile], year: i
     ``seen`` counts the pixels scanned (``"scanned"``) and ORs in whether any tile is
     synthetic (``"synthetic"``); the progress bar advances a tile at a time.
     """
-    with _progress(progress, f"{label} {year}", len(tiles), on_progress) as advance:
-        for t, grid, emb, flat, attrs in _scan(store, tiles, year, mask_of, exclude_ids):
+    with tile_progress(progress, f"{label} {year}", len(tiles), on_progress) as advance:
+        for t, grid, emb, flat, attrs in scan_tiles(store, tiles, year, mask_of, exclude_ids):
             seen["synthetic"] = seen["synthetic"] or bool(attrs["synthetic"])
             seen["scanned"] += flat.size
-            for s in range(0, flat.size, _BLOCK_ROWS):
-                idx = flat[s:s + _BLOCK_ROWS]
+            for s in range(0, flat.size, BLOCK_ROWS):
+                idx = flat[s:s + BLOCK_ROWS]
                 x = emb[idx]
                 pred, conf = clf.predict(x)
                 rows, cols = np.divmod(idx, grid.width)
@@ -103,7 +103,7 @@ def _classified_blocks(clf: KNNClassifier, store, tiles: Sequence[Tile], year: i
             advance()
 
 
-def _locate(store, year: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def locate(store, year: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(lon, lat, tile names (object array), rows, cols) of stored pixels' centres."""
     from types import SimpleNamespace
 
@@ -114,7 +114,7 @@ def _locate(store, year: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, label: str, total: int, on_progress: ProgressFn | None = None,
+def tile_progress(enabled: bool, label: str, total: int, on_progress: ProgressFn | None = None,
               ) -> Iterator[Callable[[], None]]:
     """Yields ``advance()``: one tile done, for the progress bar and ``on_progress(done, total)``."""
     from .._progress import progress_bar
@@ -131,7 +131,7 @@ def _progress(enabled: bool, label: str, total: int, on_progress: ProgressFn | N
         yield advance
 
 
-def _keep_top(score: np.ndarray, ids: np.ndarray, n: int, **extra: np.ndarray) -> dict:
+def keep_top(score: np.ndarray, ids: np.ndarray, n: int, **extra: np.ndarray) -> dict:
     """The ``n`` best by score (ties: smaller pixel ID first), sorted best first."""
     if score.size > n:
         # Everything strictly better than the n-th score, plus ties resolved by ID.

@@ -54,7 +54,7 @@ __all__ = ["BACKENDS", "WEIGHTS", "KNNClassifier", "sort_classes"]
 
 BACKENDS = ("auto", "numpy", "torch", "cuda")
 WEIGHTS = ("uniform", "distance")
-_BLOCK_ROWS = 32768  # pixels per matrix product: bounds temporary memory (~25 MB)
+BLOCK_ROWS = 32768  # pixels per matrix product: bounds temporary memory (~25 MB)
 _ARGMAX_K = 16  # up to this k, k argmax passes beat argpartition
 _KEY_ROWS = 4096  # pixels per block of the int8 path: its buffers stay in cache (measured best)
 _KEY_BITS = 20  # |x . e| / |e| <= |x| <= 128 * sqrt(128) < 2**11: keys of 11 + 20 bits fit int32
@@ -114,7 +114,7 @@ def _int8_torch(rows: int):
     """
     import sys
 
-    if "torch" not in sys.modules and rows < _BLOCK_ROWS:
+    if "torch" not in sys.modules and rows < BLOCK_ROWS:
         return None
     try:
         import torch
@@ -465,7 +465,7 @@ class KNNClassifier:
         out_p = np.empty(len(x), dtype=np.float32)
         engine = self._engine(x)
         torch, on_device = engine[0], engine[1] is not None
-        rows = _DEVICE_ROWS if on_device else _BLOCK_ROWS
+        rows = _DEVICE_ROWS if on_device else BLOCK_ROWS
         ones = np.ones(self.n_classes)  # row sums as a matrix product: a row-wise sum is slow for few classes
 
         def block(s: int) -> None:

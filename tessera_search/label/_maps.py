@@ -20,12 +20,12 @@ from ..errors import InvalidInputError
 from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet, ensure_tiles
 from ..grid import Tile
 from ..sources.truth import TruthFn
-from ._common import ProgressFn, _fit, _progress, _region_tiles, _samples, _scan, _warn_one_class
-from ._knn import _BLOCK_ROWS
+from ._common import ProgressFn, fit_examples, tile_progress, region_tiles, samples_for, scan_tiles, warn_one_class
+from ._knn import BLOCK_ROWS
 
 __all__ = ["LabelResult", "label_region"]
 
-_READ_ROWS = 8 * _BLOCK_ROWS  # pixels gathered from a tile per predict call: one block per thread and more
+_READ_ROWS = 8 * BLOCK_ROWS  # pixels gathered from a tile per predict call: one block per thread and more
 
 
 @dataclass
@@ -108,7 +108,7 @@ def label_region(
     source: str | None = None,
     truth: TruthFn | str | os.PathLike[str] | None = None,
     backend: str = "auto",
-    progress: bool = False,
+    progress=None,
     on_progress: ProgressFn | None = None,
 ) -> LabelResult:
     """Classify every valid pixel of ``region`` in ``year`` by its k nearest examples.
@@ -125,10 +125,10 @@ def label_region(
     t0 = time.perf_counter()
     home = resolve_home(home)
     year = int(year)
-    samples = _samples(examples, year, home, class_field, max_per_polygon, seed, source, progress)
-    clf = _fit(samples, class_field, k, weights, backend)
-    _warn_one_class(clf, "the class map")
-    tiles, mask_of = _region_tiles(region)
+    samples = samples_for(examples, year, home, class_field, max_per_polygon, seed, source, progress)
+    clf = fit_examples(samples, class_field, k, weights, backend)
+    warn_one_class(clf, "the class map")
+    tiles, mask_of = region_tiles(region)
     if not tiles:
         raise InvalidInputError("the region selects no tiles")
     ensure_tiles(tiles, year, home, source, "the region", progress)
@@ -183,8 +183,8 @@ def label_region(
     with contextlib.ExitStack() as stack:  # the writer finishes, or cleans up on error
         if writer is not None:
             stack.enter_context(writer)
-        with _progress(progress, f"label {year}", len(tiles), on_progress) as advance:
-            for t, grid, emb, flat, _ in _scan(store, tiles, year, mask_of):
+        with tile_progress(progress, f"label {year}", len(tiles), on_progress) as advance:
+            for t, grid, emb, flat, _ in scan_tiles(store, tiles, year, mask_of):
                 codes = np.zeros(grid.height * grid.width, dtype=dtype)
                 pct = np.zeros(grid.height * grid.width, dtype=dtype)
                 for s in range(0, flat.size, _READ_ROWS):

@@ -17,7 +17,7 @@ from ..config import resolve_home
 from ..errors import InvalidInputError, NoDataError
 from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet, ensure_tiles
 from ..geodesy import thin
-from ._common import ProgressFn, _classified_blocks, _fit, _keep_top, _locate, _region_tiles, _samples
+from ._common import ProgressFn, classified_blocks, fit_examples, keep_top, locate, region_tiles, samples_for
 
 __all__ = ["SuggestResult", "suggest"]
 
@@ -87,7 +87,7 @@ def suggest(
     source: str | None = None,
     pool: int | None = None,
     backend: str = "auto",
-    progress: bool = False,
+    progress=None,
     on_progress: ProgressFn | None = None,
 ) -> SuggestResult:
     """The ``n`` most uncertain pixels of ``region``, each ``min_distance`` metres from the
@@ -109,11 +109,11 @@ def suggest(
     home = resolve_home(home)
     year = int(year)
     pool = int(pool) if pool is not None else max(50 * int(n), 500)
-    samples = _samples(examples, year, home, class_field, max_per_polygon, seed, source, progress)
-    clf = _fit(samples, class_field, k, weights, backend)
+    samples = samples_for(examples, year, home, class_field, max_per_polygon, seed, source, progress)
+    clf = fit_examples(samples, class_field, k, weights, backend)
     if clf.n_classes < 2:
         raise InvalidInputError(f"suggestions need examples of at least 2 classes, got {clf.classes_}")
-    tiles, mask_of = _region_tiles(region)
+    tiles, mask_of = region_tiles(region)
     ensure_tiles(tiles, year, home, source, "the region", progress)
     from ..store import TileStore
 
@@ -121,13 +121,13 @@ def suggest(
     keep = dict(score=np.empty(0, np.float32), ids=np.empty(0, np.int64), first=np.empty(0, np.intp),
                 second=np.empty(0, np.intp), conf=np.empty(0, np.float32))
     seen = {"scanned": 0, "synthetic": samples.synthetic}
-    for ids, sim, pred, conf in _classified_blocks(clf, store, tiles, year, mask_of, samples.ids, progress,
+    for ids, sim, pred, conf in classified_blocks(clf, store, tiles, year, mask_of, samples.ids, progress,
                                                    "suggest", seen, on_progress):
         top2 = np.argsort(-sim, axis=1, kind="stable")[:, :2]
         r = np.arange(ids.size)
         margin = sim[r, top2[:, 0]] - sim[r, top2[:, 1]]
         # Smallest margins are best: keep them with score = -margin.
-        keep = _keep_top(
+        keep = keep_top(
             np.concatenate([keep["score"], -margin]), np.concatenate([keep["ids"], ids]), pool,
             first=np.concatenate([keep["first"], pred]),
             second=np.concatenate([keep["second"], np.where(top2[:, 0] == pred, top2[:, 1], top2[:, 0])]),
@@ -135,7 +135,7 @@ def suggest(
         )
     if keep["ids"].size == 0:
         raise NoDataError(f"the region has no valid pixels in {year} besides the examples")
-    lon, lat, names, row, col = _locate(store, year, keep["ids"])
+    lon, lat, names, row, col = locate(store, year, keep["ids"])
     # Greedy spread: most uncertain first, skipping pixels near a chosen one or an example.
     sel = thin(lon, lat, float(min_distance), limit=int(n), keep=(samples.lon, samples.lat)).astype(np.intp)
     classes = np.array(clf.classes_, dtype=object)
@@ -146,7 +146,7 @@ def suggest(
         n_scanned=seen["scanned"], synthetic=seen["synthetic"],
     )
     if out is not None:
-        from ..export import write_points_geojson
+        from ..vectors import write_points_geojson
 
         field_name = samples.examples.class_field or class_field or "class"
         result.path = write_points_geojson(

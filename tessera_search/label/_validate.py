@@ -6,7 +6,6 @@ to folds (:func:`assign_folds`), and the kNN classifier is scored on each held-o
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -15,20 +14,11 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet
-from ..grid import utm_epsg
-from ._common import _samples
+from ..grid import to_utm, utm_epsg
+from ._common import samples_for
 from ._knn import KNNClassifier, sort_classes
 
 __all__ = ["CVReport", "assign_folds", "cross_validate", "spatial_blocks"]
-
-
-# TODO(lead): needs public WGS84 -> UTM transformer from grid (grid._to_utm is private);
-# this is the same cached pyproj Transformer, built here rather than imported.
-@functools.lru_cache(maxsize=128)
-def _to_utm(epsg: int):
-    from pyproj import Transformer
-
-    return Transformer.from_crs(4326, epsg, always_xy=True)
 
 
 @dataclass
@@ -97,7 +87,7 @@ def spatial_blocks(samples: ExampleSamples, block_size: float) -> np.ndarray:
     for i in samples.example.tolist():
         lon, lat = pos[i]
         epsg = utm_epsg(lon, lat)
-        x, y = _to_utm(epsg).transform(lon, lat)
+        x, y = to_utm(epsg).transform(lon, lat)
         keys.append((epsg, math.floor(x / block_size), math.floor(y / block_size)))
     _, inverse = np.unique(np.array(keys, dtype=np.int64), axis=0, return_inverse=True)
     return inverse.ravel().astype(np.int64)
@@ -167,7 +157,7 @@ def cross_validate(
     """
     if int(folds) < 2:
         raise InvalidInputError(f"cross-validation needs at least 2 folds, got {folds}")
-    samples = _samples(examples, year, home, class_field, max_per_polygon, seed, source, False)
+    samples = samples_for(examples, year, home, class_field, max_per_polygon, seed, source, False)
     labels = samples.labels(class_field)
     classes = sort_classes(labels)
     lookup = {c: i for i, c in enumerate(classes)}

@@ -18,17 +18,27 @@ _MAX_MARKERS = 5000  # quicklook: above this many matches, paint blocks instead 
 _BLOCK = 65_536  # vectors projected at a time
 
 
-def _tile_rows(index, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-    """The indexed int8 vectors of ``tile`` (memory-mapped, not read) and their sorted IDs."""
+def _tile_rows(index, tile: Tile):
+    """``(read, ids)``: the sorted IDs of ``tile``'s indexed pixels and ``read(i, j)``, their
+    int8 vectors i..j read from the shard file (never mapped whole: memory stays a block)."""
     from ..grid import tile_id_prefix
 
     lo = tile_id_prefix(tile)
     for shard in index.shards:
         if tile.name in shard.tiles and shard.n_vectors:
             ids = np.asarray(shard.ids)
-            a, b = np.searchsorted(ids, lo), np.searchsorted(ids, lo + (1 << 32))
-            return shard.vectors[a:b], ids[a:b]
-    return np.zeros((0, 128), np.int8), np.zeros(0, np.int64)
+            a, b = int(np.searchsorted(ids, lo)), int(np.searchsorted(ids, lo + (1 << 32)))
+            return (lambda i, j, s=shard, a=a, b=b: s.read_rows(a + i, a + min(j, b - a))), ids[a:b]
+    return (lambda i, j: np.zeros((0, 128), np.int8)), np.zeros(0, np.int64)
+
+
+def _sample_rows(read, n: int, size: int, rng) -> np.ndarray:
+    """``size`` rows spread over the ``n`` rows ``read`` gives: evenly spaced runs of 64."""
+    if n <= size:
+        return read(0, n)
+    runs = max(1, size // 64)
+    starts = np.sort(rng.choice(max(1, n - 64), size=runs, replace=False))
+    return np.concatenate([read(int(a), int(a) + 64) for a in starts])
 
 
 def _tile_coverage(index, tile: Tile) -> np.ndarray:
@@ -53,10 +63,10 @@ def _tile_similarity(index, tile: Tile, vector: np.ndarray) -> np.ndarray:
     """(H, W) float32: exact cosine of every indexed pixel of ``tile`` to ``vector``; NaN elsewhere."""
     out = np.full(index.grid(tile).shape, np.nan, np.float32)
     q = np.asarray(vector, np.float32)
-    v, ids = _tile_rows(index, tile)
-    for a in range(0, len(v), _BLOCK):  # blocks: one tile's float copy would be 0.6 GB
+    read, ids = _tile_rows(index, tile)
+    for a in range(0, len(ids), _BLOCK):  # blocks: one tile's float copy would be 0.6 GB
         _, _, r, c = unpack_ids(ids[a:a + _BLOCK])
-        x = np.asarray(v[a:a + _BLOCK], dtype=np.float32)
+        x = read(a, a + _BLOCK).astype(np.float32)
         n = np.linalg.norm(x, axis=1)
         n[n == 0] = np.inf
         out[r, c] = (x @ q) / n
@@ -130,25 +140,29 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024, prog
     # PCA basis from a sample of the tiles' indexed vectors, then each tile projected in
     # blocks: memory holds one tile's colours, never its vectors.
     rng = np.random.default_rng(0)
-    sample = [unit_rows(v[np.sort(rng.choice(len(v), size=min(len(v), 20000), replace=False))])
-              for v, _ in (_tile_rows(index, t) for t in tiles) if len(v)]
+    sample = [unit_rows(_sample_rows(read, len(ids), 20000, rng))
+              for read, ids in (_tile_rows(index, t) for t in tiles) if len(ids)]
     x = np.concatenate(sample) if sample else np.zeros((1, 128))
+    del sample
     mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    basis = vt[:3].T
-    proj = (x - mean) @ basis
+    x -= mean
+    # the top 3 principal axes from the 128 x 128 covariance (no n x 128 SVD factor)
+    _, vecs = np.linalg.eigh(x.T @ x)
+    basis = vecs[:, ::-1][:, :3]
+    basis *= np.where(basis[np.argmax(np.abs(basis), axis=0), range(3)] < 0, -1.0, 1.0)  # a fixed sign
+    proj = x @ basis
     lo_p, hi_p = np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0)
-    del sample, x, proj
+    del x, proj
     stage = path.with_name(f".{path.stem}.rgb.tif")
     try:
         with RasterWriter(stage, grids, count=4, dtype="uint8", nodata=0, crs=crs) as w, \
                 progress_bar(progress, f"quicklook {path.name}", len(tiles)) as advance:
             for t, g in zip(tiles, grids, strict=True):
                 arr = np.zeros((4, g.height, g.width), np.uint8)
-                v, ids = _tile_rows(index, t)
-                for a in range(0, len(v), _BLOCK):
+                read, ids = _tile_rows(index, t)
+                for a in range(0, len(ids), _BLOCK):
                     _, _, r, c = unpack_ids(ids[a:a + _BLOCK])
-                    rgb = np.clip(((unit_rows(v[a:a + _BLOCK]) - mean) @ basis - lo_p) / np.maximum(hi_p - lo_p, 1e-9), 0, 1)
+                    rgb = np.clip(((unit_rows(read(a, a + _BLOCK)) - mean) @ basis - lo_p) / np.maximum(hi_p - lo_p, 1e-9), 0, 1)
                     arr[:3, r, c] = (30 + 200 * rgb.T).astype(np.uint8)
                     arr[3, r, c] = 1
                 w.write_tile(g, arr)

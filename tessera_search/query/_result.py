@@ -82,7 +82,7 @@ class QueryResult:
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Matches as points (with blobs: polygons with area) in .geojson, .parquet or .csv,
         with :meth:`metadata` stored by :mod:`tessera_search.export`'s one convention."""
-        from ..export import write_points, write_polygons
+        from ..vectors import write_points, write_polygons
 
         path = Path(path)
         if path.suffix.lower() not in VECTOR_SUFFIXES:

@@ -998,7 +998,7 @@ def synthesize_mirror(
     out: str | os.PathLike[str],
     seed: int = 0,
     version: str = "v1",
-    progress: bool = True,
+    progress=None,
 ) -> SynthesisReport:
     """Write a complete synthetic release mirror (bucket layout) for ``tiles`` in ``year``.
 
