@@ -253,7 +253,7 @@ class Catalog:
         why = "it was opened read-only" if (self.read_only or self._denied) else "its folder is not writable"
         return WriteError(
             f"cannot write the catalog {self.path}: {why}; downloads, builds and query history need a "
-            "workspace you can write to (--home DIR or TESSERA_SEARCH_HOME)"
+            "workspace you can write to (home=DIR or TESSERA_SEARCH_HOME)"
         )
 
     def _error(self, exc: BaseException, write: bool) -> TesseraSearchError:

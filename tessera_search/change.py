@@ -238,31 +238,6 @@ def _region_tiles(region) -> tuple[str, list[Tile], Callable[[TileGrid], np.ndar
     return f"tiles {','.join(t.name for t in tiles[:3])}{',...' if len(tiles) > 3 else ''}", tiles, owned_mask
 
 
-def _download_command(tiles: Sequence[Tile], year: int) -> str:
-    if len(tiles) <= 6:
-        return "tessera-search download " + " ".join(f"--tile {t.name}" for t in tiles) + f" --year {year}"
-    w = min(t.ix for t in tiles) / 10.0
-    s = min(t.iy for t in tiles) / 10.0
-    e = (max(t.ix for t in tiles) + 1) / 10.0
-    n = (max(t.iy for t in tiles) + 1) / 10.0
-    return f"tessera-search download --bbox {w:.1f},{s:.1f},{e:.1f},{n:.1f} --year {year}"
-
-
-def _missing_message(missing: dict[int, list[Tile]], name: str, years: tuple[int, int]) -> str:
-    parts, cmds = [], []
-    for year, tiles in missing.items():
-        if not tiles:
-            continue
-        shown = ", ".join(t.name for t in tiles[:6]) + (f", ... ({len(tiles)} tiles)" if len(tiles) > 6 else "")
-        parts.append(f"{year}: {shown}")
-        cmds.append(f"`{_download_command(tiles, year)}`")
-    return (
-        f"the change {years[0]} -> {years[1]} of {name} needs tiles that are not in the store "
-        f"({'; '.join(parts)}); run {' and '.join(cmds)} (add `--source DIR|URL|synthetic` to fetch "
-        "from elsewhere), or give a source (`tessera-search change --source ...`) to fetch them first"
-    )
-
-
 def _ensure_both_years(store, tiles: list[Tile], years: tuple[int, int], name: str, home, source,
                        progress: bool) -> tuple[list[Tile], list[Tile]]:
     """(tiles stored in both years, tiles skipped because the source lacks them)."""
@@ -270,7 +245,7 @@ def _ensure_both_years(store, tiles: list[Tile], years: tuple[int, int], name: s
     if not any(missing.values()):
         return tiles, []
     if source is None:
-        raise TileNotFoundError(_missing_message(missing, name, years))
+        raise TileNotFoundError.missing_years(missing, f"the change {years[0]} -> {years[1]} of {name}")
     from .ingest import download
 
     for year, todo in missing.items():
@@ -284,7 +259,7 @@ def _ensure_both_years(store, tiles: list[Tile], years: tuple[int, int], name: s
         raise TileNotFoundError(
             f"source {source} could not provide the tiles of {name} for both years "
             f"({'; '.join(f'{y}: {len(v)} missing' for y, v in still.items())}); check the source and the years "
-            f"with `tessera-search download --year YEAR --source {source} ...`"
+            f"by downloading them first"
         )
     return ready, skipped
 
@@ -296,9 +271,8 @@ def _overlap(ga: TileGrid, gb: TileGrid, year_a: int, year_b: int) -> tuple[int,
     if ga.epsg != gb.epsg or a0 != a1 or e0 != e1:
         raise InvalidInputError(
             f"tile {ga.tile.name} is stored on different grids in {year_a} ({ga.crs}, {a0:g} m pixels) and "
-            f"{year_b} ({gb.crs}, {a1:g} m pixels); change needs one pixel grid: re-download one year from the "
-            f"same dataset version (`tessera-search download --tile {ga.tile.name} --year {year_b} "
-            "--dataset-version ...`)"
+            f"{year_b} ({gb.crs}, {a1:g} m pixels); change needs one pixel grid: re-download {ga.tile.name} for "
+            f"{year_b} from the same dataset version"
         )
     dc, dr = (c1 - c0) / a0, (f1 - f0) / e0
     if abs(dc - round(dc)) > 1e-6 or abs(dr - round(dr)) > 1e-6:

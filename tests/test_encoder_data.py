@@ -59,7 +59,7 @@ def test_s1_encoding_and_scl():
 
 @needs_data
 def test_datacube_missing_band_fails_clearly_then_substitutes():
-    with pytest.raises(InvalidInputError, match=r"lacks Sentinel-2 band B8A.*--substitute-band B8A="):
+    with pytest.raises(InvalidInputError, match=r"lacks Sentinel-2 band B8A.*substitute_bands=B8A="):
         load_datacube(CUBE)
     t = load_datacube(CUBE, substitute={"B8A": "B08"})
     assert t.bands.shape == (12, 100, 100, 10) and t.bands.dtype == np.uint16

@@ -22,6 +22,7 @@ from tessera_search.index.gpu import GPU_MAX_K, gpu_count, search_index
 from tessera_search.index.shards import ShardFiles, index_dir, plan_shards, read_faiss_index
 from tessera_search.regions import resolve_region
 from tessera_search.store import TileStore
+from tessera_search.workspace import Workspace
 
 from _helpers import NAIROBI_TILES, small_tile
 
@@ -29,9 +30,9 @@ H, W = 60, 64  # pixels per small tile: 4 tiles, about 14,500 indexed pixels
 
 
 def _fill(home, tiles=NAIROBI_TILES, version="v1", seed=0):
-    store, catalog = TileStore(home), Catalog(home)
+    ws = Workspace(home)
     for name in tiles:
-        catalog.record_tile(store.write(small_tile(name, seed=seed, height=H, width=W, version=version)))
+        ws.put(small_tile(name, seed=seed, height=H, width=W, version=version))
 
 
 def _exact(home, region, year, q, k):

@@ -23,6 +23,7 @@ from tessera_search.index.build import normalise
 from tessera_search.index.shards import LOCK, ShardFiles, index_dir
 from tessera_search.query import history, point_query, run_query, search_index
 from tessera_search.store import TileStore
+from tessera_search.workspace import Workspace
 from tessera_search.workspace import workspace_info
 
 from _helpers import NAIROBI_TILES, small_tile
@@ -36,9 +37,9 @@ class _Stop(Exception):
 
 
 def _fill(home, tiles=TILES):
-    store, catalog = TileStore(home), Catalog(home)
+    ws = Workspace(home)
     for name in tiles:
-        catalog.record_tile(store.write(small_tile(name)))
+        ws.put(small_tile(name))
 
 
 def _build(home, **kw):

@@ -15,6 +15,7 @@ from tessera_search.index import build_index, open_index
 from tessera_search.query import query_vector, run_query
 from tessera_search.regions import resolve_region
 from tessera_search.store import TileStore
+from tessera_search.workspace import Workspace
 
 from _helpers import NAIROBI_TILES, small_tile, write_mirror
 
@@ -29,9 +30,9 @@ def _lonlat(home, tile: str, row: int, col: int) -> tuple[float, float]:
 def ws(tmp_path_factory):
     """Three small tiles in the store, indexed as ``nairobi``; a fourth stored, not indexed."""
     home = tmp_path_factory.mktemp("query-ws")
-    store, catalog = TileStore(home), Catalog(home)
+    ws = Workspace(home)
     for name in NAIROBI_TILES:
-        catalog.record_tile(store.write(small_tile(name, height=48, width=56)))
+        ws.put(small_tile(name, height=48, width=56))
     build_index(tiles=NAIROBI_TILES[:3], year=2023, home=home, name="nairobi", progress=False, shard_size=3000)
     return home
 
@@ -206,9 +207,8 @@ def test_help_texts(cli):
 def test_region_mask_limits_the_index(tmp_path):
     """A bbox region indexes only pixels inside it; a point in the tile outside the box is refused."""
     home = tmp_path
-    store = TileStore(home)
     data = small_tile("grid_36.75_-1.35", height=48, width=56)
-    Catalog(home).record_tile(store.write(data))
+    Workspace(home).put(data)
     lon0, lat0 = _lonlat(home, "grid_36.75_-1.35", 24, 28)
     box = f"36.7,-1.4,{lon0:.6f},{-1.3}"
     rep = build_index(bbox=box, year=2023, home=home, progress=False)
@@ -226,7 +226,7 @@ def test_without_index_or_year_the_only_index_is_used(tmp_path, cli):
 
     home = tmp_path / "one"
     data = small_tile("grid_36.85_-1.25")
-    Catalog(home).record_tile(TileStore(home).write(data))
+    Workspace(home).put(data)
     code, _, err = cli("--home", home, "query", "--point", "36.85,-1.25")
     assert code == 2 and "InvalidInputError" in err and "none is built yet" in err
     build_index(tiles=["grid_36.85_-1.25"], year=2023, home=home, name="a", progress=False)

@@ -107,7 +107,7 @@ def test_http_retries_transient_errors_and_resumes_partial_files(tmp_path, home,
 
 def test_offline_source_fails_clearly(home):
     src = "http://127.0.0.1:9/"  # discard port: nothing listens
-    with pytest.raises(SourceUnavailableError, match="--source"):
+    with pytest.raises(SourceUnavailableError, match="source="):
         ReleaseSource(src, download_dir=home, retries=1, backoff=0.01).available(2023)
 
 
@@ -116,7 +116,7 @@ def test_default_registry_unreachable_says_so(home, monkeypatch):
 
     monkeypatch.setattr(release, "DEFAULT_SOURCE_URL", "http://127.0.0.1:9/")
     monkeypatch.setattr(release, "DEFAULT_RETRIES", 0)
-    with pytest.raises(SourceUnavailableError, match="public TESSERA registry.*--source"):
+    with pytest.raises(SourceUnavailableError, match="public TESSERA registry.*source="):
         download(TILES[:1], 2023, source=None, home=home, progress=False)
 
 

@@ -14,7 +14,6 @@ import pytest
 import rasterio
 from _helpers import small_grid
 
-from tessera_search.catalog import Catalog
 from tessera_search.errors import InvalidInputError, NoDataError
 from tessera_search.grid import Tile, pixel_to_lonlat
 from tessera_search.geodesy import ecef as _ecef
@@ -23,7 +22,7 @@ from tessera_search.query import combine, example_query, history, replay
 from tessera_search.query import search_index as retrieve
 from tessera_search.query import write_result as export
 from tessera_search.sources.synthetic import generate_tile
-from tessera_search.store import TileStore
+from tessera_search.workspace import Workspace
 
 TILES = ["grid_35.95_-1.25", "grid_36.05_-1.25", "grid_36.15_-1.25"]
 WHEAT, BARLEY = 6, 7
@@ -34,12 +33,12 @@ def world(tmp_path_factory):
     from tessera_search.index import build_index, open_index
 
     home = tmp_path_factory.mktemp("retrieve") / "ws"
-    store, cat = TileStore(home), Catalog(home)
+    ws = Workspace(home)
     truth = {}
     for name in TILES:
         t = Tile.from_name(name)
         st = generate_tile(t, 2023, seed=3, grid=small_grid(t, 160, 170))
-        cat.record_tile(store.write(st.data))
+        ws.put(st.data)
         truth[name] = (st.classes, st.data.grid, st.data.valid)
     build_index(tiles=TILES, year=2023, home=home, name="w", progress=False)
     idx = open_index("w", home=home)

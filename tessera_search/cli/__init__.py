@@ -99,10 +99,14 @@ def _click_exceptions():
 # Library parameters that are CLI options of the same name (underscores as dashes).
 _PARAMS = ("k", "push", "threshold", "max_results", "min_separation", "nprobe", "refine_factor", "example_year",
            "source", "values", "crs", "top_out", "per_tile", "max_memory", "per_class", "min_distance", "n",
-           "class_field", "block_size", "folds", "top", "weights", "max_per_polygon")
-_PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(_PARAMS) + r")(?=(=| must | is a | applies | and | do | needs ))")
+           "class_field", "block_size", "folds", "top", "weights", "max_per_polygon", "region", "bbox",
+           "region_file", "tiles", "tile", "device", "reference", "config", "data_source", "lr", "out", "seed",
+           "version", "home", "year", "substitute_bands")
+_FLAGS = {"tiles": "--tile", "version": "--dataset-version", "substitute_bands": "--substitute-band",
+          "folds": "--cv"}
+_PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(_PARAMS) + r")(=|(?= must | is a | applies | and | do | needs | were | was ))")
 _PY_FETCH = re.compile(r"(download it first, or pass source= to fetch it|fetch them with download\(\.\.\.\) first, "
-                       r"or pass source= to fetch them on the way)")
+                       r"or pass source= to fetch them on the way|download them first)")
 
 
 def cli_message(exc: BaseException) -> str:
@@ -110,10 +114,19 @@ def cli_message(exc: BaseException) -> str:
     text = str(exc)
     details = getattr(exc, "details", None) or {}
     tiles, year = details.get("tiles"), details.get("year")
-    if tiles and year is not None and _PY_FETCH.search(text):
-        text = _PY_FETCH.sub(f"run `{download_command(tiles, year)}` (add --source DIR|URL|synthetic to fetch "
-                             "from elsewhere), or pass --source to this command to fetch them first", text)
-    return _PARAM_RE.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
+    by_year = details.get("missing") or ({str(year): tiles} if tiles and year is not None else {})
+    if by_year and _PY_FETCH.search(text):
+        cmds = " and ".join(f"`{download_command(names, int(y))}`" for y, names in by_year.items())
+        text = _PY_FETCH.sub(f"run {cmds} (add --source DIR|URL|synthetic to fetch from elsewhere), or pass "
+                             "--source to this command to fetch them first", text)
+    def flag(m: re.Match) -> str:
+        name = _FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-"))
+        if m.group(2) != "=":
+            return name
+        nxt = text[m.end(2):m.end(2) + 1]
+        return f"{name} " if nxt and not nxt.isspace() and nxt not in ",;:)" else name  # name=VALUE: --name VALUE
+
+    return _PARAM_RE.sub(flag, text)
 
 
 def download_command(tiles, year: int) -> str:

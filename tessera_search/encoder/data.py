@@ -212,7 +212,7 @@ def _assemble_s2(found: dict[str, np.ndarray], substitute: dict[str, str], where
             raise InvalidInputError(
                 f"{where} lacks Sentinel-2 band {band} (has: {have}). TESSERA needs all of "
                 f"{', '.join(S2_BAND_ORDER)}; to use another band in its place pass "
-                f"--substitute-band {band}=<BAND> (e.g. {band}=B08 for B8A), see docs/encoder.md"
+                f"substitute_bands={band}=<BAND> (e.g. {band}=B08 for B8A), see docs/encoder.md"
             )
         if sub not in found:
             raise InvalidInputError(f"{where}: substitute band {sub} for {band} is not in the input either")
@@ -547,7 +547,7 @@ def load_input(path: str | os.PathLike[str], substitute: dict[str, str] | None =
     if path.is_dir():
         if (path / "bands.npy").exists():
             if substitute:
-                raise InvalidInputError("--substitute-band applies to datacubes and GeoTIFF stacks; an official tile has all bands")
+                raise InvalidInputError("substitute_bands applies to datacubes and GeoTIFF stacks; an official tile has all bands")
             return load_tile_dir(path)
         if any(p.suffix.lower() in (".tif", ".tiff") for p in path.iterdir()):
             return load_geotiff_stack(path, substitute, s1_encoding)

@@ -62,7 +62,7 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+        raise InvalidInputError(f"device {device!r} asked for, but CUDA is not available here; use device=cpu")
     if not (device == "cpu" or device.startswith("cuda")):
         raise InvalidInputError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     return device
@@ -357,7 +357,7 @@ def _grid_from_tile(name: str, shape: tuple[int, int]):
 
     grid = expected_grid(Tile.from_name(name))
     if grid.shape != shape:
-        raise InvalidInputError(f"tile {name}'s grid is {grid.shape} pixels, the input is {shape}; pass --reference with the tile's GeoTIFF instead")
+        raise InvalidInputError(f"tile {name}'s grid is {grid.shape} pixels, the input is {shape}; pass reference= with the tile's GeoTIFF instead")
     return grid
 
 
@@ -373,14 +373,14 @@ def build_model(weights: str | os.PathLike[str] | None, config: str | EncoderCon
         if cfg is not None and (model.config.sampling, model.config.reducer_hidden > 0) != (cfg.sampling, cfg.reducer_hidden > 0):
             from ..errors import CheckpointError
 
-            raise CheckpointError(f"{weights} is a {model.config.name}-family checkpoint, not {cfg.name}; pass --config {model.config.name}")
+            raise CheckpointError(f"{weights} is a {model.config.name}-family checkpoint, not {cfg.name}; pass config={model.config.name}")
     else:
         torch.manual_seed(seed)
         model = TesseraEncoder(cfg or get_config("v1.0"))
         model.eval().requires_grad_(False)
     if data_source is not None:
         if model.config.sampling != "bucket":
-            raise InvalidInputError("--data-source (mpc/aws statistics) applies to v1.1 only")
+            raise InvalidInputError("data_source (mpc/aws statistics) applies to v1.1 only")
         model.config = model.config.with_(stats=data_source)
     return model.to(device)
 
@@ -422,23 +422,23 @@ def encode(
     inputs = load_input(input, substitute, s1_encoding)
     notes = list(inputs.notes)
     if reference is not None and tile is not None:
-        raise InvalidInputError("give --reference or --tile, not both")
+        raise InvalidInputError("give reference= or tile=, not both")
     grid = inputs.grid
     if grid is not None and (reference is not None or tile is not None):
-        notes.append("the input carries its own georeferencing: --reference/--tile ignored")
+        notes.append("the input carries its own georeferencing: reference=/tile= ignored")
     elif reference is not None:
         grid = _grid_from_reference(Path(reference), inputs.shape)
     elif tile is not None:
         grid = _grid_from_tile(tile, inputs.shape)
     model = build_model(weights, config, dev, seed, data_source)
     if weights is None:
-        notes.append("no --weights: the encoder is randomly initialised, embeddings carry no meaning")
+        notes.append("no weights given: the encoder is randomly initialised, embeddings carry no meaning")
     result = encode_tile(inputs, model, batch_size=batch_size, device=dev, seed=seed,
                          official_sampling=official_sampling, precision=precision, progress=progress)
     version = version or ("v1.1" if model.config.sampling == "bucket" else "v1")
     year = year if year is not None else inputs.year
     if grid is None or year is None:
-        why = "no georeferencing (pass --reference FILE.tif or --tile grid_X_Y)" if grid is None else "no year (pass --year)"
+        why = "no georeferencing (pass reference=FILE.tif or tile=grid_X_Y)" if grid is None else "no year (give year=)"
         name = inputs.name
         paths = {"grid": f"{name}.npy", "scales": f"{name}_scales.npy"}
         _save_array(out / paths["grid"], result.embeddings)

@@ -307,7 +307,7 @@ def train(
             zm = projector(model(t["m2"], t["m1"]))
             loss = loss + mix_regularizer(zm, za, zb, torch.from_numpy(perm).to(dev), alpha, cfg.bt_lambda, cfg.mix_weight)
         if not torch.isfinite(loss):
-            raise InvalidInputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+            raise InvalidInputError(f"training diverged at step {step} (loss {loss.item()}); lower lr=")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)

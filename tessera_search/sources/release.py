@@ -251,7 +251,7 @@ class ReleaseSource:
                 if version is None:
                     if len(versions) != 1:
                         raise SourceUnavailableError(
-                            f"{self.root} holds dataset versions {versions or 'none'}; pick one with --dataset-version"
+                            f"{self.root} holds dataset versions {versions or 'none'}; pick one with version="
                         )
                     version = versions[0]
                 elif version not in versions:
@@ -281,7 +281,7 @@ class ReleaseSource:
             except _NotFound:
                 raise SourceUnavailableError(
                     f"{self.url} has no manifest at {rel}; is it a TESSERA release mirror? "
-                    "(use --source DIR|URL|synthetic)"
+                    "(use source=DIR|URL|synthetic)"
                 ) from None
             path = dest
         else:
@@ -529,7 +529,7 @@ class ReleaseSource:
         kept = f"; {have} bytes of {what} are kept, rerun to resume" if have else ""
         return SourceUnavailableError(
             f"cannot reach {url} after {attempt} tries ({reason}){kept}; check the network, "
-            "or pass --source DIR|URL|synthetic"
+            "or pass source=DIR|URL|synthetic"
         )
 
     def _get(self, url: str, part: Path, what: str, size: int | None) -> str | None:

@@ -1016,7 +1016,7 @@ def synthesize_mirror(
     seed = _check_seed(seed)
     tiles = list(dict.fromkeys(tiles))
     if not tiles:
-        raise InvalidInputError("no tiles to synthesize; give --tile, --bbox or --region")
+        raise InvalidInputError("no tiles to synthesize; give tiles, a bbox or a region")
     if not version or "/" in version or version.startswith("."):
         raise InvalidInputError(f"dataset version {version!r} is not a directory name such as v1")
     state = _check_out(out, seed)
@@ -1058,18 +1058,18 @@ def _check_out(out: Path, seed: int) -> dict:
             state.setdefault("years", {})
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInputError(
-                f"{state_path} is not a synthetic mirror record ({exc}); remove it or choose another --out"
+                f"{state_path} is not a synthetic mirror record ({exc}); remove it or choose another out="
             ) from exc
         if old_seed != seed or state.get("generator_version") != GENERATOR_VERSION:
             raise InvalidInputError(
                 f"{out} holds a synthetic mirror made with seed {old_seed} (generator "
-                f"{state.get('generator_version')}); pass --seed {old_seed} to extend it, "
-                "or choose another --out"
+                f"{state.get('generator_version')}); pass seed={old_seed} to extend it, "
+                "or choose another out="
             )
         return state
     if (out / BUCKET_NPY).is_dir() and any((out / BUCKET_NPY).glob(f"*/{MANIFEST}")):
         raise InvalidInputError(
-            f"{out} already holds a release mirror that is not synthetic; choose another --out "
+            f"{out} already holds a release mirror that is not synthetic; choose another out= "
             "so synthetic tiles are never mixed with real ones"
         )
     return {"synthetic": True, "seed": seed, "generator_version": GENERATOR_VERSION, "years": {}}
@@ -1183,8 +1183,8 @@ def read_truth(out: str | os.PathLike[str], tile: Tile, year: int) -> tuple[np.n
     path = truth_path(out, tile, year)
     if not path.exists():
         raise TileNotFoundError(
-            f"no ground truth for {tile.name} ({year}) under {out}; run "
-            f"`tessera-search synthesize --tile {tile.name} --year {year} --out {out}`"
+            f"no ground truth for {tile.name} ({year}) under {out}; synthesize that tile and year there first "
+            "(synthesize_mirror)"
         )
     try:
         with rasterio.open(path) as src:
