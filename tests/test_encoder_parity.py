@@ -16,10 +16,10 @@ torch = pytest.importorskip("torch")
 
 from tessera_search.encoder.checkpoint import load_checkpoint  # noqa: E402
 from tessera_search.encoder.config import norm_stats  # noqa: E402
-from tessera_search.encoder.data import (  # noqa: E402
+from tessera_search.encoder.data import load_tile_dir  # noqa: E402
+from tessera_search.encoder.inputs import (  # noqa: E402
     bucket_indices,
     bucket_size,
-    load_tile_dir,
     normalize,
     sample_official,
     sample_random,

@@ -28,16 +28,8 @@ import numpy as np
 from ..errors import InvalidInputError, MissingDependencyError
 from ..quant import quantize
 from .config import EncoderConfig, get_config, norm_stats
-from .data import (
-    TileInputs,
-    bucket_indices,
-    bucket_size,
-    load_input,
-    normalize,
-    s1_stack,
-    sample_official,
-    sample_random,
-)
+from .data import TileInputs, load_input
+from .inputs import bucket_indices, bucket_size, normalize, s1_stack, sample_official, sample_random
 
 __all__ = ["EncodeResult", "EncodedTile", "encode", "encode_tile", "require_torch", "resolve_device"]
 

@@ -9,7 +9,7 @@ same sequence of batches and draws):
    and places, never one neighbourhood.
 2. **Two views** of each pixel by sparse random temporal sampling of its *usable*
    observations (cloud mask honoured): ``sample_size_s2`` S2 and ``sample_size_s1`` S1 draws,
-   independently per view, sorted by date (:func:`.data.sample_random`).
+   independently per view, sorted by date (:func:`.inputs.sample_random`).
 3. **Barlow Twins.** Representation = encoder output (``out_dim``); projector
    :class:`~.model.ProjectionHead` (size configurable); per-dimension batch
    standardisation; C = z_A^T z_B / N; loss = sum (1 - C_ii)^2 + lambda sum_{i!=j} C_ij^2.
@@ -39,7 +39,8 @@ import numpy as np
 
 from ..errors import CheckpointError, InvalidInputError
 from .config import EncoderConfig, get_config, norm_stats
-from .data import TileInputs, load_tile_dir, normalize, s1_stack, sample_random
+from .data import TileInputs, load_tile_dir
+from .inputs import normalize, s1_stack, sample_random
 
 __all__ = ["PixelPool", "TrainConfig", "TrainResult", "barlow_twins_loss", "knn_probe", "mix_regularizer", "train"]
 
