@@ -497,14 +497,6 @@ def _example_tiles(ex: Example) -> list[Tile]:
     return tiles_for_geometry(ex.geometry)
 
 
-def ensure_tiles(tiles: Iterable[Tile], year: int, home=None, source=None, what: str = "the examples",
-                 progress=None) -> None:
-    """:meth:`Workspace.ensure_tiles <tessera_search.workspace.Workspace.ensure_tiles>` on ``home``."""
-    from .workspace import Workspace
-
-    Workspace.of(home).ensure_tiles(tiles, year, source=source, what=what, progress=progress)
-
-
 def sample_examples(
     examples: ExampleSet | str | os.PathLike[str],
     year: int,
@@ -539,7 +531,10 @@ def sample_examples(
             dropped.append((ex.index, "covers no tile"))
         for t in ts:
             where.setdefault(t, []).append(ex.index)
-    ensure_tiles(where, year, home, source, f"the examples in {examples.source or 'the example set'}", progress)
+    from .workspace import Workspace
+
+    Workspace.of(home).ensure_tiles(where, year, source=source,
+                                    what=f"the examples in {examples.source or 'the example set'}", progress=progress)
 
     # Points first: the pixel holding each point, then the ownership rule.
     point_hits: dict[Tile, list[tuple[int, int, int]]] = {}  # tile -> [(example, row, col)]

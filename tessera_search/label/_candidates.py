@@ -16,7 +16,8 @@ import numpy as np
 
 from ..config import resolve_home
 from ..errors import InvalidInputError
-from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet, ensure_tiles
+from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet
+from ..workspace import Workspace
 from ..grid import Tile, owned_mask
 from ._common import ProgressFn, classified_blocks, fit_examples, keep_top, locate, samples_for
 
@@ -138,7 +139,8 @@ def label_candidates(
     tiles = sorted(set(tiles))
     samples = samples_for(examples, year, home, class_field, max_per_polygon, seed, source, progress)
     clf = fit_examples(samples, class_field, k, weights, backend)
-    ensure_tiles(tiles, year, home, source, f"index {index}" if index else "the tiles", progress)
+    what = f"index {index}" if index else "the tiles"
+    Workspace.of(home).ensure_tiles(tiles, year, source=source, what=what, progress=progress)
     from ..store import TileStore
 
     store = TileStore(home)

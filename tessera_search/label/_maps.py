@@ -17,7 +17,8 @@ import numpy as np
 
 from ..config import resolve_home
 from ..errors import InvalidInputError
-from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet, ensure_tiles
+from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet
+from ..workspace import Workspace
 from ..grid import Tile
 from ..sources.truth import TruthFn
 from ._common import ProgressFn, fit_examples, tile_progress, region_tiles, samples_for, scan_tiles, warn_one_class
@@ -131,7 +132,7 @@ def label_region(
     tiles, mask_of = region_tiles(region)
     if not tiles:
         raise InvalidInputError("the region selects no tiles")
-    ensure_tiles(tiles, year, home, source, "the region", progress)
+    Workspace.of(home).ensure_tiles(tiles, year, source=source, what="the region", progress=progress)
     if truth is not None and not callable(truth):
         from ..sources.truth import synthetic_truth
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..config import resolve_home
 from ..errors import InvalidInputError, NoDataError
-from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet, ensure_tiles
+from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet
+from ..workspace import Workspace
 from ..geodesy import thin
 from ._common import ProgressFn, classified_blocks, fit_examples, keep_top, locate, region_tiles, samples_for
 
@@ -114,7 +115,7 @@ def suggest(
     if clf.n_classes < 2:
         raise InvalidInputError(f"suggestions need examples of at least 2 classes, got {clf.classes_}")
     tiles, mask_of = region_tiles(region)
-    ensure_tiles(tiles, year, home, source, "the region", progress)
+    Workspace.of(home).ensure_tiles(tiles, year, source=source, what="the region", progress=progress)
     from ..store import TileStore
 
     store = TileStore(home)

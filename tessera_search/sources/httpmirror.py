@@ -1,0 +1,257 @@
+"""An http(s) mirror, safely: every URL stays below the base URL, downloads resume.
+
+:class:`HttpMirror` fetches files of one base URL: it builds URLs only from clean
+relative paths (:meth:`HttpMirror.join`), refuses any URL or redirect that leaves the
+base's scheme, host, port and path (:meth:`HttpMirror.inside`), and downloads into a
+``.part`` beside the target, resuming with Range requests. Every response's length is
+checked (a short body is a dropped connection: retried with exponential back-off, the
+``.part`` kept); a file moves into place only once complete and verified (size, MD5 or a
+content-MD5 ETag, :func:`verify`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from .._io import file_md5, writing
+from ..errors import CorruptTileError, SourceUnavailableError, TesseraSearchError
+
+__all__ = ["DEFAULT_RETRIES", "HttpMirror", "NotFound", "int_or_none", "verify"]
+
+DEFAULT_RETRIES = 4
+_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_BLOCK = 1 << 20
+_USER_AGENT = "tessera-search/0.1"
+
+
+class HttpMirror:
+    """Files below one http(s) base ``url``; ``retries`` with ``backoff`` seconds doubling."""
+
+    def __init__(self, url: str, retries: int = DEFAULT_RETRIES, backoff: float = 0.5, timeout: float = 60.0) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.retries = max(0, int(retries))
+        self.backoff = backoff
+        self.timeout = timeout
+        self._base = urllib.parse.urlsplit(self.url)
+        self._opener = urllib.request.build_opener(_ContainedRedirects(self.inside, self.url))
+
+    def join(self, rel: str) -> str:
+        """The URL of a relative path of our own making (already safe)."""
+        return self.url + "/".join(urllib.parse.quote(seg, safe="") for seg in rel.split("/"))
+
+    def inside(self, url: str) -> bool:
+        """True when ``url`` has the source's scheme, host and port and lies below its path."""
+        try:
+            u = urllib.parse.urlsplit(url)
+            port = u.port or _DEFAULT_PORTS.get(u.scheme.lower())
+        except ValueError:
+            return False
+        b = self._base
+        if (u.scheme.lower(), (u.hostname or "").lower(), port) != (
+            b.scheme.lower(), (b.hostname or "").lower(), b.port or _DEFAULT_PORTS.get(b.scheme.lower())
+        ):
+            return False
+        if u.username is not None or u.password is not None:
+            return False
+        if ".." in urllib.parse.unquote(u.path).split("/"):
+            return False
+        return u.path.startswith(b.path or "/")
+
+    def download(self, url: str, dest: Path, size: int | None, md5: str | None, what: str,
+                  fresh: bool = False) -> None:
+        """Fetch ``url`` to ``dest`` (resuming ``dest.part``), verified; retries with back-off.
+
+        ``what`` names the file in messages. A dropped connection keeps the ``.part`` (the
+        next try, or the next run, resumes it); only a complete file that fails its checks
+        is deleted.
+        """
+        if dest.exists() and not fresh:
+            try:
+                verify(dest, size, md5)
+                return
+            except CorruptTileError:
+                dest.unlink()
+        with writing(f"the download folder for {what}", dest.parent):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        attempt = drops = 0
+        while True:
+            try:
+                etag = self._get(url, part, what, size)
+                verify(part, size, md5, etag=etag, what=what)
+                os.replace(part, dest)
+                return
+            except (CorruptTileError, NotFound):
+                part.unlink(missing_ok=True)
+                raise
+            except TesseraSearchError:  # refused redirect, HTTP 4xx, a failed write: no retry
+                raise
+            except (urllib.error.URLError, OSError, http.client.HTTPException, _Transient) as exc:
+                attempt += 1
+                drops += isinstance(exc, _Drop)
+                if attempt > self.retries:
+                    raise self._gave_up(url, part, what, attempt, drops, exc) from exc
+                time.sleep(self.backoff * (2 ** (attempt - 1)))
+
+    def _gave_up(self, url: str, part: Path, what: str, attempt: int, drops: int, exc: BaseException):
+        have = part.stat().st_size if part.exists() else 0
+        if isinstance(exc, _Drop):
+            of = f" of {exc.total}" if exc.total is not None else ""
+            return SourceUnavailableError(
+                f"connection to {self._base.netloc} dropped {drops} times while fetching {what} "
+                f"(have {have}{of} bytes; rerun to resume)"
+            )
+        reason = getattr(exc, "reason", exc)
+        kept = f"; {have} bytes of {what} are kept, rerun to resume" if have else ""
+        return SourceUnavailableError(
+            f"cannot reach {url} after {attempt} tries ({reason}){kept}; check the network, "
+            "or pass source=DIR|URL|synthetic"
+        )
+
+    def _get(self, url: str, part: Path, what: str, size: int | None) -> str | None:
+        """One GET into ``part``, resuming with a Range request; returns the ETag.
+
+        Raises _Drop when the body is shorter than the response promised (the bytes that
+        did arrive stay in ``part``), _Transient for 5xx / 429.
+        """
+        have = part.stat().st_size if part.exists() else 0
+        req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+        try:
+            resp = self._opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            headers = exc.headers
+            exc.close()
+            if exc.code == 404:
+                raise NotFound(f"HTTP 404 for {url}") from None
+            if exc.code == 416 and have:
+                m = _UNSATISFIED_RANGE.match((headers or {}).get("Content-Range") or "")
+                if m is None or int(m[1]) == have:
+                    return None  # already complete; the checks that follow decide
+                part.unlink()  # our partial file is longer than the file: start again
+                raise _Transient(f"{what} on the server is not the file we had begun") from None
+            if exc.code >= 500 or exc.code == 429:
+                raise _Transient(f"HTTP {exc.code}") from None
+            raise SourceUnavailableError(f"HTTP {exc.code} for {url}") from None
+        with resp:
+            if have and resp.status == 206:
+                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
+                if m is None or int(m[1]) != have:
+                    part.unlink()  # cannot append what does not follow on: start again from zero
+                    raise _Transient(f"the server resumed {what} at the wrong offset")
+                start, expected = have, int(m[2]) - int(m[1]) + 1
+                total = None if m[3] == "*" else int(m[3])
+                mode = "ab"
+            elif resp.status == 200:  # also the answer to a Range request the server ignored
+                start, expected = 0, int_or_none(resp.headers.get("Content-Length"))
+                total = expected
+                mode = "wb"
+            else:
+                raise SourceUnavailableError(f"unexpected HTTP {resp.status} for {url}")
+            told = total if total is not None else size  # for messages only: a chunked body ends itself
+            got = 0
+            with writing(f"the partial download {part.name}", part), open(part, mode) as f:
+                while expected is None or got < expected:
+                    try:
+                        block = resp.read(_BLOCK if expected is None else min(_BLOCK, expected - got))
+                    except (http.client.HTTPException, OSError) as exc:  # IncompleteRead, reset, timeout
+                        partial = getattr(exc, "partial", b"")  # what did arrive, in order
+                        if isinstance(exc, http.client.IncompleteRead) and partial:
+                            f.write(partial)
+                            got += len(partial)
+                        raise _Drop(start + got, told) from exc
+                    if not block:
+                        break
+                    f.write(block)
+                    got += len(block)
+            etag = resp.headers.get("ETag")
+        if expected is not None and got < expected:
+            raise _Drop(start + got, told)
+        if total is not None and start + got < total:  # a server that sent only part of the range
+            raise _Drop(start + got, told)
+        return etag
+
+
+
+class _ContainedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only when it stays below the source URL."""
+
+    def __init__(self, inside: Callable[[str], bool], label: str) -> None:
+        super().__init__()
+        self._inside = inside
+        self._label = label
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not self._inside(newurl):
+            try:
+                u = urllib.parse.urlsplit(newurl)
+                where = ascii(f"{u.scheme}://{u.netloc}{u.path}")[1:-1]
+            except ValueError:
+                where = "an unreadable address"
+            if len(where) > 120:
+                where = where[:117] + "..."
+            fp.close()
+            name = Path(urllib.parse.urlsplit(req.full_url).path).name
+            raise _RedirectRefused(
+                f"the server redirected {name} to {where}, outside {self._label}; "
+                "refusing to follow it (a mirror must serve its own files)"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _RedirectRefused(SourceUnavailableError):
+    pass
+
+
+class NotFound(Exception):
+    """The server has no such file (HTTP 404)."""
+
+
+class _Transient(Exception):
+    pass
+
+
+class _Drop(_Transient):
+    """The connection closed before the body was complete; ``have`` bytes are in the .part."""
+
+    def __init__(self, have: int, total: int | None) -> None:
+        super().__init__(f"connection dropped at byte {have}")
+        self.have = have
+        self.total = total
+
+
+def int_or_none(v) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def verify(path: Path, size: int | None, md5: str | None, etag: str | None = None, what: str | None = None) -> None:
+    """Size / MD5 checks; CorruptTileError naming the file on mismatch."""
+    what = what or path.name
+    have = path.stat().st_size
+    if size is not None and have != size:
+        if have < size and what.endswith(".npy"):
+            raise CorruptTileError(f"truncated .npy ({what}: {have} of {size} bytes)")
+        raise CorruptTileError(f"{what} is {have} bytes, the manifest says {size}")
+    want = (md5 or "").lower() or None
+    tag = (etag or "").strip('"').lower()
+    if not want and _MD5_RE.match(tag):
+        want = tag
+    if want:
+        got = file_md5(path)
+        if got != want:
+            raise CorruptTileError(f"MD5 mismatch for {what} ({got}, expected {want})")
