@@ -130,3 +130,13 @@ def test_exported_names_are_what_they_claim_and_documented():
     import tessera_search.query  # noqa: F401
 
     assert callable(ts.run_query) and not isinstance(ts.replay, types.ModuleType)
+
+
+def test_indexes_and_history_never_cut_the_name_to_copy(ws, cli, monkeypatch):
+    long = "a-rather-long-index-name-for-the-nairobi-area-2023"
+    build_index(tiles=NAIROBI_TILES[:1], year=2023, home=ws, name=long, progress=False)
+    cli("--home", ws, "query", "--point", _pt(ws), "--k", "5", "--index", long)
+    monkeypatch.setenv("COLUMNS", "70")  # a narrow terminal
+    for cmd in ("indexes", "history"):
+        code, out, _ = cli("--home", ws, cmd)
+        assert code == 0 and long in out, (cmd, out)
