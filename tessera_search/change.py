@@ -52,7 +52,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,7 @@ import numpy as np
 
 from .errors import InvalidInputError, NoDataError, TileNotFoundError
 from .geodesy import thin
-from .grid import Tile, TileGrid, owned_mask, pixel_to_lonlat
+from .grid import Tile, TileGrid, pixel_to_lonlat
 
 __all__ = [
     "ChangeResult",
@@ -230,12 +230,10 @@ class ChangeResult:
 
 def _region_tiles(region) -> tuple[str, list[Tile], Callable[[TileGrid], np.ndarray]]:
     """(name, tiles, mask function) of a Region or an iterable of Tiles."""
-    if hasattr(region, "tiles") and hasattr(region, "mask"):
-        return str(getattr(region, "name", "region")), list(region.tiles), region.mask
-    tiles = sorted(set(region)) if isinstance(region, Iterable) else []
-    if not tiles or not all(isinstance(t, Tile) for t in tiles):
-        raise InvalidInputError("region must be a Region (resolve_region) or a non-empty list of Tiles")
-    return f"tiles {','.join(t.name for t in tiles[:3])}{',...' if len(tiles) > 3 else ''}", tiles, owned_mask
+    from .regions import as_region
+
+    reg = as_region(region)
+    return reg.name, list(reg.tiles), reg.mask
 
 
 def _ensure_both_years(store, tiles: list[Tile], years: tuple[int, int], name: str, home, source,

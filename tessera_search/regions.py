@@ -57,6 +57,7 @@ from .grid import (
 
 __all__ = [
     "Region",
+    "as_region",
     "country",
     "list_countries",
     "resolve_region",
@@ -230,6 +231,23 @@ def _explicit_tiles(names: list[str]) -> Region:
     shown = ",".join(t.name for t in unique[:3])
     label = f"tiles {shown}" if len(unique) <= 3 else f"tiles {shown},... ({len(unique)} tiles)"
     return Region(label, None, tuple(unique))
+
+
+def as_region(region) -> Region:
+    """``region`` as a :class:`Region`: a Region itself, or explicit tiles from an iterable of
+    Tiles or tile names (their pixel mask is the ownership rule). The one coercion every
+    region-taking function uses."""
+    if isinstance(region, Region):
+        return region
+    if isinstance(region, (str, Tile)):
+        region = [region]
+    try:
+        items = list(region)
+    except TypeError:
+        items = []
+    if not items or not all(isinstance(t, (Tile, str)) for t in items):
+        raise InvalidInputError("region must be a Region (resolve_region) or a non-empty list of Tiles")
+    return _explicit_tiles([t.name if isinstance(t, Tile) else t for t in items])
 
 
 # --------------------------------------------------------------------------- tiles

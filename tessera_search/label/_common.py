@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..examples import ExampleSamples, sample_examples
-from ..grid import Tile, TileGrid, owned_mask, pack_ids, unpack_ids
+from ..grid import Tile, TileGrid, pack_ids, unpack_ids
 from ._knn import BLOCK_ROWS, KNNClassifier
 
 ProgressFn = Callable[[int, int], None]
@@ -52,12 +52,10 @@ def warn_one_class(clf: KNNClassifier, what: str) -> None:
 
 def region_tiles(region) -> tuple[list[Tile], Callable[[TileGrid], np.ndarray]]:
     """Tiles of a Region (or an iterable of Tiles) and its pixel-mask function."""
-    if hasattr(region, "tiles") and hasattr(region, "mask"):
-        return list(region.tiles), region.mask
-    tiles = sorted(set(region))
-    if not tiles or not all(isinstance(t, Tile) for t in tiles):
-        raise InvalidInputError("region must be a Region or a list of Tiles")
-    return tiles, owned_mask
+    from ..regions import as_region
+
+    reg = as_region(region)
+    return list(reg.tiles), reg.mask
 
 
 def scan_tiles(store, tiles: Sequence[Tile], year: int, mask_of, exclude_ids: np.ndarray | None = None,
