@@ -58,6 +58,7 @@ __all__ = [
     "tile_for_point",
     "tile_id_prefix",
     "tiles_in_bbox",
+    "from_utm",
     "to_utm",
     "unpack_ids",
     "utm_epsg",
@@ -259,7 +260,8 @@ def to_utm(epsg: int):
 
 
 @lru_cache(maxsize=128)
-def _from_utm(epsg: int):
+def from_utm(epsg: int):
+    """The cached pyproj Transformer from ``epsg`` to WGS84 lon/lat (x, y order)."""
     from pyproj import Transformer
 
     return Transformer.from_crs(epsg, 4326, always_xy=True)
@@ -292,7 +294,7 @@ def pixel_to_lonlat(grid: TileGrid, rows, cols) -> tuple[np.ndarray, np.ndarray]
         c + a * (np.asarray(cols, dtype=np.float64) + 0.5),
         f + e * (np.asarray(rows, dtype=np.float64) + 0.5),
     )
-    lon, lat = _from_utm(grid.epsg).transform(np.ascontiguousarray(x), np.ascontiguousarray(y))
+    lon, lat = from_utm(grid.epsg).transform(np.ascontiguousarray(x), np.ascontiguousarray(y))
     lon = np.asarray(lon, dtype=np.float64).reshape(x.shape)
     lon = np.where(lon >= 180.0, lon - 360.0, lon)
     return lon, np.asarray(lat, dtype=np.float64).reshape(x.shape)

@@ -57,6 +57,9 @@ def open_source(
 ):
     """A source from its spec: None (the public registry), a directory, a URL or 'synthetic'.
 
+    A directory that is a geoemb Zarr v3 store opens as a
+    :class:`~tessera_search.sources.zarrstore.ZarrSource`; any other as a release mirror.
+
     ``synthetic`` takes an optional seed, ``synthetic:7``.
     """
     from .sources.release import DEFAULT_SOURCE_URL, ReleaseSource
@@ -66,6 +69,10 @@ def open_source(
     if spec == "synthetic" or spec.startswith("synthetic:"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return SyntheticSource(seed=seed, version=version or "v1")
+    from .sources.zarrstore import ZarrSource, is_geoemb_store
+
+    if is_geoemb_store(spec):  # a local geoemb Zarr v3 store (utmNN zone groups)
+        return ZarrSource(spec, version=version)
     return ReleaseSource(spec, version=version, download_dir=home / "downloads", workers=workers)
 
 
@@ -108,7 +115,9 @@ def download(
     """Fetch and store the tiles of ``region`` (a Region, or an iterable of Tiles) for ``year``."""
     home = resolve_home(home)
     store, catalog = TileStore(home), Catalog(home)
-    tiles = sorted(region.tiles if hasattr(region, "tiles") else region)
+    from .regions import as_region
+
+    tiles = list(as_region(region).tiles)
     known = {row["tile"] for row in catalog.tiles(year)}
     present, missing = [], []
     for t in tiles:

@@ -1,0 +1,344 @@
+"""Reading a local geoemb Zarr v3 store (geotessera's ``utm_zones`` layout) tile by tile.
+
+The store holds one group per UTM zone, ``utm01`` ... ``utm60``, each on the zone's
+northern grid (EPSG:326NN; southern rows have negative northings, northing - 10,000,000)
+with ``spatial:transform [10, 0, x0, 0, -10, y0]`` (pixel corner) and arrays
+``embeddings`` int8 (time, band, y, x), ``scales`` float32 (time, y, x) (fill +inf) and a
+``time`` coordinate of years.
+
+Tiles stay the unit: a 0.1 degree tile is read as the window of its zone grid covering the
+tile's own UTM grid (:func:`~tessera_search.grid.expected_grid`, in EPSG:326NN or 327NN),
+a plain slice of the zone arrays (only the window is read, never a whole shard's worth of
+tiles). The window's origin must be a whole number of pixels from the zone grid's origin;
+a store whose lattice does not line up is a :class:`~tessera_search.errors.CorruptTileError`
+naming the tile (nothing is resampled). Parts of the tile's grid outside the zone array
+read as no data (NaN scale, zero vectors). Scales are kept as published; NaN, +inf and
+huge sentinels (>= 1e6) fail :func:`~tessera_search.quant.valid_scales`. A tile-year whose
+window has no valid pixel is not available.
+
+Only group names ``utmNN`` and the fixed array names are opened, and each zone group's
+folder must resolve inside the store root.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CorruptTileError, InvalidInputError, SourceUnavailableError
+from ..grid import PIXEL_SIZE, Tile, TileGrid, from_utm, expected_grid, tiles_in_bbox
+from ..quant import valid_scales
+from .base import EMBEDDING_DIM, TileData, TileFailure
+
+__all__ = ["DEFAULT_ZARR_VERSION", "ZarrSource", "is_geoemb_store"]
+
+DEFAULT_ZARR_VERSION = "v1.1"
+MAX_SCAN_TILES = 20_000  # available(year) without tiles enumerates at most this many cells
+_ZONE_RE = re.compile(r"^utm(0[1-9]|[1-5][0-9]|60)$")
+_VERSION_RE = re.compile(r"^v\d[A-Za-z0-9._~+-]*$")
+_SOUTH_OFFSET = 10_000_000.0  # false northing of the southern UTM zones
+
+
+def _root_meta(path: Path) -> dict | None:
+    meta = path / "zarr.json"
+    try:
+        if not meta.is_file() or meta.stat().st_size > 64 * 1024 * 1024:
+            return None
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def is_geoemb_store(location: str | os.PathLike[str]) -> bool:
+    """True for a local directory that is a geoemb Zarr v3 store of UTM zone groups.
+
+    Recognised by the root ``zarr.json`` (a v3 group) with ``geoemb:spatial_layout ==
+    "utm_zones"``, or by child groups named ``utmNN``.
+    """
+    loc = str(location)
+    if "://" in loc:
+        return False
+    path = Path(loc).expanduser()
+    if not path.is_dir():
+        return False
+    doc = _root_meta(path)
+    if doc is None or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+        return False
+    attrs = doc.get("attributes") or {}
+    if isinstance(attrs, dict) and attrs.get("geoemb:spatial_layout") == "utm_zones":
+        return True
+    try:
+        return any(_ZONE_RE.match(p.name) and (p / "zarr.json").is_file() for p in path.iterdir())
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class _Zone:
+    """One zone group: its lattice, extent and years."""
+
+    name: str
+    zone: int
+    x0: float
+    y0: float
+    height: int
+    width: int
+    years: tuple[int, ...]
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in the group's EPSG:326NN metres."""
+        return (self.x0, self.y0 - PIXEL_SIZE * self.height, self.x0 + PIXEL_SIZE * self.width, self.y0)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Where a tile's grid sits in its zone: row/col offset of the grid's corner pixel."""
+
+    grid: TileGrid
+    zone: _Zone
+    row: int
+    col: int
+
+
+def _dataset_version(attrs: dict) -> str:
+    """``v1.1`` etc. from the model path's last segment, else a version-like build_version."""
+    model = attrs.get("geoemb:model")
+    if isinstance(model, str):
+        last = model.rstrip("/").rsplit("/", 1)[-1]
+        if _VERSION_RE.match(last):
+            return last
+    build = attrs.get("geoemb:build_version")
+    if isinstance(build, str) and _VERSION_RE.match(build):
+        return build
+    return DEFAULT_ZARR_VERSION
+
+
+class ZarrSource:
+    """A local geoemb Zarr v3 store (layout ``utm_zones``) as a tile source.
+
+    ``available(year, tiles)`` checks each given tile's window cheaply (the scales window
+    only). Without ``tiles`` it enumerates the cells overlapping each zone group's extent,
+    which is bounded: a store whose zones span more than ``MAX_SCAN_TILES`` cells needs
+    ``tiles`` (InvalidInputError otherwise). ``version`` overrides the dataset version read
+    from the root attributes (the model path's version, else ``v1.1``).
+    """
+
+    is_http = False
+
+    def __init__(self, location: str | os.PathLike[str], version: str | None = None) -> None:
+        import zarr
+
+        self.root = Path(location).expanduser().absolute()
+        self.label = str(self.root)
+        if not is_geoemb_store(self.root):
+            raise SourceUnavailableError(f"{self.root} is not a geoemb Zarr v3 store (no utm_zones root zarr.json)")
+        self._real_root = self.root.resolve()
+        try:
+            self._group = zarr.open_group(str(self.root), mode="r", zarr_format=3)
+            attrs = dict(self._group.attrs)
+        except Exception as exc:  # zarr raises a variety of errors for damaged stores
+            raise SourceUnavailableError(f"geoemb store {self.root} is unreadable: {exc}") from exc
+        if version is not None and not _VERSION_RE.match(version):
+            raise InvalidInputError(f"dataset version {version!r} is not a plain name like v1.1")
+        self.version = version or _dataset_version(attrs)
+        self.synthetic = bool(attrs.get("tessera-search:synthetic", False))
+        dims = attrs.get("geoemb:dimensions", EMBEDDING_DIM)
+        if dims != EMBEDDING_DIM:
+            raise SourceUnavailableError(f"geoemb store {self.root} holds {dims}-dim embeddings, expected {EMBEDDING_DIM}")
+        self._zones: dict[int, _Zone | CorruptTileError] = {}
+
+    # -- zones ------------------------------------------------------------------------
+    def _zone_names(self) -> list[str]:
+        try:
+            return sorted(k for k in self._group.group_keys() if _ZONE_RE.match(k))
+        except Exception as exc:
+            raise SourceUnavailableError(f"geoemb store {self.root}: cannot list its zone groups: {exc}") from exc
+
+    def _zone(self, zone: int) -> _Zone | None:
+        """The zone group's description; None if absent, CorruptTileError if unusable."""
+        if zone not in self._zones:
+            self._zones[zone] = self._load_zone(zone)
+        z = self._zones[zone]
+        if isinstance(z, CorruptTileError):
+            raise z
+        return z
+
+    def _load_zone(self, zone: int):
+        name = f"utm{zone:02d}"
+        folder = self.root / name
+        if not folder.exists():
+            return None
+        if not folder.resolve().is_relative_to(self._real_root):
+            return CorruptTileError(f"zone group {name} leads outside the store {self.root}; nothing was read")
+        try:
+            g = self._group[name]
+            attrs = dict(g.attrs)
+            emb, sc = g["embeddings"], g["scales"]
+            years = tuple(int(v) for v in np.asarray(g["time"][...]).ravel()) if "time" in g else tuple(
+                int(v) for v in np.asarray(self._group["time"][...]).ravel()
+            )
+        except Exception as exc:  # noqa: BLE001 - zarr raises a variety of errors for damaged groups
+            return CorruptTileError(f"zone group {name} of {self.root} is unreadable: {exc}")
+        code = str(attrs.get("proj:code", f"EPSG:{32600 + zone}"))
+        if code.upper() != f"EPSG:{32600 + zone}":
+            return CorruptTileError(f"zone group {name} is in {code}, expected EPSG:{32600 + zone}")
+        t = attrs.get("spatial:transform")
+        if not (isinstance(t, list) and len(t) >= 6):
+            return CorruptTileError(f"zone group {name} has no spatial:transform")
+        a, b, x0, d, e, y0 = (float(v) for v in t[:6])
+        if (a, b, d, e) != (PIXEL_SIZE, 0.0, 0.0, -PIXEL_SIZE):
+            return CorruptTileError(
+                f"zone group {name}: spatial:transform {t[:6]} is not a north-up {PIXEL_SIZE:g} m grid"
+            )
+        h, w = int(sc.shape[-2]), int(sc.shape[-1])
+        shape = attrs.get("spatial:shape")
+        if shape is not None and [int(v) for v in shape] != [h, w]:
+            return CorruptTileError(f"zone group {name}: spatial:shape {shape} does not match its scales {sc.shape}")
+        if emb.dtype != np.int8 or emb.ndim != 4 or emb.shape[1] != EMBEDDING_DIM or tuple(emb.shape[2:]) != (h, w):
+            return CorruptTileError(
+                f"zone group {name}: embeddings {emb.dtype} {emb.shape}, expected int8 (time, {EMBEDDING_DIM}, {h}, {w})"
+            )
+        if sc.ndim != 3 or sc.shape[0] != emb.shape[0] or len(years) != sc.shape[0]:
+            return CorruptTileError(
+                f"zone group {name}: scales {sc.shape} / time {len(years)} do not match embeddings {emb.shape}"
+            )
+        return _Zone(name, zone, x0, y0, h, w, years)
+
+    def _window(self, tile: Tile) -> _Window | None:
+        """The tile's grid placed in its zone group; None when the store lacks the zone."""
+        grid = expected_grid(tile)
+        zone = self._zone(grid.epsg % 100)
+        if zone is None:
+            return None
+        x = grid.transform[2]
+        y = grid.transform[5] - (_SOUTH_OFFSET if grid.epsg // 100 == 327 else 0.0)
+        col, row = (x - zone.x0) / PIXEL_SIZE, (zone.y0 - y) / PIXEL_SIZE
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            raise CorruptTileError(
+                f"{tile.name}: its grid corner ({x:.2f}, {y:.2f}) is ({col - math.floor(col):.3f}, "
+                f"{row - math.floor(row):.3f}) pixels off the lattice of zone group {zone.name} "
+                f"(spatial:transform origin {zone.x0}, {zone.y0}); the store is misaligned and "
+                "tiles are never resampled"
+            )
+        return _Window(grid, zone, round(row), round(col))
+
+    @staticmethod
+    def _overlap(win: _Window) -> tuple[slice, slice, slice, slice] | None:
+        """(zone rows, zone cols, tile rows, tile cols) of the part inside the zone array."""
+        g, z = win.grid, win.zone
+        r0, r1 = max(win.row, 0), min(win.row + g.height, z.height)
+        c0, c1 = max(win.col, 0), min(win.col + g.width, z.width)
+        if r0 >= r1 or c0 >= c1:
+            return None
+        return (slice(r0, r1), slice(c0, c1),
+                slice(r0 - win.row, r1 - win.row), slice(c0 - win.col, c1 - win.col))
+
+    def _read_scales(self, win: _Window, t: int) -> np.ndarray:
+        sc = np.full(win.grid.shape, np.nan, dtype=np.float32)
+        ov = self._overlap(win)
+        if ov is not None:
+            zr, zc, tr, tc = ov
+            try:
+                sc[tr, tc] = np.asarray(self._group[win.zone.name]["scales"][t, zr, zc], dtype=np.float32)
+            except Exception as exc:
+                raise CorruptTileError(f"{win.grid.tile.name}: scales of zone group {win.zone.name} are unreadable: {exc}") from exc
+        return sc
+
+    def _read(self, win: _Window, t: int) -> tuple[np.ndarray, np.ndarray]:
+        sc = self._read_scales(win, t)
+        emb = np.zeros((*win.grid.shape, EMBEDDING_DIM), dtype=np.int8)
+        ov = self._overlap(win)
+        if ov is not None:
+            zr, zc, tr, tc = ov
+            try:
+                block = np.asarray(self._group[win.zone.name]["embeddings"][t, :, zr, zc])
+            except Exception as exc:
+                raise CorruptTileError(
+                    f"{win.grid.tile.name}: embeddings of zone group {win.zone.name} are unreadable: {exc}"
+                ) from exc
+            emb[tr, tc] = block.transpose(1, 2, 0)
+        return emb, sc
+
+    # -- the source interface ---------------------------------------------------------
+    def _has_valid(self, tile: Tile, year: int) -> bool:
+        try:
+            win = self._window(tile)
+        except CorruptTileError:
+            return True  # let fetch report why it cannot be used
+        if win is None or year not in win.zone.years:
+            return False
+        try:
+            return bool(valid_scales(self._read_scales(win, win.zone.years.index(year))).any())
+        except CorruptTileError:
+            return True
+
+    def _candidates(self, year: int) -> list[Tile]:
+        out: list[Tile] = []
+        for name in self._zone_names():
+            try:
+                z = self._zone(int(name[3:]))
+            except CorruptTileError:
+                continue
+            if z is None or year not in z.years:
+                continue
+            xmin, ymin, xmax, ymax = z.bounds
+            t = np.linspace(0.0, 1.0, 33)
+            xs = np.concatenate([xmin + (xmax - xmin) * t, np.full_like(t, xmax), xmax - (xmax - xmin) * t, np.full_like(t, xmin)])
+            ys = np.concatenate([np.full_like(t, ymin), ymin + (ymax - ymin) * t, np.full_like(t, ymax), ymax - (ymax - ymin) * t])
+            lons, lats = from_utm(32600 + z.zone).transform(xs, ys)
+            west = max(float(np.min(lons)), -180.0 + 6.0 * (z.zone - 1))
+            east = min(float(np.max(lons)), -180.0 + 6.0 * z.zone)
+            south, north = max(float(np.min(lats)), -80.0), min(float(np.max(lats)), 84.0)
+            if west >= east or south >= north:
+                continue
+            n = (math.ceil(east * 10) - math.floor(west * 10)) * (math.ceil(north * 10) - math.floor(south * 10))
+            if len(out) + n > MAX_SCAN_TILES:
+                raise InvalidInputError(
+                    f"geoemb store {self.root} spans more than {MAX_SCAN_TILES} tiles; "
+                    "pass the tiles to check (available(year, tiles=...))"
+                )
+            out.extend(tile for tile in tiles_in_bbox(west, south, east, north) if tile.epsg % 100 == z.zone)
+        return out
+
+    def available(self, year: int, tiles: Iterable[Tile] | None = None) -> set[Tile]:
+        """Tiles whose window holds at least one valid pixel in ``year``."""
+        year = int(year)
+        todo = self._candidates(year) if tiles is None else list(tiles)
+        return {t for t in todo if self._has_valid(t, year)}
+
+    def fetch(self, tiles: Iterable[Tile], year: int, on_progress=None) -> Iterator[TileData | TileFailure]:
+        """Each tile's window as :class:`TileData`, or a :class:`TileFailure` saying why not."""
+        year = int(year)
+        for i, tile in enumerate(tiles, 1):
+            yield self._fetch_one(tile, year)
+            if on_progress:
+                on_progress(i)
+
+    def _fetch_one(self, tile: Tile, year: int) -> TileData | TileFailure:
+        try:
+            win = self._window(tile)
+            if win is None:
+                return TileFailure(tile, year, f"{self.root} has no zone group utm{tile.epsg % 100:02d}")
+            if year not in win.zone.years:
+                return TileFailure(
+                    tile, year, f"zone group {win.zone.name} has no year {year} (its time coordinate holds "
+                    f"{list(win.zone.years)})"
+                )
+            emb, sc = self._read(win, win.zone.years.index(year))
+            if not valid_scales(sc).any():
+                return TileFailure(tile, year, f"no valid pixel in zone group {win.zone.name} for {year}")
+            return TileData(
+                tile=tile, year=year, embeddings=emb, scales=sc, grid=win.grid,
+                dataset_version=self.version, source=self.label, synthetic=self.synthetic,
+            )
+        except CorruptTileError as exc:
+            return TileFailure(tile, year, str(exc))
