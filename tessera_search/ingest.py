@@ -145,17 +145,29 @@ def download(
     todo = [t for t in missing if t in avail]
     if not todo:
         return report
+    datasets = _stored_datasets(catalog, year)
     with progress_bar(progress, f"tiles {year}", len(todo)) as advance:
         for item in src.fetch(todo, year):
+            if not isinstance(item, TileFailure) and datasets and item.dataset_version not in datasets:
+                # one dataset per workspace year: v1 and v1.1 embeddings are not comparable
+                item = TileFailure(item.tile, item.year, (
+                    f"it is dataset {item.dataset_version}, but this workspace holds {', '.join(sorted(datasets))} "
+                    f"tiles for {year}; datasets never mix (use another home for {item.dataset_version})"))
             if isinstance(item, TileFailure):
                 report.failed.append(item)
             else:
                 attrs = store.write(item)
                 catalog.record_tile(attrs)
+                datasets.add(item.dataset_version)
                 report.stored.append(item.tile)
             advance()
     report.stored.sort()
     return report
+
+
+def _stored_datasets(catalog, year: int) -> set[str]:
+    """The dataset versions of the tiles recorded for ``year``."""
+    return {str(r["dataset_version"]) for r in catalog.tiles(year) if r.get("dataset_version")}
 
 
 def stored_tiles(home=None, year: int | None = None) -> list[tuple[Tile, int]]:

@@ -197,3 +197,18 @@ def test_a_landmask_in_another_zone_or_place_is_refused_with_its_reason(tmp_path
     reasons = {f.tile.name: f.reason for f in rep.failed}
     assert f"EPSG:{g.epsg + 1}" in reasons[a.name] and f"EPSG:{g.epsg}" in reasons[a.name]
     assert "does not overlap" in reasons[b.name]
+
+
+def test_another_datasets_tile_is_refused_naming_both(tmp_path, home):
+    write_mirror(tmp_path / "v1", NAIROBI_TILES[:1], version="v1")
+    write_mirror(tmp_path / "v11", NAIROBI_TILES[1:2], version="v1.1")
+    rep = download([Tile.from_name(NAIROBI_TILES[0])], 2023, source=tmp_path / "v1", home=home, progress=False)
+    assert [t.name for t in rep.stored] == NAIROBI_TILES[:1]
+    rep = download([Tile.from_name(NAIROBI_TILES[1])], 2023, source=tmp_path / "v11", home=home, progress=False)
+    assert rep.stored == [] and len(rep.failed) == 1
+    assert "dataset v1.1" in rep.failed[0].reason and "holds v1 tiles for 2023" in rep.failed[0].reason
+    assert [t.name for t, _ in TileStore(home).list()] == NAIROBI_TILES[:1]
+    # another year of the same workspace may be another dataset
+    write_mirror(tmp_path / "v11b", NAIROBI_TILES[1:2], year=2024, version="v1.1")
+    rep = download([Tile.from_name(NAIROBI_TILES[1])], 2024, source=tmp_path / "v11b", home=home, progress=False)
+    assert [t.name for t in rep.stored] == NAIROBI_TILES[1:2]
