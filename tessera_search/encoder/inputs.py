@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .._hashing import GOLDEN, splitmix64
 from ..errors import InvalidInputError
 from .config import NormStats
 from .data import S1_DUMMY_DOY
@@ -27,17 +28,6 @@ def normalize(values: np.ndarray, doy: np.ndarray, mean: np.ndarray, std: np.nda
     return np.concatenate([x, np.asarray(doy, dtype=_F32)[..., None]], axis=-1)
 
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_G = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def uniform_hash(seed: int, stream: int, keys: np.ndarray, n: int) -> np.ndarray:
@@ -46,9 +36,9 @@ def uniform_hash(seed: int, stream: int, keys: np.ndarray, n: int) -> np.ndarray
     A splitmix64 counter hash: the draws of a pixel do not depend on which other pixels
     share its batch, so embeddings are independent of batch and block sizes.
     """
-    base = _mix(np.full(1, (int(seed) * 0x100000001B3 + int(stream) * 0x9E3779B1) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
-    k = _mix(np.asarray(keys, dtype=np.uint64)[:, None] * _G + base)
-    x = _mix(k + np.arange(1, n + 1, dtype=np.uint64)[None, :] * _G)
+    base = splitmix64(np.full(1, (int(seed) * 0x100000001B3 + int(stream) * 0x9E3779B1) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
+    k = splitmix64(np.asarray(keys, dtype=np.uint64)[:, None] * GOLDEN + base)
+    x = splitmix64(k + np.arange(1, n + 1, dtype=np.uint64)[None, :] * GOLDEN)
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 

@@ -80,6 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._hashing import splitmix64
 from .._io import atomic_path
 from ..errors import CorruptTileError, InvalidInputError, TileNotFoundError
 from ..grid import PIXEL_SIZE, Tile, TileGrid, expected_grid, pixel_to_lonlat
@@ -230,8 +231,6 @@ _CHUNK_PIXELS = 1 << 14  # pixels per vectorised block: keeps temporaries in cac
 # Hashing and stable seeds
 # ======================================================================================
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _P3 = np.uint64(0x165667B19E3779F9)
@@ -244,13 +243,6 @@ def _stable_key(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on a uint64 array (wraps modulo 2**64)."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * _M1
-    h = h ^ (h >> np.uint64(27))
-    h = h * _M2
-    return h ^ (h >> np.uint64(31))
 
 
 def _u64(a) -> np.ndarray:
@@ -261,14 +253,14 @@ def _hash(key: int, *coords) -> np.ndarray:
     """uint64 hash of integer coordinates (broadcast) under a 64-bit key."""
     h = np.full((), np.uint64(key), dtype=np.uint64)
     for c, p in zip(coords, (_P1, _P2, _P3, _P1 ^ _P2)):
-        h = _mix(h ^ (_u64(c) * p))
+        h = splitmix64(h ^ (_u64(c) * p))
     return np.atleast_1d(h)
 
 
 def _uniform(h: np.ndarray, which: int = 0) -> np.ndarray:
     """float32 in [0, 1) from a uint64 hash; ``which`` picks independent-ish streams."""
     if which:
-        h = _mix(h ^ np.uint64((which * 0x632BE59BD9B4E019) & _MASK64))
+        h = splitmix64(h ^ np.uint64((which * 0x632BE59BD9B4E019) & _MASK64))
     return (h >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
 
 
