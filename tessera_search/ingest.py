@@ -57,8 +57,9 @@ def open_source(
 ):
     """A source from its spec: None (the public registry), a directory, a URL or 'synthetic'.
 
-    A directory that is a geoemb Zarr v3 store opens as a
-    :class:`~tessera_search.sources.zarrstore.ZarrSource`; any other as a release mirror.
+    A directory or http(s) URL that is a geoemb Zarr v3 store (a URL's root ``zarr.json``
+    is fetched to tell) opens as a :class:`~tessera_search.sources.zarrstore.ZarrSource`;
+    any other as a release mirror.
 
     ``synthetic`` takes an optional seed, ``synthetic:7``.
     """
@@ -69,10 +70,12 @@ def open_source(
     if spec == "synthetic" or spec.startswith("synthetic:"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return SyntheticSource(seed=seed, version=version or "v1")
-    from .sources.zarrstore import ZarrSource, is_geoemb_store
+    from .sources.zarrstore import geoemb_source
 
-    if is_geoemb_store(spec):  # a local geoemb Zarr v3 store (utmNN zone groups)
-        return ZarrSource(spec, version=version)
+    if source is not None:  # a geoemb Zarr v3 store (utmNN zone groups), local or http(s)
+        zarr_src = geoemb_source(spec, version=version)
+        if zarr_src is not None:
+            return zarr_src
     return ReleaseSource(spec, version=version, download_dir=home / "downloads", workers=workers)
 
 

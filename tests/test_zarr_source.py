@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import zarr
 from _helpers import small_tile, write_mirror
+from conftest import _Handler
 
+from tessera_search.errors import CorruptTileError, SourceUnavailableError
 from tessera_search.grid import Tile, expected_grid
 from tessera_search.ingest import download, open_source
+from tessera_search.sources.httpmirror import HttpMirror
 from tessera_search.sources.release import ReleaseSource
-from tessera_search.sources.zarrstore import ZarrSource, is_geoemb_store
+from tessera_search.sources.zarrhttp import HttpStore
+from tessera_search.sources.zarrstore import ZarrSource, geoemb_source, is_geoemb_store
 from tessera_search.store import TileStore
 
 NORTH = "grid_0.15_51.55"  # UTM zone 31 north
@@ -168,7 +177,7 @@ def test_open_source_recognises_the_store(tmp_path):
     write_mirror(tmp_path / "npy", [NORTH])
     assert not is_geoemb_store(tmp_path / "npy")
     assert isinstance(open_source(tmp_path / "npy", home=tmp_path / "ws"), ReleaseSource)
-    assert not is_geoemb_store("https://example.org/store.zarr")
+    assert not is_geoemb_store("ftp://example.org/store.zarr")
 
 
 def test_zone_group_outside_the_root_is_refused(tmp_path):
@@ -186,3 +195,140 @@ def test_bad_version_override_is_refused(tmp_path, version):
     root = store_with(tmp_path / "z", small_tile(NORTH))
     with pytest.raises(ValueError):
         ZarrSource(root, version=version)
+
+
+# -- over http --------------------------------------------------------------------------
+class _RangeHandler(_Handler):
+    """The mirror fixture's handler with whole Range syntax (a-b, a-, -n) and a log of
+    (path, Range header, body bytes sent) per request."""
+
+    log: ClassVar[list[tuple[str, str | None, int]]] = []
+
+    def do_GET(self):
+        rng = self.headers.get("Range")
+        remaining = type(self).fail_first.get(self.path, 0)
+        if remaining:
+            type(self).fail_first[self.path] = remaining - 1
+            type(self).log.append((self.path, rng, 0))
+            self.send_error(503, "try again")
+            return
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            type(self).log.append((self.path, rng, 0))
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        first, last = 0, len(data) - 1
+        if rng and rng.startswith("bytes="):
+            a, b = rng[6:].split("-")
+            first, last = (max(0, len(data) - int(b)), len(data) - 1) if not a else (int(a), min(int(b or last), last))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[first:last + 1]
+        type(self).log.append((self.path, rng, len(body)))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def zarr_http():
+    """Serve a directory on 127.0.0.1 with ``_RangeHandler``: ``serve(root) -> (url, handler)``."""
+    servers = []
+
+    def serve(root: Path):
+        handler = type("Handler", (_RangeHandler,), {"fail_first": {}, "requests": [], "log": []})
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(root), **k))
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/", handler
+
+    yield serve
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_http_store_ingests_like_the_local_store(tmp_path, zarr_http):
+    tile = Tile.from_name(NORTH)
+    written = write_mirror(tmp_path / "site" / "npy", [NORTH])
+    root = store_with(tmp_path / "site" / "geoemb.zarr", written[NORTH])
+    url, handler = zarr_http(tmp_path / "site")
+    store_url = url + "geoemb.zarr/"
+    assert is_geoemb_store(store_url) and isinstance(open_source(store_url, home=tmp_path / "ws"), ZarrSource)
+    # an NPY mirror has no root zarr.json: a release mirror, as before
+    assert not is_geoemb_store(url + "npy/")
+    assert isinstance(open_source(url + "npy/", home=tmp_path / "ws"), ReleaseSource)
+    handler.log.clear()
+    rep_local = download([tile], 2023, source=root, home=tmp_path / "a", progress=False)
+    rep_http = download([tile], 2023, source=store_url, home=tmp_path / "b", progress=False)
+    assert rep_local.stored == rep_http.stored == [tile] and not rep_http.failed
+    a, b = TileStore(tmp_path / "a").read(tile, 2023), TileStore(tmp_path / "b").read(tile, 2023)
+    np.testing.assert_array_equal(b.embeddings, a.embeddings)
+    np.testing.assert_array_equal(b.scales.view(np.uint32), a.scales.view(np.uint32))
+    assert b.grid == a.grid and b.dataset_version == a.dataset_version == "v1.1"
+    assert b.source == store_url and not b.synthetic
+    assert handler.log.count(("/geoemb.zarr/zarr.json", None, (root / "zarr.json").stat().st_size)) == 1
+
+
+def test_http_reads_only_the_window_of_a_shard(tmp_path, zarr_http):
+    tile = Tile.from_name(NORTH)
+    grid = expected_grid(tile)
+    zone, size = grid.epsg % 100, 1024
+    root = tmp_path / "z.zarr"
+    write_store(root, zone, *_zone_origin(SimpleNamespace(grid=grid), 960, 960), size=size, shard=size, chunk=32)
+    z = zarr.open_group(str(root), mode="r+")[f"utm{zone:02d}"]
+    rng = np.random.default_rng(5)
+    for rows, cols in ((slice(0, 256), slice(0, 256)), (slice(960, size), slice(960, size))):
+        h, w = rows.stop - rows.start, cols.stop - cols.start
+        z["embeddings"][0, :, rows, cols] = rng.integers(-128, 128, (128, h, w), dtype=np.int8)
+        z["scales"][0, rows, cols] = rng.uniform(0.01, 0.1, (h, w)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(root))
+    shard = f"/utm{zone:02d}/embeddings/c/0/0/0/0"
+    shard_size = (root / shard.lstrip("/")).stat().st_size
+    url, handler = zarr_http(root)
+    (want,) = ZarrSource(root).fetch([tile], 2023)
+    (got,) = ZarrSource(url).fetch([tile], 2023)
+    np.testing.assert_array_equal(got.embeddings, want.embeddings)
+    np.testing.assert_array_equal(got.scales.view(np.uint32), want.scales.view(np.uint32))
+    assert got.valid.sum() == 64 * 64
+    reads = [(r, n) for p, r, n in handler.log if p == shard]
+    assert reads and all(r is not None for r, _ in reads), "every read of the shard is a Range request"
+    sent = sum(n for _, n in reads)
+    assert 64 * 64 * 128 <= sent < shard_size / 8, (sent, shard_size)
+
+
+def test_http_retries_a_503_on_a_chunk(tmp_path, zarr_http):
+    data = small_tile(NORTH)
+    store_with(tmp_path / "z.zarr", data)
+    url, handler = zarr_http(tmp_path)
+    shard = "/z.zarr/utm31/scales/c/0/0/0"
+    handler.fail_first[shard] = 1
+    (got,) = ZarrSource(url + "z.zarr", backoff=0.01).fetch([data.tile], 2023)
+    assert_window_equals(got, data)
+    codes = [n for p, _, n in handler.log if p == shard]
+    assert len(codes) >= 2 and codes[0] == 0 and handler.fail_first[shard] == 0
+
+
+def test_http_store_unreachable_fails_clearly_and_quickly():
+    url = "http://127.0.0.1:9/store.zarr/"  # discard port: nothing listens
+    t0 = time.monotonic()
+    with pytest.raises(SourceUnavailableError, match=r"127\.0\.0\.1:9/store\.zarr/.*source="):
+        ZarrSource(url, retries=1, backoff=0.01)
+    with pytest.raises(SourceUnavailableError, match="source="):
+        geoemb_source(url, retries=0)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("key", ["../secret", "/etc/passwd", "http://other.example/x", "a\\b"])
+def test_http_store_refuses_keys_outside_it(key):
+    store = HttpStore(HttpMirror("http://127.0.0.1:9/store.zarr/", retries=0))
+    with pytest.raises(CorruptTileError, match="refusing"):
+        store.url_of(key)
+    assert store.url_of("utm31/./scales/c/0") == "http://127.0.0.1:9/store.zarr/utm31/scales/c/0"
+    store.close()

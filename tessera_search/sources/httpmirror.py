@@ -184,6 +184,105 @@ class HttpMirror:
         return etag
 
 
+    def fetch_bytes(self, url: str, start: int | None = None, end: int | None = None, *,
+                    suffix: int | None = None, what: str | None = None,
+                    missing: tuple[int, ...] = (404,)) -> bytes | None:
+        """The body of ``url`` in memory, or part of it; None when the server has no such file.
+
+        ``start`` (with ``end``, exclusive) asks for bytes ``start`` .. ``end - 1`` (fewer
+        when the file ends first), ``start`` alone for the rest of the file, ``suffix`` for
+        its last ``suffix`` bytes, all with one Range request. A server that ignores the
+        Range is answered from the whole body. Every body's length is checked: a short one
+        is a dropped connection, retried with back-off like 5xx / 429 and unreachable hosts,
+        then SourceUnavailableError naming the URL. HTTP codes in ``missing`` give None,
+        other 4xx SourceUnavailableError at once.
+        """
+        if not self.inside(url):
+            raise SourceUnavailableError(f"{ascii(url)[1:-1]} is not below {self.url}; not fetched")
+        what = what or url
+        attempt = 0
+        while True:
+            try:
+                return self._get_bytes(url, start, end, suffix, missing)
+            except TesseraSearchError:
+                raise
+            except (urllib.error.URLError, OSError, http.client.HTTPException, _Transient) as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    reason = getattr(exc, "reason", exc)
+                    raise SourceUnavailableError(
+                        f"cannot fetch {what} from {url} after {attempt} tries ({reason}); check the "
+                        "network, or pass source=DIR|URL|synthetic"
+                    ) from exc
+                time.sleep(self.backoff * (2 ** (attempt - 1)))
+
+    def _get_bytes(self, url: str, start: int | None, end: int | None, suffix: int | None,
+                   missing: tuple[int, ...]) -> bytes | None:
+        """One GET for :meth:`fetch_bytes`; _Drop for a short body, _Transient for 5xx / 429."""
+        req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        if suffix is not None:
+            if suffix <= 0:
+                return b""
+            req.add_header("Range", f"bytes=-{int(suffix)}")
+        elif start is not None:
+            if end is not None and end <= start:
+                return b""
+            req.add_header("Range", f"bytes={int(start)}-" + ("" if end is None else str(int(end) - 1)))
+        ranged = req.has_header("Range")
+        try:
+            resp = self._opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code in missing:
+                return None
+            if exc.code >= 500 or exc.code == 429:
+                raise _Transient(f"HTTP {exc.code}") from None
+            raise SourceUnavailableError(f"HTTP {exc.code} for {url}") from None
+        with resp:
+            if ranged and resp.status == 206:
+                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
+                if m is None:
+                    raise _Transient(f"a 206 without a usable Content-Range for {url}")
+                first, last = int(m[1]), int(m[2])
+                total = None if m[3] == "*" else int(m[3])
+                if suffix is not None:
+                    if total is None or first != max(0, total - suffix) or last + 1 != total:
+                        raise _Transient(f"the server answered the last {suffix} bytes of {url} with {m[0]}")
+                elif first != start:
+                    raise _Transient(f"the server answered bytes from {start} of {url} with {m[0]}")
+                want = last - first + 1
+                if end is not None:
+                    want = min(want, end - first)  # a server that sends more than asked: keep what we asked
+                body = self._read_exactly(resp, want)
+                return body
+            if resp.status != 200:
+                raise SourceUnavailableError(f"unexpected HTTP {resp.status} for {url}")
+            expected = int_or_none(resp.headers.get("Content-Length"))
+            body = self._read_exactly(resp, expected)
+        if suffix is not None:
+            return body[max(0, len(body) - suffix):]
+        if start is not None:
+            return body[start:end]
+        return body
+
+    @staticmethod
+    def _read_exactly(resp, n: int | None) -> bytes:
+        """``n`` bytes of the body (all of it when ``n`` is None); _Drop when it ends early."""
+        chunks, got = [], 0
+        while n is None or got < n:
+            try:
+                block = resp.read(_BLOCK if n is None else min(_BLOCK, n - got))
+            except (http.client.HTTPException, OSError) as exc:  # IncompleteRead, reset, timeout
+                raise _Drop(got, n) from exc
+            if not block:
+                break
+            chunks.append(block)
+            got += len(block)
+        if n is not None and got < n:
+            raise _Drop(got, n)
+        return b"".join(chunks)
+
+
 
 class _ContainedRedirects(urllib.request.HTTPRedirectHandler):
     """Follow a redirect only when it stays below the source URL."""

@@ -18,6 +18,12 @@ window has no valid pixel is not available.
 
 Only group names ``utmNN`` and the fixed array names are opened, and each zone group's
 folder must resolve inside the store root.
+
+The store may also be an ``http(s)://`` URL (a store served as static files): it is read
+through :class:`~tessera_search.sources.zarrhttp.HttpStore` (every key a path below the
+URL, byte ranges for inner chunks of shards, at most ``workers`` requests at once). Its
+root ``zarr.json`` is fetched once; zone groups are found through the consolidated
+metadata (or, without it, by asking for each ``utmNN/zarr.json``).
 """
 
 from __future__ import annotations
@@ -37,13 +43,53 @@ from ..grid import PIXEL_SIZE, Tile, TileGrid, from_utm, expected_grid, tiles_in
 from ..quant import valid_scales
 from .base import EMBEDDING_DIM, TileData, TileFailure
 
-__all__ = ["DEFAULT_ZARR_VERSION", "ZarrSource", "is_geoemb_store"]
+__all__ = ["DEFAULT_ZARR_VERSION", "ZarrSource", "geoemb_source", "is_geoemb_store"]
 
 DEFAULT_ZARR_VERSION = "v1.1"
 MAX_SCAN_TILES = 20_000  # available(year) without tiles enumerates at most this many cells
 _ZONE_RE = re.compile(r"^utm(0[1-9]|[1-5][0-9]|60)$")
 _VERSION_RE = re.compile(r"^v\d[A-Za-z0-9._~+-]*$")
 _SOUTH_OFFSET = 10_000_000.0  # false northing of the southern UTM zones
+_MAX_ROOT_META = 64 * 1024 * 1024
+
+
+def _is_url(loc: str) -> bool:
+    return loc.lower().startswith(("http://", "https://"))
+
+
+def _mirror(url: str, retries: int | None, backoff: float, timeout: float):
+    from .httpmirror import DEFAULT_RETRIES, HttpMirror
+
+    return HttpMirror(url, DEFAULT_RETRIES if retries is None else retries, backoff, timeout)
+
+
+def _http_root(mirror) -> tuple[dict, bytes] | None:
+    """The root ``zarr.json`` of an http(s) store (parsed, raw); None when there is none.
+
+    SourceUnavailableError when the server cannot be reached (after the mirror's retries).
+    """
+    raw = mirror.fetch_bytes(mirror.join("zarr.json"), what=f"zarr.json of {mirror.url}", missing=(403, 404, 410))
+    if raw is None or len(raw) > _MAX_ROOT_META:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return (doc, raw) if isinstance(doc, dict) else None
+
+
+def _says_geoemb(doc: dict) -> bool | None:
+    """From a root ``zarr.json``: True/False when it decides, None when only listing can tell."""
+    if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+        return False
+    attrs = doc.get("attributes") or {}
+    if isinstance(attrs, dict) and attrs.get("geoemb:spatial_layout") == "utm_zones":
+        return True
+    cons = doc.get("consolidated_metadata")
+    members = cons.get("metadata") if isinstance(cons, dict) else None
+    if isinstance(members, dict) and any(isinstance(k, str) and _ZONE_RE.match(k) for k in members):
+        return True
+    return None
 
 
 def _root_meta(path: Path) -> dict | None:
@@ -57,24 +103,30 @@ def _root_meta(path: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def is_geoemb_store(location: str | os.PathLike[str]) -> bool:
-    """True for a local directory that is a geoemb Zarr v3 store of UTM zone groups.
+def is_geoemb_store(location: str | os.PathLike[str], retries: int | None = None, backoff: float = 0.5,
+                    timeout: float = 60.0) -> bool:
+    """True for a local directory or http(s) URL that is a geoemb Zarr v3 store of UTM zones.
 
     Recognised by the root ``zarr.json`` (a v3 group) with ``geoemb:spatial_layout ==
-    "utm_zones"``, or by child groups named ``utmNN``.
+    "utm_zones"``, or by child groups named ``utmNN`` (in a URL's consolidated metadata).
+    A URL's root ``zarr.json`` is fetched (``retries`` with ``backoff``); a server that
+    cannot be reached is a SourceUnavailableError, one without that file is no store.
     """
     loc = str(location)
+    if _is_url(loc):
+        found = _http_root(_mirror(loc, retries, backoff, timeout))
+        return found is not None and bool(_says_geoemb(found[0]))
     if "://" in loc:
         return False
     path = Path(loc).expanduser()
     if not path.is_dir():
         return False
     doc = _root_meta(path)
-    if doc is None or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+    if doc is None:
         return False
-    attrs = doc.get("attributes") or {}
-    if isinstance(attrs, dict) and attrs.get("geoemb:spatial_layout") == "utm_zones":
-        return True
+    says = _says_geoemb(doc)
+    if says is not None:
+        return says
     try:
         return any(_ZONE_RE.match(p.name) and (p / "zarr.json").is_file() for p in path.iterdir())
     except OSError:
@@ -122,46 +174,100 @@ def _dataset_version(attrs: dict) -> str:
     return DEFAULT_ZARR_VERSION
 
 
+def geoemb_source(location: str | os.PathLike[str], version: str | None = None, **http) -> ZarrSource | None:
+    """A :class:`ZarrSource` when ``location`` is a geoemb store, else None.
+
+    For a URL the root ``zarr.json`` is fetched once, for both the check and the source;
+    ``http`` takes ZarrSource's ``retries``, ``backoff``, ``timeout`` and ``workers``.
+    SourceUnavailableError when the URL cannot be reached.
+    """
+    loc = str(location)
+    if not _is_url(loc):
+        return ZarrSource(loc, version=version) if is_geoemb_store(loc) else None
+    opts = {k: http[k] for k in ("retries", "backoff", "timeout") if k in http}
+    mirror = _mirror(loc, opts.get("retries"), opts.get("backoff", 0.5), opts.get("timeout", 60.0))
+    found = _http_root(mirror)
+    if found is None or not _says_geoemb(found[0]):
+        return None
+    return ZarrSource(loc, version=version, _root=found, **http)
+
+
 class ZarrSource:
-    """A local geoemb Zarr v3 store (layout ``utm_zones``) as a tile source.
+    """A geoemb Zarr v3 store (layout ``utm_zones``), local or http(s), as a tile source.
 
     ``available(year, tiles)`` checks each given tile's window cheaply (the scales window
     only). Without ``tiles`` it enumerates the cells overlapping each zone group's extent,
     which is bounded: a store whose zones span more than ``MAX_SCAN_TILES`` cells needs
     ``tiles`` (InvalidInputError otherwise). ``version`` overrides the dataset version read
     from the root attributes (the model path's version, else ``v1.1``).
+
+    An http(s) ``location`` is read with ``retries`` (back-off ``backoff`` seconds,
+    doubling), ``timeout`` seconds per request and at most ``workers`` requests at once.
     """
 
-    is_http = False
-
-    def __init__(self, location: str | os.PathLike[str], version: str | None = None) -> None:
+    def __init__(self, location: str | os.PathLike[str], version: str | None = None, *,
+                 retries: int | None = None, backoff: float = 0.5, timeout: float = 60.0,
+                 workers: int = 8, _root: tuple[dict, bytes] | None = None) -> None:
         import zarr
 
-        self.root = Path(location).expanduser().absolute()
-        self.label = str(self.root)
-        if not is_geoemb_store(self.root):
-            raise SourceUnavailableError(f"{self.root} is not a geoemb Zarr v3 store (no utm_zones root zarr.json)")
-        self._real_root = self.root.resolve()
+        loc = str(location)
+        self.is_http = _is_url(loc)
+        if self.is_http:
+            from .zarrhttp import HttpStore
+
+            mirror = _mirror(loc, retries, backoff, timeout)
+            self.root = None
+            self.url = self.label = mirror.url
+            found = _root if _root is not None else _http_root(mirror)
+            if found is None or not _says_geoemb(found[0]):
+                raise SourceUnavailableError(
+                    f"{self.url} is not a geoemb Zarr v3 store (no utm_zones root zarr.json); "
+                    "pass source=DIR|URL|synthetic"
+                )
+            self._http_store = HttpStore(mirror, workers=workers, seed={"zarr.json": found[1]})
+            where = self._http_store
+        else:
+            self.root = Path(loc).expanduser().absolute()
+            self.url = None
+            self.label = str(self.root)
+            if not is_geoemb_store(self.root):
+                raise SourceUnavailableError(f"{self.root} is not a geoemb Zarr v3 store (no utm_zones root zarr.json)")
+            self._real_root = self.root.resolve()
+            where = str(self.root)
         try:
-            self._group = zarr.open_group(str(self.root), mode="r", zarr_format=3)
+            self._group = zarr.open_group(where, mode="r", zarr_format=3)
             attrs = dict(self._group.attrs)
+        except SourceUnavailableError:
+            raise
         except Exception as exc:  # zarr raises a variety of errors for damaged stores
-            raise SourceUnavailableError(f"geoemb store {self.root} is unreadable: {exc}") from exc
+            raise SourceUnavailableError(f"geoemb store {self.label} is unreadable: {exc}") from exc
         if version is not None and not _VERSION_RE.match(version):
             raise InvalidInputError(f"dataset version {version!r} is not a plain name like v1.1")
         self.version = version or _dataset_version(attrs)
         self.synthetic = bool(attrs.get("tessera-search:synthetic", False))
         dims = attrs.get("geoemb:dimensions", EMBEDDING_DIM)
         if dims != EMBEDDING_DIM:
-            raise SourceUnavailableError(f"geoemb store {self.root} holds {dims}-dim embeddings, expected {EMBEDDING_DIM}")
+            raise SourceUnavailableError(f"geoemb store {self.label} holds {dims}-dim embeddings, expected {EMBEDDING_DIM}")
         self._zones: dict[int, _Zone | CorruptTileError] = {}
 
     # -- zones ------------------------------------------------------------------------
     def _zone_names(self) -> list[str]:
         try:
             return sorted(k for k in self._group.group_keys() if _ZONE_RE.match(k))
+        except SourceUnavailableError:
+            raise
         except Exception as exc:
-            raise SourceUnavailableError(f"geoemb store {self.root}: cannot list its zone groups: {exc}") from exc
+            if self.is_http and self._group.metadata.consolidated_metadata is None:
+                # a static server cannot list: ask for each zone group instead
+                names = []
+                for zone in range(1, 61):
+                    try:
+                        if self._zone(zone) is not None:
+                            names.append(f"utm{zone:02d}")
+                    except CorruptTileError:
+                        names.append(f"utm{zone:02d}")
+                return names
+            raise SourceUnavailableError(f"geoemb store {self.label}: cannot list its zone groups: {exc}") from exc
 
     def _zone(self, zone: int) -> _Zone | None:
         """The zone group's description; None if absent, CorruptTileError if unusable."""
@@ -174,11 +280,21 @@ class ZarrSource:
 
     def _load_zone(self, zone: int):
         name = f"utm{zone:02d}"
-        folder = self.root / name
-        if not folder.exists():
-            return None
-        if not folder.resolve().is_relative_to(self._real_root):
-            return CorruptTileError(f"zone group {name} leads outside the store {self.root}; nothing was read")
+        if self.is_http:
+            try:
+                self._group[name]
+            except KeyError:
+                return None
+            except SourceUnavailableError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - zarr raises a variety of errors for damaged groups
+                return CorruptTileError(f"zone group {name} of {self.label} is unreadable: {exc}")
+        else:
+            folder = self.root / name
+            if not folder.exists():
+                return None
+            if not folder.resolve().is_relative_to(self._real_root):
+                return CorruptTileError(f"zone group {name} leads outside the store {self.root}; nothing was read")
         try:
             g = self._group[name]
             attrs = dict(g.attrs)
@@ -186,8 +302,10 @@ class ZarrSource:
             years = tuple(int(v) for v in np.asarray(g["time"][...]).ravel()) if "time" in g else tuple(
                 int(v) for v in np.asarray(self._group["time"][...]).ravel()
             )
+        except SourceUnavailableError:
+            raise  # not cached: the next tile asks again
         except Exception as exc:  # noqa: BLE001 - zarr raises a variety of errors for damaged groups
-            return CorruptTileError(f"zone group {name} of {self.root} is unreadable: {exc}")
+            return CorruptTileError(f"zone group {name} of {self.label} is unreadable: {exc}")
         code = str(attrs.get("proj:code", f"EPSG:{32600 + zone}"))
         if code.upper() != f"EPSG:{32600 + zone}":
             return CorruptTileError(f"zone group {name} is in {code}, expected EPSG:{32600 + zone}")
@@ -249,6 +367,8 @@ class ZarrSource:
             zr, zc, tr, tc = ov
             try:
                 sc[tr, tc] = np.asarray(self._group[win.zone.name]["scales"][t, zr, zc], dtype=np.float32)
+            except (SourceUnavailableError, CorruptTileError):
+                raise
             except Exception as exc:
                 raise CorruptTileError(f"{win.grid.tile.name}: scales of zone group {win.zone.name} are unreadable: {exc}") from exc
         return sc
@@ -261,6 +381,8 @@ class ZarrSource:
             zr, zc, tr, tc = ov
             try:
                 block = np.asarray(self._group[win.zone.name]["embeddings"][t, :, zr, zc])
+            except (SourceUnavailableError, CorruptTileError):
+                raise
             except Exception as exc:
                 raise CorruptTileError(
                     f"{win.grid.tile.name}: embeddings of zone group {win.zone.name} are unreadable: {exc}"
@@ -272,13 +394,13 @@ class ZarrSource:
     def _has_valid(self, tile: Tile, year: int) -> bool:
         try:
             win = self._window(tile)
-        except CorruptTileError:
+        except (CorruptTileError, SourceUnavailableError):
             return True  # let fetch report why it cannot be used
         if win is None or year not in win.zone.years:
             return False
         try:
             return bool(valid_scales(self._read_scales(win, win.zone.years.index(year))).any())
-        except CorruptTileError:
+        except (CorruptTileError, SourceUnavailableError):
             return True
 
     def _candidates(self, year: int) -> list[Tile]:
@@ -303,7 +425,7 @@ class ZarrSource:
             n = (math.ceil(east * 10) - math.floor(west * 10)) * (math.ceil(north * 10) - math.floor(south * 10))
             if len(out) + n > MAX_SCAN_TILES:
                 raise InvalidInputError(
-                    f"geoemb store {self.root} spans more than {MAX_SCAN_TILES} tiles; "
+                    f"geoemb store {self.label} spans more than {MAX_SCAN_TILES} tiles; "
                     "pass the tiles to check (available(year, tiles=...))"
                 )
             out.extend(tile for tile in tiles_in_bbox(west, south, east, north) if tile.epsg % 100 == z.zone)
@@ -327,7 +449,7 @@ class ZarrSource:
         try:
             win = self._window(tile)
             if win is None:
-                return TileFailure(tile, year, f"{self.root} has no zone group utm{tile.epsg % 100:02d}")
+                return TileFailure(tile, year, f"{self.label} has no zone group utm{tile.epsg % 100:02d}")
             if year not in win.zone.years:
                 return TileFailure(
                     tile, year, f"zone group {win.zone.name} has no year {year} (its time coordinate holds "
@@ -340,5 +462,5 @@ class ZarrSource:
                 tile=tile, year=year, embeddings=emb, scales=sc, grid=win.grid,
                 dataset_version=self.version, source=self.label, synthetic=self.synthetic,
             )
-        except CorruptTileError as exc:
+        except (CorruptTileError, SourceUnavailableError) as exc:
             return TileFailure(tile, year, str(exc))
