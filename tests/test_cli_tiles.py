@@ -161,3 +161,17 @@ def test_synthesize_then_download_nairobi(cli, tmp_path, home, http_mirror):
         a, b = TileStore(home).read(tile, 2023), TileStore(home2).read(tile, 2023)
         np.testing.assert_array_equal(a.embeddings, b.embeddings)
         np.testing.assert_array_equal(a.scales.view(np.uint32), b.scales.view(np.uint32))
+
+
+def test_pixel_fetches_its_tile_with_source_and_names_the_command_without(cli, tmp_path, home):
+    written = write_mirror(tmp_path / "m", NAIROBI_TILES[3:])
+    data = written[NAIROBI_TILES[3]]
+    lon, lat = pixel_to_lonlat(data.grid, 20, 20)
+    code, _, err = cli("--home", home, "pixel", "--point", f"{float(lon)},{float(lat)}", "--year", "2023")
+    assert code == 1 and "NoCoverageError" in err
+    assert f"tessera-search download --tile {NAIROBI_TILES[3]} --year 2023" in err
+    code, out, err = cli("--home", home, "pixel", "--point", f"{float(lon)},{float(lat)}", "--year", "2023",
+                         "--source", tmp_path / "m", "--json")
+    assert code == 0, err
+    px = json.loads(out)
+    assert px["tile"] == NAIROBI_TILES[3] and px["int8"] == [int(v) for v in data.embeddings[20, 20]]

@@ -119,12 +119,18 @@ def info(json: Json = False) -> None:
 def pixel(
     point: Annotated[str, typer.Option("--point", help="LON,LAT in degrees, e.g. 36.8,-1.3.")],
     year: Year,
+    source: Source = None,
     json: Json = False,
 ) -> None:
-    """Show one stored pixel: tile, row, col, validity, scale, int8 vector, embedding."""
-    from ..grid import parse_point
+    """Show one stored pixel: tile, row, col, validity, scale, int8 vector, embedding.
+
+    With --source, the pixel's tile is fetched first when the store lacks it."""
+    from ..grid import parse_point, tile_for_point
 
     lon, lat = parse_point(point)
+    if source is not None:
+        state.workspace.ensure_tiles([tile_for_point(lon, lat)], year, source=source,
+                                     what=f"the point ({lon}, {lat})", progress=bar(json))
     px = state.workspace.pixel(lon, lat, year).to_json()
     if json:
         print_json(px)
