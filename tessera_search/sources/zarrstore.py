@@ -49,6 +49,7 @@ DEFAULT_ZARR_VERSION = "v1.1"
 MAX_SCAN_TILES = 20_000  # available(year) without tiles enumerates at most this many cells
 _ZONE_RE = re.compile(r"^utm(0[1-9]|[1-5][0-9]|60)$")
 _VERSION_RE = re.compile(r"^v\d[A-Za-z0-9._~+-]*$")
+_BARE_VERSION_RE = re.compile(r"^(\d+)(?:\.(\d+))?$")  # geotessera's model path: 1.0, 1.1
 _SOUTH_OFFSET = 10_000_000.0  # false northing of the southern UTM zones
 _MAX_ROOT_META = 64 * 1024 * 1024
 
@@ -168,6 +169,11 @@ def _dataset_version(attrs: dict) -> str:
         last = model.rstrip("/").rsplit("/", 1)[-1]
         if _VERSION_RE.match(last):
             return last
+        # geotessera's zarr-init writes the normalised model version (".../model/1.0",
+        # ".../model/1.1"); the release's version directories are v1, v1.1, v2.
+        bare = _BARE_VERSION_RE.match(last)
+        if bare:
+            return f"v{bare.group(1)}" + (f".{bare.group(2)}" if bare.group(2) not in (None, "0") else "")
     build = attrs.get("geoemb:build_version")
     if isinstance(build, str) and _VERSION_RE.match(build):
         return build
