@@ -19,39 +19,50 @@ def home(tmp_path) -> Path:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with Range requests and a content-MD5 ETag, like an object store."""
+    """Static files with Range requests (``a-b``, ``a-``, ``-n``) and a content-MD5 ETag,
+    like an object store. ``requests`` lists the paths asked for, ``log`` each request's
+    (path, Range header, body bytes sent); ``fail_first[path] = n`` answers 503 n times."""
 
     fail_first: dict[str, int] = {}
     requests: list[str] = []
+    log: list[tuple[str, str | None, int]] = []
 
     def log_message(self, *args):  # keep test output quiet
         pass
 
     def do_GET(self):  # noqa: N802 - http.server naming
         type(self).requests.append(self.path)
+        rng = self.headers.get("Range")
         remaining = type(self).fail_first.get(self.path, 0)
         if remaining:
             type(self).fail_first[self.path] = remaining - 1
+            type(self).log.append((self.path, rng, 0))
             self.send_error(503, "try again")
             return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
+            type(self).log.append((self.path, rng, 0))
             self.send_error(404)
             return
         data = path.read_bytes()
         etag = hashlib.md5(data).hexdigest()
-        rng = self.headers.get("Range")
-        start = 0
+        first, last = 0, len(data) - 1
         if rng and rng.startswith("bytes="):
-            start = int(rng[6:].split("-")[0])
-            if start >= len(data):
+            a, b = rng[6:].split("-")
+            if a:
+                first, last = int(a), min(int(b), last) if b else last
+            else:  # a suffix: the last n bytes
+                first = max(0, len(data) - int(b))
+            if first >= len(data):
+                type(self).log.append((self.path, rng, 0))
                 self.send_error(416)
                 return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
         else:
             self.send_response(200)
-        body = data[start:]
+        body = data[first:last + 1]
+        type(self).log.append((self.path, rng, len(body)))
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", f'"{etag}"')
         self.end_headers()
@@ -64,12 +75,13 @@ def http_mirror():
     servers = []
 
     def serve(root: Path):
-        handler = type("Handler", (_Handler,), {"fail_first": {}, "requests": []})
+        handler = type("Handler", (_Handler,), {"fail_first": {}, "requests": [], "log": []})
 
         def make(*args, **kwargs):
             return handler(*args, directory=str(root), **kwargs)
 
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
+        srv.daemon_threads = True
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}/", handler

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import ClassVar
 
 import numpy as np
 import pytest
 import zarr
 from _helpers import small_tile, write_mirror
-from conftest import _Handler
 
 from tessera_search.errors import CorruptTileError, SourceUnavailableError
 from tessera_search.grid import Tile, expected_grid
@@ -198,65 +194,11 @@ def test_bad_version_override_is_refused(tmp_path, version):
 
 
 # -- over http --------------------------------------------------------------------------
-class _RangeHandler(_Handler):
-    """The mirror fixture's handler with whole Range syntax (a-b, a-, -n) and a log of
-    (path, Range header, body bytes sent) per request."""
-
-    log: ClassVar[list[tuple[str, str | None, int]]] = []
-
-    def do_GET(self):
-        rng = self.headers.get("Range")
-        remaining = type(self).fail_first.get(self.path, 0)
-        if remaining:
-            type(self).fail_first[self.path] = remaining - 1
-            type(self).log.append((self.path, rng, 0))
-            self.send_error(503, "try again")
-            return
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            type(self).log.append((self.path, rng, 0))
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        first, last = 0, len(data) - 1
-        if rng and rng.startswith("bytes="):
-            a, b = rng[6:].split("-")
-            first, last = (max(0, len(data) - int(b)), len(data) - 1) if not a else (int(a), min(int(b or last), last))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[first:last + 1]
-        type(self).log.append((self.path, rng, len(body)))
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def zarr_http():
-    """Serve a directory on 127.0.0.1 with ``_RangeHandler``: ``serve(root) -> (url, handler)``."""
-    servers = []
-
-    def serve(root: Path):
-        handler = type("Handler", (_RangeHandler,), {"fail_first": {}, "requests": [], "log": []})
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(root), **k))
-        srv.daemon_threads = True
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/", handler
-
-    yield serve
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-
-
-def test_http_store_ingests_like_the_local_store(tmp_path, zarr_http):
+def test_http_store_ingests_like_the_local_store(tmp_path, http_mirror):
     tile = Tile.from_name(NORTH)
     written = write_mirror(tmp_path / "site" / "npy", [NORTH])
     root = store_with(tmp_path / "site" / "geoemb.zarr", written[NORTH])
-    url, handler = zarr_http(tmp_path / "site")
+    url, handler = http_mirror(tmp_path / "site")
     store_url = url + "geoemb.zarr/"
     assert is_geoemb_store(store_url) and isinstance(open_source(store_url, home=tmp_path / "ws"), ZarrSource)
     # an NPY mirror has no root zarr.json: a release mirror, as before
@@ -274,7 +216,7 @@ def test_http_store_ingests_like_the_local_store(tmp_path, zarr_http):
     assert handler.log.count(("/geoemb.zarr/zarr.json", None, (root / "zarr.json").stat().st_size)) == 1
 
 
-def test_http_reads_only_the_window_of_a_shard(tmp_path, zarr_http):
+def test_http_reads_only_the_window_of_a_shard(tmp_path, http_mirror):
     tile = Tile.from_name(NORTH)
     grid = expected_grid(tile)
     zone, size = grid.epsg % 100, 1024
@@ -291,7 +233,7 @@ def test_http_reads_only_the_window_of_a_shard(tmp_path, zarr_http):
         zarr.consolidate_metadata(str(root))
     shard = f"/utm{zone:02d}/embeddings/c/0/0/0/0"
     shard_size = (root / shard.lstrip("/")).stat().st_size
-    url, handler = zarr_http(root)
+    url, handler = http_mirror(root)
     (want,) = ZarrSource(root).fetch([tile], 2023)
     (got,) = ZarrSource(url).fetch([tile], 2023)
     np.testing.assert_array_equal(got.embeddings, want.embeddings)
@@ -303,10 +245,10 @@ def test_http_reads_only_the_window_of_a_shard(tmp_path, zarr_http):
     assert 64 * 64 * 128 <= sent < shard_size / 8, (sent, shard_size)
 
 
-def test_http_retries_a_503_on_a_chunk(tmp_path, zarr_http):
+def test_http_retries_a_503_on_a_chunk(tmp_path, http_mirror):
     data = small_tile(NORTH)
     store_with(tmp_path / "z.zarr", data)
-    url, handler = zarr_http(tmp_path)
+    url, handler = http_mirror(tmp_path)
     shard = "/z.zarr/utm31/scales/c/0/0/0"
     handler.fail_first[shard] = 1
     (got,) = ZarrSource(url + "z.zarr", backoff=0.01).fetch([data.tile], 2023)
