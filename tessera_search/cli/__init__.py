@@ -61,15 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     want_json = "--json" in args
     _register()
     command = typer.main.get_command(app)
-    click_error = _click_exceptions().ClickException
     with warnings.catch_warnings():
         warnings.simplefilter("always", TesseraSearchWarning)
         warnings.showwarning = _show_warning
         try:
             result = command.main(args=args, prog_name="tessera-search", standalone_mode=False)
-        except click_error as exc:
+        except typer.TyperException as exc:  # typer's own (vendored click) parameter and usage errors
             _usage_error(exc, want_json)
-            return exc.exit_code
+            return int(getattr(exc, "exit_code", 2))
         except typer.Abort:
             err_console.print("aborted")
             return 1
@@ -85,15 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     return 0
-
-
-def _click_exceptions():
-    """The click exception module typer uses (vendored as ``typer._click`` from typer 0.29)."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # older typer: click itself
-        from click import exceptions
-    return exceptions
 
 
 # Library parameters that are CLI options of the same name (underscores as dashes).
@@ -167,7 +157,7 @@ def _usage_error(exc, want_json: bool) -> None:
     from typer import rich_utils
 
     if want_json:
-        name = "UsageError" if isinstance(exc, _click_exceptions().UsageError) else type(exc).__name__
+        name = "UsageError" if getattr(exc, "exit_code", 2) == 2 else type(exc).__name__
         print_error_json(exc, name=name, message=exc.format_message())
     rich_utils.rich_format_error(exc)
 
