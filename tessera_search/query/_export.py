@@ -43,19 +43,9 @@ def _sample_rows(read, n: int, size: int, rng) -> np.ndarray:
 
 def _tile_coverage(index, tile: Tile) -> np.ndarray:
     """(H, W) bool: the pixels of ``tile`` that are in the index."""
-    grid = index.grid(tile)
-    mask = np.zeros(grid.shape, bool)
-    for shard in index.shards:
-        if tile.name not in shard.tiles or shard.n_vectors == 0:
-            continue
-        from ..grid import tile_id_prefix
-
-        lo = tile_id_prefix(tile)
-        hi = lo + (1 << 32)
-        ids = np.asarray(shard.ids)
-        a, b = np.searchsorted(ids, lo), np.searchsorted(ids, hi)
-        _, _, r, c = unpack_ids(ids[a:b])
-        mask[r, c] = True
+    mask = np.zeros(index.grid(tile).shape, bool)
+    _, _, r, c = unpack_ids(_tile_rows(index, tile)[1])
+    mask[r, c] = True
     return mask
 
 

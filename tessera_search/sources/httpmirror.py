@@ -142,9 +142,7 @@ class HttpMirror:
                     return None  # already complete; the checks that follow decide
                 part.unlink()  # our partial file is longer than the file: start again
                 raise _Transient(f"{what} on the server is not the file we had begun") from None
-            if exc.code >= 500 or exc.code == 429:
-                raise _Transient(f"HTTP {exc.code}") from None
-            raise SourceUnavailableError(f"HTTP {exc.code} for {url}") from None
+            raise _status_error(exc.code, url) from None
         with resp:
             if have and resp.status == 206:
                 m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
@@ -235,9 +233,7 @@ class HttpMirror:
             exc.close()
             if exc.code in missing:
                 return None
-            if exc.code >= 500 or exc.code == 429:
-                raise _Transient(f"HTTP {exc.code}") from None
-            raise SourceUnavailableError(f"HTTP {exc.code} for {url}") from None
+            raise _status_error(exc.code, url) from None
         with resp:
             if ranged and resp.status == 206:
                 m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
@@ -282,6 +278,13 @@ class HttpMirror:
             raise _Drop(got, n)
         return b"".join(chunks)
 
+
+
+def _status_error(code: int, url: str) -> Exception:
+    """A failed HTTP status: transient (retried) for 5xx and 429, final otherwise."""
+    if code >= 500 or code == 429:
+        return _Transient(f"HTTP {code}")
+    return SourceUnavailableError(f"HTTP {code} for {url}")
 
 
 class _ContainedRedirects(urllib.request.HTTPRedirectHandler):
