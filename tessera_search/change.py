@@ -536,7 +536,8 @@ def write_change_quicklook(
     a small one is enlarged by whole pixels (:mod:`tessera_search.quicklook`).
     """
     from .export import quicklook_path
-    from .quicklook import RAMP_CHANGE, Markers, ValueLayer, paint, read_raster
+    from .quicklook import RAMP_CHANGE, Markers, ValueLayer, paint
+    from .raster_view import read_raster
 
     raster = Path(raster)
     png = quicklook_path(raster) if png is None else Path(png)

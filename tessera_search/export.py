@@ -554,9 +554,10 @@ def write_quicklook(
     white. Lon/lat ticks, a scale bar, and the ``SYNTHETIC DATA`` badge when
     ``synthetic`` (default: the raster's ``synthetic`` tag). The raster is read decimated
     (from its overviews) to at most ``max_size`` pixels a side
-    (:func:`tessera_search.quicklook.read_raster`, :func:`~tessera_search.quicklook.paint`).
+    (:func:`tessera_search.raster_view.read_raster`, :func:`~tessera_search.quicklook.paint`).
     """
-    from .quicklook import RAMP_GREY, ClassLayer, ValueLayer, paint, read_raster
+    from .quicklook import RAMP_GREY, ClassLayer, ValueLayer, paint
+    from .raster_view import read_raster
 
     raster = Path(raster)
     png = quicklook_path(raster) if png is None else Path(png)

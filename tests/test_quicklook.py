@@ -19,9 +19,9 @@ from tessera_search.quicklook import (
     ValueLayer,
     nice_length,
     paint,
-    read_raster,
     render,
 )
+from tessera_search.raster_view import read_raster
 
 TILE = Tile.from_name("grid_36.75_-1.25")  # EPSG:32737
 

@@ -119,7 +119,8 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024, prog
     of the tiles holding them, the examples marked (cyan +, red x for negatives), with a
     legend, scale bar and lon/lat ticks. Tiles of several UTM zones are drawn in EPSG:4326."""
     from ..export import RasterWriter
-    from ..quicklook import Markers, RGBLayer, paint, read_raster
+    from ..quicklook import Markers, RGBLayer, paint
+    from ..raster_view import read_raster
 
     if len(result) == 0:
         raise NoDataError("no matches to draw; loosen the threshold or raise k")
