@@ -49,34 +49,65 @@ class SyntheticSource:
                 on_progress(i)
 
 
+def _location(source) -> tuple[str | None, str | None]:
+    """(location, dataset name) of a source argument (a SourceSpec, a path, a URL or None)."""
+    from .sources.datasets import SourceSpec
+
+    if isinstance(source, SourceSpec):
+        return source.location, source.dataset
+    return (None if source is None else os.fspath(source) if isinstance(source, os.PathLike) else str(source)), None
+
+
 def open_source(
-    source: str | os.PathLike[str] | None,
+    source,
     home: str | os.PathLike[str] | None = None,
     version: str | None = None,
     workers: int = 4,
 ):
-    """A source from its spec: None (the public registry), a directory, a URL or 'synthetic'.
+    """A source from its spec: a directory, a URL (``http(s)://``, ``s3://``), 'synthetic',
+    a :class:`~tessera_search.sources.datasets.SourceSpec`, or None (the default dataset's
+    published home, see :mod:`.sources.datasets`).
 
-    A directory or http(s) URL that is a geoemb Zarr v3 store (a URL's root ``zarr.json``
-    is fetched to tell) opens as a :class:`~tessera_search.sources.zarrstore.ZarrSource`;
-    any other as a release mirror.
+    The kind is recognised from the location: an Icechunk repository (a directory with
+    ``refs/`` and ``snapshots/``, or an ``s3://`` prefix ending ``.icechunk``) opens as an
+    :class:`~tessera_search.sources.icechunkstore.IcechunkSource`; a directory, http(s) or
+    ``s3://`` URL that is a geoemb Zarr v3 store (a URL's root ``zarr.json`` is fetched to
+    tell) as a :class:`~tessera_search.sources.zarrstore.ZarrSource`; any other directory
+    or URL as an NPY release mirror (``version``: its ``npy/<version>`` folder).
 
     ``synthetic`` takes an optional seed, ``synthetic:7``.
     """
-    from .sources.release import DEFAULT_SOURCE_URL, ReleaseSource
+    from .sources.datasets import dataset
+    from .sources.release import ReleaseSource
 
     home = resolve_home(home)
-    spec = DEFAULT_SOURCE_URL if source is None else str(source)
+    location, name = _location(source)
+    ds = dataset(name) if name is not None or location is None else None
+    spec = ds.home if location is None else location
     if spec == "synthetic" or spec.startswith("synthetic:"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return SyntheticSource(seed=seed, version=version or "v1")
+    from .sources.icechunkstore import IcechunkSource, is_icechunk_repo
     from .sources.zarrstore import geoemb_source
 
-    if source is not None:  # a geoemb Zarr v3 store (utmNN zone groups), local or http(s)
+    if is_icechunk_repo(spec):  # hemisphere groups NNN/NNS, local or s3://
+        return IcechunkSource(spec, version=version, workers=workers)
+    if spec.lower().startswith("s3://"):  # a geoemb Zarr store in a bucket, read over HTTPS
+        from .sources.icechunkstore import s3_http_url
+
+        zarr_src = geoemb_source(s3_http_url(spec), version=version, workers=workers)
+        if zarr_src is None:
+            raise SourceUnavailableError(
+                f"{spec} is neither an Icechunk repository nor a geoemb Zarr store (no utm_zones root zarr.json)"
+            )
+        return zarr_src
+    if location is not None or ds.name != "v1":  # a geoemb Zarr v3 store (utmNN zone groups), local or http(s)
         zarr_src = geoemb_source(spec, version=version)
         if zarr_src is not None:
             return zarr_src
-    return ReleaseSource(spec, version=version, download_dir=home / "downloads", workers=workers)
+    # an NPY release mirror: its npy/<version> folder is the dataset's version unless given
+    folder = version or (ds.version if ds is not None else None)
+    return ReleaseSource(spec, version=folder, download_dir=home / "downloads", workers=workers)
 
 
 @dataclass
@@ -133,16 +164,22 @@ def download(
     report = DownloadReport(year=int(year), source="" if source is None else str(source), present=present)
     if not missing:
         return report
-    src = open_source(source, home, version=version, workers=workers)
-    report.source = src.label
+    location, name = _location(source)
+    ds = None
+    if name is not None or location is None:
+        from .sources.datasets import dataset
+
+        ds = dataset(name)
     try:
+        src = open_source(source, home, version=version, workers=workers)
+        report.source = src.label
         avail = src.available(year, missing)
     except SourceUnavailableError as exc:
-        if source is not None:
+        if location is not None:
             raise
         raise SourceUnavailableError(
-            f"the public TESSERA registry ({src.label}) cannot be reached: {exc}. "
-            "Work offline with source=DIR|URL|synthetic"
+            f"cannot reach the published store of dataset {ds.name} ({ds.home}): {exc}. "
+            "Work offline with source=DIR|URL|synthetic (a local mirror, Zarr store or Icechunk repository)"
         ) from exc
     report.unavailable = [t for t in missing if t not in avail]
     todo = [t for t in missing if t in avail]
@@ -151,6 +188,8 @@ def download(
     datasets = _stored_datasets(catalog, year)
     with progress_bar(progress, f"tiles {year}", len(todo)) as advance:
         for item in src.fetch(todo, year):
+            if ds is not None and not isinstance(item, TileFailure):
+                item = _as_dataset(item, ds, src)
             if not isinstance(item, TileFailure) and datasets and item.dataset_version not in datasets:
                 # one dataset per workspace year: v1 and v1.1 embeddings are not comparable
                 item = TileFailure(item.tile, item.year, (
@@ -166,6 +205,16 @@ def download(
             advance()
     report.stored.sort()
     return report
+
+
+def _as_dataset(item: TileData, ds, src) -> TileData | TileFailure:
+    """The tile recorded as dataset ``ds``, or a failure when the source says another version."""
+    if getattr(src, "synthetic", False) or ds.says(item.dataset_version):
+        item.dataset_version = ds.name
+        return item
+    return TileFailure(item.tile, item.year, (
+        f"it is dataset version {item.dataset_version} (as {src.label} says), not {ds.version} of dataset "
+        f"{ds.name}; datasets never mix (pass the dataset the source holds, e.g. dataset={item.dataset_version})"))
 
 
 def _stored_datasets(catalog, year: int) -> set[str]:

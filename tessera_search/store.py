@@ -13,6 +13,9 @@ Layout under the workspace::
           scales       float32 (H, W)       as published (NaN / inf / sentinels kept),
                                             chunks (256, 256), zstd
           valid        bool    (H, W)       the scale validity rule, chunks (256, 256), zstd
+          observations uint16  (H, W, 3)    optional: valid observations per pixel (S2, S1
+                                            ascending, S1 descending; attrs["observations"]
+                                            names them), where the source publishes them
 
 The inner chunks make a random pixel read touch 512 KiB, not the whole tile; the single
 shard keeps a whole-tile scan one sequential read (64-pixel inner chunks measured 3x
@@ -48,7 +51,7 @@ from ._io import atomic_dir
 from .errors import StoreError, TileNotFoundError
 from .grid import Tile, TileGrid
 from .quant import valid_scales
-from .sources.base import TileData
+from .sources.base import OBSERVATION_KINDS, TileData
 
 __all__ = ["TileStore"]
 
@@ -232,7 +235,25 @@ class TileStore:
             dataset_version=str(a.get("dataset_version", "")),
             source=str(a.get("source", "")),
             synthetic=bool(a.get("synthetic", False)),
+            observations=np.asarray(g["observations"][...]) if a.get("observations") else None,
         )
+
+    def read_observations(self, tile: Tile, year: int, rows, cols) -> dict[str, np.ndarray] | None:
+        """Observation counts at the given pixels, by kind (``{"s2": (N,) uint16, ...}``);
+        None when the tile's source did not publish them."""
+        g = self._open(tile, year)
+        kinds = g.attrs.get("observations")
+        if not kinds:
+            return None
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        cols = np.asarray(cols, dtype=np.int64).ravel()
+        try:
+            arr = g["observations"]
+            got = np.stack([np.asarray(arr[int(r), int(c), :]) for r, c in zip(rows, cols, strict=True)]) \
+                if rows.size else np.zeros((0, len(kinds)), np.uint16)
+        except Exception as exc:
+            raise StoreError(f"observation counts of {tile.name} ({year}) in {self.root} are unreadable: {exc}") from exc
+        return {str(k): got[:, i] for i, k in enumerate(kinds)}
 
     def read_valid(self, tile: Tile, year: int) -> np.ndarray:
         """(H, W) bool validity mask (scale finite, > 0, < 1)."""
@@ -274,6 +295,44 @@ class TileStore:
             sc[grp] = sblock[rows[grp] - r0, cols[grp] - c0]
         return emb, sc
 
+    def embedding_file(self, tile: Tile, year: int) -> tuple[Path, np.ndarray] | None:
+        """Where each pixel's int8 vector lies in the tile's one embeddings shard file.
+
+        Returns ``(path, first)``: ``first[i, j]`` is the row (of 128 bytes) of the file at
+        which inner chunk (i, j) begins (-1: the chunk was never written, all zero), so pixel
+        (r, c) is row ``first[r // 64, c // 64] + (r % 64) * 64 + c % 64``. This is what lets
+        an index re-rank from the store's own bytes, memory-mapped, instead of keeping a
+        second copy. None when the array is not laid out that way (another codec, an older
+        store): read pixels with :meth:`read_pixels` then.
+        """
+        gdir = self._group_path(tile, year) / "embeddings"
+        try:
+            meta = json.loads((gdir / "zarr.json").read_text())
+            (codec,) = meta["codecs"]
+            conf = codec["configuration"]
+            h, w, d = meta["shape"]
+            plain = (codec["name"] == "sharding_indexed" and conf["chunk_shape"] == [_CHUNK, _CHUNK, d]
+                     and [c["name"] for c in conf["codecs"]] == ["bytes"]
+                     and [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
+                     and conf.get("index_location", "end") == "end" and meta["data_type"] == "int8"
+                     and meta["chunk_grid"]["configuration"]["chunk_shape"] == [_round_up(h, _CHUNK), _round_up(w, _CHUNK), d])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        path = gdir / "c" / "0" / "0" / "0"
+        if not plain or not path.is_file():
+            return None
+        nr, nc = _round_up(h, _CHUNK) // _CHUNK, _round_up(w, _CHUNK) // _CHUNK
+        n_index = nr * nc * 16
+        with open(path, "rb") as f:
+            f.seek(-(n_index + 4), os.SEEK_END)
+            index = np.frombuffer(f.read(n_index), dtype="<u8").reshape(nr, nc, 2)
+        offset, nbytes = index[..., 0], index[..., 1]
+        empty = offset == np.iinfo(np.uint64).max
+        chunk_bytes = _CHUNK * _CHUNK * d
+        if np.any(~empty & ((nbytes != chunk_bytes) | (offset % d != 0))):
+            return None
+        return path, np.where(empty, -1, (offset // d).astype(np.int64))
+
     # -- writes ---------------------------------------------------------------------
     def write(self, data: TileData) -> dict:
         """Store a tile-year atomically (replacing any earlier copy); returns its attrs."""
@@ -296,6 +355,7 @@ class TileStore:
             "source": data.source,
             "synthetic": bool(data.synthetic),
             "n_valid": int(valid.sum()),
+            **({"observations": list(OBSERVATION_KINDS)} if data.observations is not None else {}),
             "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         shard = (_round_up(h, _CHUNK), _round_up(w, _CHUNK))
@@ -319,6 +379,13 @@ class TileStore:
                     compressors=ZstdCodec(level=3), fill_value=False,
                 )
                 v[...] = valid
+                if data.observations is not None:
+                    o = g.create_array(
+                        "observations", shape=(h, w, len(OBSERVATION_KINDS)), dtype="uint16",
+                        chunks=(_SMALL_CHUNK, _SMALL_CHUNK, len(OBSERVATION_KINDS)),
+                        compressors=ZstdCodec(level=3), fill_value=0,
+                    )
+                    o[...] = data.observations
         except OSError as exc:
             raise StoreError(f"could not write {data.label} to {self.root}: {exc}") from exc
         return attrs

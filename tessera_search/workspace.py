@@ -143,6 +143,7 @@ class Pixel:
     int8: np.ndarray = field(repr=False)
     dataset_version: str | None = None
     synthetic: bool = False
+    observations: dict[str, int] | None = None
 
     @property
     def embedding(self) -> np.ndarray | None:
@@ -159,7 +160,8 @@ class Pixel:
         return {"tile": self.tile, "year": self.year, "row": self.row, "col": self.col, "id": self.id,
                 "lon": self.lon, "lat": self.lat, "valid": self.valid, "scale": self.scale,
                 "int8": [int(v) for v in self.int8], "embedding": None if emb is None else [float(v) for v in emb],
-                "dataset_version": self.dataset_version, "synthetic": self.synthetic}
+                "dataset_version": self.dataset_version, "synthetic": self.synthetic,
+                "observations": self.observations}
 
 
 class Workspace:
@@ -221,10 +223,12 @@ class Workspace:
         scale = np.float32(s[0])
         clon, clat = pixel_to_lonlat(self.store.grid(tile, year), row, col)
         attrs = self.store.attrs(tile, year)
+        obs = self.store.read_observations(tile, year, [row], [col])
         return Pixel(tile=tile.name, year=int(year), row=row, col=col, id=int(pack_ids(tile.ix, tile.iy, row, col)),
                      lon=float(clon), lat=float(clat), valid=bool(valid_scales(scale)),
                      scale=float(scale) if np.isfinite(scale) else None, int8=np.asarray(q[0], np.int8),
-                     dataset_version=attrs.get("dataset_version"), synthetic=bool(attrs.get("synthetic", False)))
+                     dataset_version=attrs.get("dataset_version"), synthetic=bool(attrs.get("synthetic", False)),
+                     observations=None if obs is None else {k: int(v[0]) for k, v in obs.items()})
 
     # -- the whole ------------------------------------------------------------------------
     def info(self) -> dict:

@@ -111,13 +111,16 @@ def test_offline_source_fails_clearly(home):
         ReleaseSource(src, download_dir=home, retries=1, backoff=0.01).available(2023)
 
 
-def test_default_registry_unreachable_says_so(home, monkeypatch):
+def test_v1_registry_unreachable_says_so(home, monkeypatch):
+    import dataclasses
+
+    import tessera_search.sources.datasets as datasets
     import tessera_search.sources.release as release
 
-    monkeypatch.setattr(release, "DEFAULT_SOURCE_URL", "http://127.0.0.1:9/")
+    monkeypatch.setitem(datasets.DATASETS, "v1", dataclasses.replace(datasets.DATASETS["v1"], home="http://127.0.0.1:9/"))
     monkeypatch.setattr(release, "DEFAULT_RETRIES", 0)
-    with pytest.raises(SourceUnavailableError, match="public TESSERA registry.*source="):
-        download(TILES[:1], 2023, source=None, home=home, progress=False)
+    with pytest.raises(SourceUnavailableError, match=r"store of dataset v1 \(http://127.0.0.1:9/\).*source="):
+        download(TILES[:1], 2023, source=datasets.SourceSpec(None, "v1"), home=home, progress=False)
 
 
 def test_missing_directory_and_non_release_directory(tmp_path, home):

@@ -9,7 +9,8 @@ import typer
 
 from ._app import app, state
 from ._console import bar, out_console, print_json
-from .options import BBox, Json, Region, RegionFile, Source, Tiles, region_from_options
+from ..sources.datasets import source_spec
+from .options import BBox, Json, Region, RegionFile, DatasetName, Source, Tiles, region_from_options
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -33,7 +34,7 @@ def change(
     top_out: Annotated[Path | None, typer.Option(
         "--top-out", help="Write the --top places as points: .geojson, .parquet (GeoParquet) or .csv.",
         show_default=False)] = None,
-    source: Source = None,
+    source: Source = None, dataset: DatasetName = None,
     json: Json = False,
 ) -> None:
     """Change between two years: per-pixel cosine distance of the embeddings.
@@ -60,7 +61,7 @@ def change(
     if per_tile and out is None:
         raise typer.BadParameter("--per-tile needs --out (the stem of the per-tile file names)", param_hint="--per-tile")
     reg = region_from_options(region, bbox, region_file, tile)
-    res = change_map(reg, pair, out, home=state.home, source=source, crs=crs, per_tile=per_tile, top=top,
+    res = change_map(reg, pair, out, home=state.home, source=source_spec(source, dataset), crs=crs, per_tile=per_tile, top=top,
                      min_separation=min_separation, progress=bar(json), top_out=top_out)
     if res.skipped:
         from ._console import warn

@@ -8,14 +8,15 @@ import typer
 
 from ._app import app, state
 from ._console import bar, out_console, print_json
-from .options import BBox, Json, Region, RegionFile, Source, Tiles, Year, region_from_options
+from ..sources.datasets import source_spec
+from .options import BBox, Json, Region, RegionFile, DatasetName, Source, Tiles, Year, region_from_options
 
 
 @app.command("build-index")
 def build_index(
     year: Year,
     region: Region = None, bbox: BBox = None, region_file: RegionFile = None, tile: Tiles = None,
-    source: Source = None,
+    source: Source = None, dataset: DatasetName = None,
     name: Annotated[str | None, typer.Option("--name", help="Index name. Default: from region and year, e.g. kenya-2023.", show_default=False)] = None,
     factory: Annotated[str | None, typer.Option("--factory", help="faiss factory string overriding the chosen index type, e.g. IVF4096,PQ32x4.", show_default=False)] = None,
     max_memory: Annotated[str, typer.Option("--max-memory", help="Memory bound for the build (shard size and training sample follow), e.g. 2GiB.")] = "2GiB",
@@ -26,7 +27,7 @@ def build_index(
     from ..index import build_index as do_build
 
     reg = region_from_options(region, bbox, region_file, tile)
-    rep = do_build(reg, year, source=source, name=name, factory=factory, max_memory=max_memory,
+    rep = do_build(reg, year, source=source_spec(source, dataset), name=name, factory=factory, max_memory=max_memory,
                    home=state.home, progress=bar(json), rebuild=rebuild)
     if json:
         print_json(rep.to_json())

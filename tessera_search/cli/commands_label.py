@@ -10,7 +10,8 @@ import typer
 
 from ._app import app, state
 from ._console import bar, out_console, print_json
-from .options import BBox, Json, Region, RegionFile, Source, Tiles, region_from_options
+from ..sources.datasets import source_spec
+from .options import BBox, Json, Region, RegionFile, DatasetName, Source, Tiles, region_from_options
 
 
 class Weights(str, Enum):
@@ -98,7 +99,7 @@ def label(
     per_tile: Annotated[bool, typer.Option("--per-tile", help="One COG per tile, on the tile's own grid.")] = False,
     max_per_polygon: MaxPerPolygon = 200,
     seed: Seed = 0,
-    source: Source = None,
+    source: Source = None, dataset: DatasetName = None,
     truth: Annotated[Path | None, typer.Option(
         "--truth", help="A synthetic mirror: report the map's accuracy against its ground truth.",
         show_default=False)] = None,
@@ -118,7 +119,7 @@ def label(
                      directory=per_tile and index is None)
     given_region = any(v for v in (region, bbox, region_file, tile))
     common = dict(class_field=class_field, k=k, weights=weights.value, home=state.home,
-                  max_per_polygon=max_per_polygon, seed=seed, source=source)
+                  max_per_polygon=max_per_polygon, seed=seed, source=source_spec(source, dataset))
     if index is not None:
         if given_region or cv is not None:
             raise typer.BadParameter("--index searches the whole index: drop the region options and --cv")
@@ -186,7 +187,7 @@ def suggest(
     weights: WeightsOpt = Weights.uniform,
     max_per_polygon: MaxPerPolygon = 200,
     seed: Seed = 0,
-    source: Source = None,
+    source: Source = None, dataset: DatasetName = None,
     json: Json = False,
 ) -> None:
     """Suggest what to label next: the most uncertain pixels of a region, spread apart.
@@ -201,7 +202,7 @@ def suggest(
     reg = region_from_options(region, bbox, region_file, tile)
     res = do_suggest(examples, reg, year, n=n, min_distance=min_distance, out=out, class_field=class_field,
                      k=k, weights=weights.value, home=state.home, max_per_polygon=max_per_polygon, seed=seed,
-                     source=source, progress=bar(json))
+                     source=source_spec(source, dataset), progress=bar(json))
     if json:
         print_json(res.to_json())
         return

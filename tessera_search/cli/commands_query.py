@@ -10,7 +10,8 @@ import typer
 from ._app import app, state
 from . import cli_message
 from ._console import bar, out_console, print_json, warn
-from .options import Json, Source
+from ..sources.datasets import source_spec
+from .options import Json, DatasetName, Source
 
 _TABLE_ROWS = 20  # table rows printed unless --all
 
@@ -30,7 +31,7 @@ def query(
     min_separation: Annotated[float | None, typer.Option("--min-separation", help="Metres between results: k different places, not k pixels of one field.", min=0, show_default=False)] = None,
     group: Annotated[bool, typer.Option("--group", help="Merge connected matching pixels into blobs, ranked by size and similarity.")] = False,
     nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists probed per shard (default: from the index, raised for large k).", min=1, show_default=False)] = None,
-    source: Source = None,
+    source: Source = None, dataset: DatasetName = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write results: .tif (COG mask + PNG), .png, .geojson, .parquet or .csv; a directory with --per-tile.", show_default=False)] = None,
     values: Annotated[str, typer.Option("--values", help="What a .tif holds: mask (uint8 1/0, 255 nodata) or similarity (float32).")] = "mask",
     crs: Annotated[str | None, typer.Option("--crs", help="Mosaic CRS for .tif, e.g. EPSG:4326 (needed when the tiles span UTM zones).", show_default=False)] = None,
@@ -64,7 +65,7 @@ def query(
         res, files = run_query(positives, negatives=negatives, examples=examples, example_year=example_year,
                                push=push, index=index, year=year, k=k, threshold=threshold,
                                min_separation=min_separation, group=group, max_results=max_results,
-                               nprobe=nprobe, home=state.home, source=source, then=files_of, progress=bar(json))
+                               nprobe=nprobe, home=state.home, source=source_spec(source, dataset), then=files_of, progress=bar(json))
     for message in res.warnings:
         warn(cli_message(Exception(message)))
     if json:

@@ -9,7 +9,8 @@ import typer
 
 from ._app import app, state
 from ._console import bar, err_console, out_console, print_json
-from .options import BBox, Json, Region, RegionFile, Source, Tiles, Year, region_from_options
+from ..sources.datasets import source_spec
+from .options import BBox, Json, Region, RegionFile, DatasetName, Source, Tiles, Year, region_from_options
 
 DatasetVersion = Annotated[
     str | None,
@@ -61,7 +62,7 @@ def synthesize(
 def download(
     year: Year,
     region: Region = None, bbox: BBox = None, region_file: RegionFile = None, tile: Tiles = None,
-    source: Source = None, dataset_version: DatasetVersion = None,
+    source: Source = None, dataset: DatasetName = None, dataset_version: DatasetVersion = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel HTTP downloads.")] = 4,
     json: Json = False,
 ) -> None:
@@ -71,7 +72,7 @@ def download(
     from ..errors import NothingStoredError
 
     reg = region_from_options(region, bbox, region_file, tile)
-    rep = do_download(reg, year, source=source, home=state.home, version=dataset_version, workers=workers)
+    rep = do_download(reg, year, source=source_spec(source, dataset), home=state.home, version=dataset_version, workers=workers)
     summary = (f"{reg.name} ({year}): {len(rep.stored)} stored, {len(rep.present)} already in the store, "
                f"{len(rep.unavailable)} not offered by the source, {len(rep.failed)} skipped")
     if not rep.tiles and reg.tiles:  # nothing asked for is in the store: a failure, not a report
@@ -119,7 +120,7 @@ def info(json: Json = False) -> None:
 def pixel(
     point: Annotated[str, typer.Option("--point", help="LON,LAT in degrees, e.g. 36.8,-1.3.")],
     year: Year,
-    source: Source = None,
+    source: Source = None, dataset: DatasetName = None,
     json: Json = False,
 ) -> None:
     """Show one stored pixel: tile, row, col, validity, scale, int8 vector, embedding.
@@ -129,7 +130,7 @@ def pixel(
 
     lon, lat = parse_point(point)
     if source is not None:
-        state.workspace.ensure_tiles([tile_for_point(lon, lat)], year, source=source,
+        state.workspace.ensure_tiles([tile_for_point(lon, lat)], year, source=source_spec(source, dataset),
                                      what=f"the point ({lon}, {lat})", progress=bar(json))
     px = state.workspace.pixel(lon, lat, year).to_json()
     if json:

@@ -33,8 +33,19 @@ Source = Annotated[
     str | None,
     typer.Option(
         "--source",
-        help="Where tiles come from: a release mirror directory, an http(s) URL, or 'synthetic'. "
-        "Default: the public TESSERA registry.",
+        help="Where tiles come from: a directory (NPY release mirror, geoemb Zarr store or Icechunk "
+        "repository), an http(s):// URL, an s3://bucket/prefix URL, or 'synthetic'. "
+        "Default: the --dataset's published store.",
+        show_default=False,
+    ),
+]
+
+DatasetName = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="Which TESSERA dataset: v1, v1.1 (the dClimate global run), v1.1-cambridge, v2-beta1. "
+        "Default: v1.1, or what --source holds.",
         show_default=False,
     ),
 ]

@@ -10,9 +10,11 @@ from ..errors import CorruptTileError
 from ..grid import Tile, TileGrid
 from ..quant import valid_scales
 
-__all__ = ["EMBEDDING_DIM", "TileData", "TileFailure"]
+__all__ = ["EMBEDDING_DIM", "OBSERVATION_KINDS", "TileData", "TileFailure"]
 
 EMBEDDING_DIM = 128  # channels of a TESSERA embedding; indexes and queries assume exactly this
+# per-pixel observation counts a source may publish (the Icechunk run's *_obs_count arrays)
+OBSERVATION_KINDS = ("s2", "s1_asc", "s1_desc")
 
 
 @dataclass
@@ -21,7 +23,10 @@ class TileData:
 
     embeddings: (H, W, 128) int8; scales: (H, W) float32 (no data: NaN / inf / out of
     range, see :func:`tessera_search.quant.valid_scales`); grid: the tile's UTM grid;
-    landmask: optional (H, W) uint8 (0 = water).
+    landmask: optional (H, W) uint8 (0 = water); observations: optional (H, W, 3) uint16
+    counts of the valid observations each pixel was embedded from, in the order of
+    :data:`OBSERVATION_KINDS` (Sentinel-2, Sentinel-1 ascending, Sentinel-1 descending),
+    where the source publishes them.
     """
 
     tile: Tile
@@ -34,6 +39,7 @@ class TileData:
     synthetic: bool = False
     landmask: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
+    observations: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         emb, sc = self.embeddings, self.scales
@@ -52,6 +58,12 @@ class TileData:
                 f"{self.label}: embeddings {emb.shape[:2]} do not match the grid {self.grid.shape}"
             )
         self.scales = np.asarray(sc, dtype=np.float32)
+        obs = self.observations
+        if obs is not None and (obs.dtype != np.uint16 or obs.shape != (*emb.shape[:2], len(OBSERVATION_KINDS))):
+            raise CorruptTileError(
+                f"{self.label}: observation counts must be (H, W, {len(OBSERVATION_KINDS)}) uint16, "
+                f"got {obs.dtype} {obs.shape}"
+            )
 
     @property
     def label(self) -> str:

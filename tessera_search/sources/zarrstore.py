@@ -136,7 +136,13 @@ def is_geoemb_store(location: str | os.PathLike[str], retries: int | None = None
 
 @dataclass(frozen=True)
 class _Zone:
-    """One zone group: its lattice, extent and years."""
+    """One zone group: its lattice, extent, years and CRS.
+
+    ``epsg`` is the group's own CRS (326NN in the geoemb layout, 326NN or 327NN for an
+    Icechunk hemisphere group); ``rows`` the half-open range of rows on the group's side of
+    the equator (all rows unless the group is one hemisphere of a zone); ``complete`` the
+    published years (``years_complete``) where the store says, else None.
+    """
 
     name: str
     zone: int
@@ -145,11 +151,45 @@ class _Zone:
     height: int
     width: int
     years: tuple[int, ...]
+    epsg: int = 0
+    rows: tuple[int, int] | None = None
+    complete: tuple[int, ...] | None = None
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        """(xmin, ymin, xmax, ymax) in the group's EPSG:326NN metres."""
+        """(xmin, ymin, xmax, ymax) in the group's own metres."""
         return (self.x0, self.y0 - PIXEL_SIZE * self.height, self.x0 + PIXEL_SIZE * self.width, self.y0)
+
+    @property
+    def crs_epsg(self) -> int:
+        return self.epsg or 32600 + self.zone
+
+
+def lattice_origin(name: str, transform, bbox, height: int, width: int) -> tuple[float, float] | CorruptTileError:
+    """(x0, y0) of a zone group's corner pixel from ``spatial:transform`` (checked north-up 10 m).
+
+    Some older snapshots stored the transform at the first pixel's centre: when
+    ``spatial:bbox`` is given and the transform's origin is half a pixel inside it, the
+    corner is taken from there (a transform off the bbox by anything else is an error).
+    """
+    if not (isinstance(transform, list) and len(transform) >= 6):
+        return CorruptTileError(f"zone group {name} has no spatial:transform")
+    a, b, x0, d, e, y0 = (float(v) for v in transform[:6])
+    if (a, b, d, e) != (PIXEL_SIZE, 0.0, 0.0, -PIXEL_SIZE):
+        return CorruptTileError(
+            f"zone group {name}: spatial:transform {transform[:6]} is not a north-up {PIXEL_SIZE:g} m grid"
+        )
+    if isinstance(bbox, list) and len(bbox) == 4:
+        xmin, _, _, ymax = (float(v) for v in bbox)
+        half = PIXEL_SIZE / 2
+        if abs(x0 - half - xmin) < 1e-6 and abs(y0 + half - ymax) < 1e-6:
+            return xmin, ymax  # a pixel-centre transform of an older snapshot
+        if abs(x0 - xmin) > 1e-6 or abs(y0 - ymax) > 1e-6:
+            return CorruptTileError(
+                f"zone group {name}: spatial:transform origin ({x0}, {y0}) is neither the corner nor the "
+                f"first pixel centre of its spatial:bbox {bbox}"
+            )
+    return x0, y0
 
 
 @dataclass(frozen=True)
@@ -315,15 +355,11 @@ class ZarrSource:
         code = str(attrs.get("proj:code", f"EPSG:{32600 + zone}"))
         if code.upper() != f"EPSG:{32600 + zone}":
             return CorruptTileError(f"zone group {name} is in {code}, expected EPSG:{32600 + zone}")
-        t = attrs.get("spatial:transform")
-        if not (isinstance(t, list) and len(t) >= 6):
-            return CorruptTileError(f"zone group {name} has no spatial:transform")
-        a, b, x0, d, e, y0 = (float(v) for v in t[:6])
-        if (a, b, d, e) != (PIXEL_SIZE, 0.0, 0.0, -PIXEL_SIZE):
-            return CorruptTileError(
-                f"zone group {name}: spatial:transform {t[:6]} is not a north-up {PIXEL_SIZE:g} m grid"
-            )
         h, w = int(sc.shape[-2]), int(sc.shape[-1])
+        origin = lattice_origin(name, attrs.get("spatial:transform"), attrs.get("spatial:bbox"), h, w)
+        if isinstance(origin, CorruptTileError):
+            return origin
+        x0, y0 = origin
         shape = attrs.get("spatial:shape")
         if shape is not None and [int(v) for v in shape] != [h, w]:
             return CorruptTileError(f"zone group {name}: spatial:shape {shape} does not match its scales {sc.shape}")
@@ -335,16 +371,21 @@ class ZarrSource:
             return CorruptTileError(
                 f"zone group {name}: scales {sc.shape} / time {len(years)} do not match embeddings {emb.shape}"
             )
-        return _Zone(name, zone, x0, y0, h, w, years)
+        return _Zone(name, zone, x0, y0, h, w, years, epsg=32600 + zone)
+
+    def _zone_of(self, grid: TileGrid) -> _Zone | None:
+        """The zone group holding a tile grid (None when the store lacks it)."""
+        return self._zone(grid.epsg % 100)
 
     def _window(self, tile: Tile) -> _Window | None:
         """The tile's grid placed in its zone group; None when the store lacks the zone."""
         grid = expected_grid(tile)
-        zone = self._zone(grid.epsg % 100)
+        zone = self._zone_of(grid)
         if zone is None:
             return None
         x = grid.transform[2]
-        y = grid.transform[5] - (_SOUTH_OFFSET if grid.epsg // 100 == 327 else 0.0)
+        # a southern tile's grid (327NN) in a northern-CRS group: northing - 10,000,000
+        y = grid.transform[5] - (_SOUTH_OFFSET if grid.epsg != zone.crs_epsg else 0.0)
         col, row = (x - zone.x0) / PIXEL_SIZE, (zone.y0 - y) / PIXEL_SIZE
         if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
             raise CorruptTileError(
@@ -359,12 +400,20 @@ class ZarrSource:
     def _overlap(win: _Window) -> tuple[slice, slice, slice, slice] | None:
         """(zone rows, zone cols, tile rows, tile cols) of the part inside the zone array."""
         g, z = win.grid, win.zone
-        r0, r1 = max(win.row, 0), min(win.row + g.height, z.height)
+        lo, hi = z.rows or (0, z.height)
+        r0, r1 = max(win.row, lo), min(win.row + g.height, hi)
         c0, c1 = max(win.col, 0), min(win.col + g.width, z.width)
         if r0 >= r1 or c0 >= c1:
             return None
         return (slice(r0, r1), slice(c0, c1),
                 slice(r0 - win.row, r1 - win.row), slice(c0 - win.col, c1 - win.col))
+
+    def _scales_block(self, win: _Window, t: int, zr: slice, zc: slice) -> np.ndarray:
+        return np.asarray(self._group[win.zone.name]["scales"][t, zr, zc], dtype=np.float32)
+
+    def _embeddings_block(self, win: _Window, t: int, zr: slice, zc: slice) -> np.ndarray:
+        """(h, w, 128) int8 of the zone rows/cols."""
+        return np.asarray(self._group[win.zone.name]["embeddings"][t, :, zr, zc]).transpose(1, 2, 0)
 
     def _read_scales(self, win: _Window, t: int) -> np.ndarray:
         sc = np.full(win.grid.shape, np.nan, dtype=np.float32)
@@ -372,7 +421,7 @@ class ZarrSource:
         if ov is not None:
             zr, zc, tr, tc = ov
             try:
-                sc[tr, tc] = np.asarray(self._group[win.zone.name]["scales"][t, zr, zc], dtype=np.float32)
+                sc[tr, tc] = self._scales_block(win, t, zr, zc)
             except (SourceUnavailableError, CorruptTileError):
                 raise
             except Exception as exc:
@@ -386,15 +435,25 @@ class ZarrSource:
         if ov is not None:
             zr, zc, tr, tc = ov
             try:
-                block = np.asarray(self._group[win.zone.name]["embeddings"][t, :, zr, zc])
+                emb[tr, tc] = self._embeddings_block(win, t, zr, zc)
             except (SourceUnavailableError, CorruptTileError):
                 raise
             except Exception as exc:
                 raise CorruptTileError(
                     f"{win.grid.tile.name}: embeddings of zone group {win.zone.name} are unreadable: {exc}"
                 ) from exc
-            emb[tr, tc] = block.transpose(1, 2, 0)
         return emb, sc
+
+    def _year_gap(self, zone: _Zone, year: int) -> str | None:
+        """Why ``year`` is a publication gap of ``zone`` (not an empty year), or None."""
+        if zone.complete is not None and year not in zone.complete:
+            return (f"{year} is a publication gap of zone group {zone.name}: it is not in the group's "
+                    f"years_complete {list(zone.complete)} (its pixels read back as fill, not as an empty year)")
+        return None
+
+    def _read_observations(self, win: _Window, t: int) -> np.ndarray | None:
+        """(H, W, k) uint16 observation counts of the window, where the store has them."""
+        return None
 
     # -- the source interface ---------------------------------------------------------
     def _has_valid(self, tile: Tile, year: int) -> bool:
@@ -404,25 +463,36 @@ class ZarrSource:
             return True  # let fetch report why it cannot be used
         if win is None or year not in win.zone.years:
             return False
+        if self._year_gap(win.zone, year):
+            return True  # fetch says it is a publication gap, per zone
         try:
             return bool(valid_scales(self._read_scales(win, win.zone.years.index(year))).any())
         except (CorruptTileError, SourceUnavailableError):
             return True
 
-    def _candidates(self, year: int) -> list[Tile]:
-        out: list[Tile] = []
+    def _all_zones(self) -> Iterator[_Zone]:
+        """Every usable zone group of the store."""
         for name in self._zone_names():
             try:
                 z = self._zone(int(name[3:]))
             except CorruptTileError:
                 continue
-            if z is None or year not in z.years:
+            if z is not None:
+                yield z
+
+    def _candidates(self, year: int) -> list[Tile]:
+        out: list[Tile] = []
+        for z in self._all_zones():
+            if year not in z.years:
                 continue
             xmin, ymin, xmax, ymax = z.bounds
+            if z.rows is not None:  # one hemisphere of the zone: only its side of the equator
+                ymin = max(ymin, z.y0 - PIXEL_SIZE * z.rows[1])
+                ymax = min(ymax, z.y0 - PIXEL_SIZE * z.rows[0])
             t = np.linspace(0.0, 1.0, 33)
             xs = np.concatenate([xmin + (xmax - xmin) * t, np.full_like(t, xmax), xmax - (xmax - xmin) * t, np.full_like(t, xmin)])
             ys = np.concatenate([np.full_like(t, ymin), ymin + (ymax - ymin) * t, np.full_like(t, ymax), ymax - (ymax - ymin) * t])
-            lons, lats = from_utm(32600 + z.zone).transform(xs, ys)
+            lons, lats = from_utm(z.crs_epsg).transform(xs, ys)
             west = max(float(np.min(lons)), -180.0 + 6.0 * (z.zone - 1))
             east = min(float(np.max(lons)), -180.0 + 6.0 * z.zone)
             south, north = max(float(np.min(lats)), -80.0), min(float(np.max(lats)), 84.0)
@@ -434,8 +504,16 @@ class ZarrSource:
                     f"geoemb store {self.label} spans more than {MAX_SCAN_TILES} tiles; "
                     "pass the tiles to check (available(year, tiles=...))"
                 )
-            out.extend(tile for tile in tiles_in_bbox(west, south, east, north) if tile.epsg % 100 == z.zone)
+            out.extend(tile for tile in tiles_in_bbox(west, south, east, north) if self._holds(z, tile))
         return out
+
+    def _group_name(self, tile: Tile) -> str:
+        """The name of the zone group a tile's window is read from."""
+        return f"utm{tile.epsg % 100:02d}"
+
+    def _holds(self, zone: _Zone, tile: Tile) -> bool:
+        """Whether ``tile``'s window is read from ``zone``."""
+        return tile.epsg % 100 == zone.zone
 
     def available(self, year: int, tiles: Iterable[Tile] | None = None) -> set[Tile]:
         """Tiles whose window holds at least one valid pixel in ``year``."""
@@ -455,18 +533,23 @@ class ZarrSource:
         try:
             win = self._window(tile)
             if win is None:
-                return TileFailure(tile, year, f"{self.label} has no zone group utm{tile.epsg % 100:02d}")
+                return TileFailure(tile, year, f"{self.label} has no zone group {self._group_name(tile)}")
             if year not in win.zone.years:
                 return TileFailure(
                     tile, year, f"zone group {win.zone.name} has no year {year} (its time coordinate holds "
                     f"{list(win.zone.years)})"
                 )
-            emb, sc = self._read(win, win.zone.years.index(year))
+            gap = self._year_gap(win.zone, year)
+            if gap:
+                return TileFailure(tile, year, gap)
+            t = win.zone.years.index(year)
+            emb, sc = self._read(win, t)
             if not valid_scales(sc).any():
                 return TileFailure(tile, year, f"no valid pixel in zone group {win.zone.name} for {year}")
             return TileData(
                 tile=tile, year=year, embeddings=emb, scales=sc, grid=win.grid,
                 dataset_version=self.version, source=self.label, synthetic=self.synthetic,
+                observations=self._read_observations(win, t),
             )
         except (CorruptTileError, SourceUnavailableError) as exc:
             return TileFailure(tile, year, str(exc))
