@@ -186,8 +186,11 @@ def download(
     if not todo:
         return report
     datasets = _stored_datasets(catalog, year)
+    fetched = 0  # bytes of embeddings, scales and counts read so far
     with progress_bar(progress, f"tiles {year}", len(todo)) as advance:
         for item in src.fetch(todo, year):
+            if not isinstance(item, TileFailure):
+                fetched += item.nbytes
             if ds is not None and not isinstance(item, TileFailure):
                 item = _as_dataset(item, ds, src)
             if not isinstance(item, TileFailure) and datasets and item.dataset_version not in datasets:
@@ -202,9 +205,30 @@ def download(
                 catalog.record_tile(attrs)
                 datasets.add(item.dataset_version)
                 report.stored.append(item.tile)
-            advance()
+            advance(note=f"{fetched / 2**20:,.0f} MiB")
     report.stored.sort()
+    _keep_zone_samples(home, src, report.stored, int(year))
     return report
+
+
+def _keep_zone_samples(home, src, tiles: list[Tile], year: int) -> None:
+    """Keep the published zone statistics of the zones just downloaded from (once each)."""
+    if not hasattr(src, "zone_sample") or not tiles:
+        return
+    from . import zone_samples
+    from .store import TileStore
+
+    store = TileStore(home)
+    by_zone: dict[str, Tile] = {}
+    for t in tiles:
+        by_zone.setdefault(zone_samples.zone_key(t), t)
+    for group, tile in sorted(by_zone.items()):
+        dataset = str(store.attrs(tile, year).get("dataset_version", ""))
+        if not dataset or zone_samples.has(home, year, dataset, group):
+            continue
+        sample = src.zone_sample(tile, year, dataset)
+        if sample is not None:
+            zone_samples.save(home, sample)
 
 
 def _as_dataset(item: TileData, ds, src) -> TileData | TileFailure:

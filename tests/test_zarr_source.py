@@ -274,3 +274,39 @@ def test_http_store_refuses_keys_outside_it(key):
         store.url_of(key)
     assert store.url_of("utm31/./scales/c/0") == "http://127.0.0.1:9/store.zarr/utm31/scales/c/0"
     store.close()
+
+
+def test_published_zone_statistics_are_kept_for_training(tmp_path):
+    from tessera_search import zone_samples
+
+    data = small_tile(NORTH)
+    root = store_with(tmp_path / "z", data)
+    z = zarr.open_group(str(root), mode="r+", zarr_format=3)["utm31"]
+    rng = np.random.default_rng(5)
+    k = 64
+    sample = rng.integers(-127, 128, (1, k, 128), dtype=np.int8)
+    sample_scales = np.full((1, k), np.inf, np.float32)
+    sample_scales[0, :50] = rng.uniform(0.02, 0.1, 50).astype(np.float32)
+    sample_scales[0, 7] = np.nan  # water in the reservoir: not a vector
+    x = sample[0, :50].astype(np.float64) * sample_scales[0, :50, None]
+    z.create_array("stretch_sample", data=sample, chunks=(1, k, 128))
+    z.create_array("stretch_sample_scales", data=sample_scales, chunks=(1, k))
+    z.create_array("stretch_sample_count", data=np.asarray([50], np.int64))
+    z.create_array("stretch_stats_count", data=np.asarray([50], np.int64))
+    z.create_array("stretch_stats_sum", data=x.sum(axis=0)[None])
+    z.create_array("stretch_stats_prod", data=(x.T @ x)[None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(root))
+    rep = download([data.tile], 2023, source=root, home=tmp_path / "ws", progress=False)
+    assert rep.stored == [data.tile]
+    kept = zone_samples.load(tmp_path / "ws", 2023, "v1.1", "utm31")
+    assert kept is not None and len(kept.vectors) == 49 and kept.count == 50
+    keep = np.ones(50, bool)
+    keep[7] = False
+    np.testing.assert_array_equal(kept.vectors, sample[0, :50][keep])
+    np.testing.assert_allclose(kept.mean, x.mean(axis=0))
+    np.testing.assert_allclose(kept.cov, np.cov(x.T, bias=True), atol=1e-12)
+    vecs = zone_samples.training_vectors(tmp_path / "ws", 2023, "v1.1", ["utm31"], 30, seed=0)
+    assert vecs.shape == (30, 128) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert zone_samples.training_vectors(tmp_path / "ws", 2023, "v1.1", ["utm31", "utm32"], 30, seed=0) is None

@@ -54,12 +54,16 @@ def rich_progress(label: str, total: int | None) -> Iterator[Callable[..., None]
     )
 
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
     )
     with bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)
+        task = bar.add_task(label, total=total, note="")
+
+        def advance(n: int = 1, note: str | None = None) -> None:
+            bar.update(task, advance=n, **({} if note is None else {"note": note}))
+
+        yield advance
 
 
 def warn(message: str) -> None:

@@ -125,11 +125,11 @@ def pixel(
 ) -> None:
     """Show one stored pixel: tile, row, col, validity, scale, int8 vector, embedding.
 
-    With --source, the pixel's tile is fetched first when the store lacks it."""
+    With --source or --dataset, the pixel's tile is fetched first when the store lacks it."""
     from ..grid import parse_point, tile_for_point
 
     lon, lat = parse_point(point)
-    if source is not None:
+    if source is not None or dataset is not None:
         state.workspace.ensure_tiles([tile_for_point(lon, lat)], year, source=source_spec(source, dataset),
                                      what=f"the point ({lon}, {lat})", progress=bar(json))
     px = state.workspace.pixel(lon, lat, year).to_json()
@@ -137,8 +137,11 @@ def pixel(
         print_json(px)
         return
     con = out_console()
-    for key in ("tile", "row", "col", "id", "lon", "lat", "valid", "scale", "synthetic"):
-        con.print(f"{key:>10}: {px[key]}", highlight=False)
+    for key in ("tile", "row", "col", "id", "lon", "lat", "valid", "scale", "dataset_version", "synthetic"):
+        con.print(f"{key.replace('_version', ''):>10}: {px[key]}", highlight=False)
+    if px["observations"] is not None:
+        obs = ", ".join(f"{k} {v}" for k, v in px["observations"].items())
+        con.print(f"{'observed':>10}: {obs} (valid observations)", highlight=False)
     if px["valid"]:
         con.print(f"{'int8':>10}: {px['int8']}", highlight=False)
         con.print(f"{'embedding':>10}: [{', '.join(f'{v:.4f}' for v in px['embedding'])}]", highlight=False)

@@ -66,6 +66,11 @@ class TileData:
             )
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the tile's arrays (what a source delivered)."""
+        return sum(a.nbytes for a in (self.embeddings, self.scales, self.landmask, self.observations) if a is not None)
+
+    @property
     def label(self) -> str:
         return f"{self.tile.name} ({self.year})"
 

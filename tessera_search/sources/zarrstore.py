@@ -444,6 +444,33 @@ class ZarrSource:
                 ) from exc
         return emb, sc
 
+    def zone_sample(self, tile: Tile, year: int, dataset: str):
+        """The published statistics of the zone group holding ``tile`` for ``year``
+        (``stretch_sample*`` and ``stretch_stats_*``) as a
+        :class:`~tessera_search.zone_samples.ZoneSample`; None where the store has none."""
+        from ..zone_samples import from_arrays
+
+        try:
+            win = self._window(tile)
+            if win is None or year not in win.zone.years:
+                return None
+            g = self._group[win.zone.name]
+            names = set(g.array_keys())
+            if not {"stretch_sample", "stretch_sample_scales", "stretch_sample_count"} <= names:
+                return None
+            t = win.zone.years.index(year)
+            n = int(np.asarray(g["stretch_sample_count"][t]))
+            moments = {"stretch_stats_count", "stretch_stats_sum", "stretch_stats_prod"} <= names
+            return from_arrays(
+                win.zone.name, year, dataset, g["stretch_sample"][t, :n], g["stretch_sample_scales"][t, :n], n,
+                g["stretch_stats_count"][t] if moments else 0,
+                g["stretch_stats_sum"][t] if moments else None, g["stretch_stats_prod"][t] if moments else None,
+            )
+        except SourceUnavailableError:
+            raise
+        except Exception:  # noqa: BLE001 - statistics are an optimisation: without them training reads tiles
+            return None
+
     def _year_gap(self, zone: _Zone, year: int) -> str | None:
         """Why ``year`` is a publication gap of ``zone`` (not an empty year), or None."""
         if zone.complete is not None and year not in zone.complete:
