@@ -149,6 +149,28 @@ def test_geotessera_zarr_fill_store_ingests_exactly(tmp_path, cli):
         assert np.all(np.isposinf(b.scales[rest])), name
         assert not b.embeddings[rest].any(), name
 
+    # geotessera's own per-zone statistics were kept for training: its reservoir sample holds
+    # stored pixels' vectors, and its exact mean is that of the zone's valid pixels
+    from tessera_search import zone_samples
+    from tessera_search.quant import valid_scales
+
+    kept = zone_samples.load(zarr_home, YEAR, "v1", "utm37")
+    assert kept is not None and len(kept.vectors) > 0 and kept.count > 0
+    vecs, scs = [], []
+    for name, (a, b, covered) in got.items():
+        ok = covered & valid_scales(b.scales)
+        if name == NORTH:
+            ok[-1, :] = False  # the row below the equator is the southern tile's
+        vecs.append(b.embeddings[ok])
+        scs.append(b.scales[ok])
+    vecs, scs = np.concatenate(vecs), np.concatenate(scs)
+    rows = {v.tobytes() for v in vecs}
+    assert all(v.tobytes() in rows for v in kept.vectors)
+    if kept.mean is not None:
+        mean = (vecs.astype(np.float64) * scs[:, None]).mean(axis=0)
+        assert kept.count == len(vecs), (kept.count, len(vecs))
+        np.testing.assert_allclose(kept.mean, mean, rtol=1e-6, atol=1e-9)
+
 
 @pytest.mark.parametrize("model, version", [
     ("https://geotessera.org/model/1.0", "v1"),  # what geotessera 0.11's zarr-init writes
