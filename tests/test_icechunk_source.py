@@ -258,6 +258,8 @@ def test_s3_urls_parse_and_map_to_https(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_REGION", "us-west-2")
     assert s3_http_url("s3://b-1/tessera/zarr/v1") == "https://b-1.s3.us-west-2.amazonaws.com/tessera/zarr/v1/"
+    assert s3_http_url("s3://us-west-2.opendata.source.coop/tessera/zarr/v1") == \
+        "https://s3.us-west-2.amazonaws.com/us-west-2.opendata.source.coop/tessera/zarr/v1/"
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     assert s3_http_url("s3://b-1/p") == "http://127.0.0.1:9000/b-1/p/"
     for bad in ("s3://", "s3://B/x", "s3://b-1/../x", "http://b/x"):

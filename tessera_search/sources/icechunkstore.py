@@ -90,7 +90,8 @@ def check_reachable(url: str, bucket: str, timeout: float = 5.0) -> None:
         parts = urlsplit(endpoint)
         host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     else:
-        host, port = f"{bucket}.s3.{s3_region()}.amazonaws.com", 443
+        host = f"s3.{s3_region()}.amazonaws.com" if "." in bucket else f"{bucket}.s3.{s3_region()}.amazonaws.com"
+        port = 443
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
@@ -102,10 +103,16 @@ def check_reachable(url: str, bucket: str, timeout: float = 5.0) -> None:
 
 def s3_http_url(url: str) -> str:
     """The HTTPS address of an ``s3://bucket/prefix`` (anonymous reads of a public bucket):
-    path-style below ``AWS_ENDPOINT_URL`` when set, else the bucket's virtual host."""
+    path-style below ``AWS_ENDPOINT_URL`` when set, else the bucket's virtual host (path-style
+    on the regional endpoint for a bucket name with dots, which no wildcard certificate covers)."""
     bucket, prefix = parse_s3_url(url)
     endpoint = s3_endpoint()
-    base = f"{endpoint.rstrip('/')}/{bucket}" if endpoint else f"https://{bucket}.s3.{s3_region()}.amazonaws.com"
+    if endpoint:
+        base = f"{endpoint.rstrip('/')}/{bucket}"
+    elif "." in bucket:
+        base = f"https://s3.{s3_region()}.amazonaws.com/{bucket}"
+    else:
+        base = f"https://{bucket}.s3.{s3_region()}.amazonaws.com"
     return f"{base}/{prefix}/" if prefix else f"{base}/"
 
 
