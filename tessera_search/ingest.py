@@ -92,10 +92,13 @@ def open_source(
 
     if is_icechunk_repo(spec):  # hemisphere groups NNN/NNS, local or s3://
         return IcechunkSource(spec, version=version, workers=workers)
-    if spec.lower().startswith("s3://"):  # a geoemb Zarr store in a bucket, read over HTTPS
-        from .sources.icechunkstore import s3_http_url
+    if spec.lower().startswith("s3://"):  # a geoemb Zarr store in a bucket
+        from .sources.icechunkstore import s3_http_url, s3_zarr_store
+        from .sources.zarrstore import ZarrSource
 
-        zarr_src = geoemb_source(s3_http_url(spec), version=version, workers=workers)
+        if os.environ.get("AWS_ACCESS_KEY_ID"):  # signed requests with the environment's credentials
+            return ZarrSource(spec, version=version, _store=s3_zarr_store(spec))
+        zarr_src = geoemb_source(s3_http_url(spec), version=version, workers=workers)  # anonymous, over HTTPS
         if zarr_src is None:
             raise SourceUnavailableError(
                 f"{spec} is neither an Icechunk repository nor a geoemb Zarr store (no utm_zones root zarr.json)"

@@ -367,3 +367,27 @@ def test_offline_default_dataset_says_how_to_pass_source(tmp_path, monkeypatch, 
     code, out, err = cli("--home", str(tmp_path / "ws"), "download", "--tile", SOUTH, "--year", "2024",
                          "--dataset", "v1.2")
     assert code == 2 and "unknown dataset 'v1.2'" in err and "v1.1" in err
+
+
+def test_zarr_store_in_a_bucket_with_credentials_is_read_signed(tmp_path, s3_server, monkeypatch):
+    from test_zarr_source import store_with
+
+    from tessera_search.sources.zarrstore import ZarrSource
+
+    endpoint, bucket, s3 = s3_server
+    written = write_mirror(tmp_path / "npy", [NORTH])
+    root = store_with(tmp_path / "geoemb.zarr", written[NORTH])
+    for f in root.rglob("*"):
+        if f.is_file():
+            s3.upload_file(str(f), bucket, f"private/v1.1/{f.relative_to(root).as_posix()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    src = open_source(f"s3://{bucket}/private/v1.1", tmp_path / "ws")
+    assert isinstance(src, ZarrSource) and src.is_http
+    tile = Tile.from_name(NORTH)
+    (got,) = src.fetch([tile], 2023)
+    rep = download([tile], 2023, source=root, home=tmp_path / "b", progress=False)
+    assert rep.stored == [tile]
+    want = TileStore(tmp_path / "b").read(tile, 2023)
+    np.testing.assert_array_equal(got.embeddings, want.embeddings)
+    np.testing.assert_array_equal(got.scales.view(np.uint32), want.scales.view(np.uint32))

@@ -51,7 +51,7 @@ from ..grid import PIXEL_SIZE, Tile, TileGrid
 from .base import EMBEDDING_DIM, OBSERVATION_KINDS
 from .zarrstore import _VERSION_RE, ZarrSource, _Window, _Zone, lattice_origin
 
-__all__ = ["DCLIMATE_REGION", "IcechunkSource", "is_icechunk_repo", "parse_s3_url", "s3_http_url"]
+__all__ = ["DCLIMATE_REGION", "IcechunkSource", "is_icechunk_repo", "parse_s3_url", "s3_http_url", "s3_zarr_store"]
 
 DCLIMATE_REGION = "us-west-2"  # the public bucket's region
 _GROUP_RE = re.compile(r"^(0[1-9]|[1-5][0-9]|60)([NS])$")
@@ -114,6 +114,21 @@ def s3_http_url(url: str) -> str:
     else:
         base = f"https://{bucket}.s3.{s3_region()}.amazonaws.com"
     return f"{base}/{prefix}/" if prefix else f"{base}/"
+
+
+def s3_zarr_store(url: str):
+    """A read-only zarr store over ``s3://bucket/prefix`` signed with the environment's
+    credentials (obstore; ``AWS_ENDPOINT_URL`` and ``AWS_REGION`` honoured)."""
+    from obstore.store import S3Store
+    from zarr.storage import ObjectStore
+
+    bucket, prefix = parse_s3_url(url)
+    endpoint = s3_endpoint()
+    opts: dict = {"region": s3_region()}
+    if endpoint:
+        opts.update(endpoint=endpoint, virtual_hosted_style_request=False,
+                    client_options={"allow_http": endpoint.lower().startswith("http://")})
+    return ObjectStore(S3Store(bucket, prefix=prefix or None, **opts), read_only=True)
 
 
 def is_icechunk_repo(location: str | os.PathLike[str]) -> bool:

@@ -253,12 +253,15 @@ class ZarrSource:
 
     def __init__(self, location: str | os.PathLike[str], version: str | None = None, *,
                  retries: int | None = None, backoff: float = 0.5, timeout: float = 60.0,
-                 workers: int = 8, _root: tuple[dict, bytes] | None = None) -> None:
+                 workers: int = 8, _root: tuple[dict, bytes] | None = None, _store=None) -> None:
         import zarr
 
         loc = str(location)
-        self.is_http = _is_url(loc)
-        if self.is_http:
+        self.is_http = _is_url(loc) or _store is not None
+        if _store is not None:  # an object store (s3:// with credentials), see s3_zarr_source
+            self.root, self.url, self.label = None, loc, loc
+            where = _store
+        elif self.is_http:
             from .zarrhttp import HttpStore
 
             mirror = _mirror(loc, retries, backoff, timeout)
@@ -289,6 +292,8 @@ class ZarrSource:
             raise SourceUnavailableError(f"geoemb store {self.label} is unreadable: {exc}") from exc
         if version is not None and not _VERSION_RE.match(version):
             raise InvalidInputError(f"dataset version {version!r} is not a plain name like v1.1")
+        if _store is not None and not _says_geoemb({"zarr_format": 3, "node_type": "group", "attributes": attrs}):
+            raise SourceUnavailableError(f"{self.label} is not a geoemb Zarr v3 store (no utm_zones root attributes)")
         self.version = version or _dataset_version(attrs)
         self.synthetic = bool(attrs.get("tessera-search:synthetic", False))
         dims = attrs.get("geoemb:dimensions", EMBEDDING_DIM)
