@@ -147,7 +147,7 @@ def at_equator(data):
     y0 = 10_000_000.0 if south else 10.0 * h
     data.grid = TileGrid(data.tile, full.epsg, (10.0, 0.0, full.transform[2], 0.0, -10.0, y0), h, w)
     # a northern tile's grid has one row below the equator (its centre at -5 m): that row
-    # is the southern group's, and the northern group's data there must not be read
+    # comes from the southern group, never from the northern group's rows past the equator
     assert (full.transform[5] == 10_000_000.0) if south else (full.transform[5] - 10.0 * full.height == -10.0)
     return data
 
@@ -173,8 +173,15 @@ def test_hemisphere_groups_overlapping_at_the_equator(tmp_path):
     r.commit()
     src = IcechunkSource(tmp_path / "eq.icechunk")
     got = {d.tile.name: d for d in src.fetch([north.tile, south.tile], 2023)}
-    assert_window_equals(got[EQ_NORTH], north)
-    assert_window_equals(got[EQ_SOUTH], south)
+    gn, gs = got[EQ_NORTH], got[EQ_SOUTH]
+    assert_window_equals(gs, south)
+    # the northern grid's row below the equator is the southern group's first row, as in the
+    # one merged zone grid of the geoemb layout (never the northern group's rows past the equator)
+    np.testing.assert_array_equal(gn.embeddings[-1, :48], south.embeddings[0])
+    np.testing.assert_array_equal(gn.scales[-1, :48].view(np.uint32), south.scales[0].view(np.uint32))
+    np.testing.assert_array_equal(gn.observations[-1, :48], obs_counts(south)[0])
+    gn.embeddings[-1], gn.scales[-1] = 0, np.nan
+    assert_window_equals(gn, north)
     zn, zs = src._zone("37N"), src._zone("37S")
     assert zn.rows == (0, size - 80) and zs.rows == (80, size)
 

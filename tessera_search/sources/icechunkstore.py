@@ -132,15 +132,16 @@ def s3_zarr_store(url: str):
 
 
 def is_icechunk_repo(location: str | os.PathLike[str]) -> bool:
-    """True for a local directory laid out as an Icechunk repository (``refs/`` and
-    ``snapshots/``), or an ``s3://`` URL whose prefix ends in ``.icechunk``."""
+    """True for a local directory laid out as an Icechunk repository (``snapshots/`` beside
+    ``refs/`` in format 1, or beside the ``repo`` file in format 2), or an ``s3://`` URL whose
+    prefix ends in ``.icechunk``."""
     loc = str(location)
     if loc.lower().startswith("s3://"):
         return loc.rstrip("/").lower().endswith(".icechunk")
     if "://" in loc:
         return False
     path = Path(loc).expanduser()
-    return (path / "refs").is_dir() and (path / "snapshots").is_dir()
+    return (path / "snapshots").is_dir() and ((path / "refs").is_dir() or (path / "repo").is_file())
 
 
 def _storage(loc: str):
@@ -189,7 +190,7 @@ class IcechunkSource(ZarrSource):
         if self.is_s3:
             check_reachable(loc, parse_s3_url(loc)[0])
         elif not is_icechunk_repo(self.root):
-            raise SourceUnavailableError(f"{self.root} is not an Icechunk repository (no refs/ and snapshots/)")
+            raise SourceUnavailableError(f"{self.root} is not an Icechunk repository (no snapshots/ beside refs/ or repo)")
         try:
             storage = _storage(loc)
             repo = self._call(lambda: icechunk.Repository.open(storage), "open the repository")
@@ -203,6 +204,7 @@ class IcechunkSource(ZarrSource):
         self.version = version or _version(attrs)
         self.synthetic = bool(attrs.get("tessera-search:synthetic", False))
         self._zones: dict = {}
+        self._listed: frozenset[str] | None = None
 
     # -- remote calls -------------------------------------------------------------------
     def _call(self, fn: Callable[[], T], what: str) -> T:
@@ -211,9 +213,11 @@ class IcechunkSource(ZarrSource):
         for attempt in range(tries):
             try:
                 return fn()
-            except (CorruptTileError, InvalidInputError):
-                raise
+            except (CorruptTileError, InvalidInputError, KeyError):
+                raise  # not transient: no retry
             except Exception as exc:  # noqa: BLE001 - object store errors come in many types
+                if _newer_format(exc):
+                    raise SourceUnavailableError(_format_advice(self.label)) from exc
                 if attempt + 1 >= tries:
                     if self.is_s3:
                         raise SourceUnavailableError(
@@ -234,13 +238,19 @@ class IcechunkSource(ZarrSource):
 
     # -- groups -------------------------------------------------------------------------
     def _zone_names(self) -> list[str]:
-        try:
-            return sorted(k for k in self._call(lambda: list(self._group.group_keys()), "list its groups")
-                          if _GROUP_RE.match(k))
-        except SourceUnavailableError:
-            raise
-        except Exception as exc:
-            raise SourceUnavailableError(f"Icechunk repository {self.label}: cannot list its groups: {exc}") from exc
+        return sorted(self._names())
+
+    def _names(self) -> frozenset[str]:
+        """The hemisphere groups of the repository (listed once)."""
+        if self._listed is None:
+            try:
+                keys = self._call(lambda: list(self._group.group_keys()), "list its groups")
+            except SourceUnavailableError:
+                raise
+            except Exception as exc:
+                raise SourceUnavailableError(f"Icechunk repository {self.label}: cannot list its groups: {exc}") from exc
+            self._listed = frozenset(k for k in keys if _GROUP_RE.match(k))
+        return self._listed
 
     def _group_name(self, tile: Tile) -> str:
         return f"{tile.epsg % 100:02d}{'S' if tile.epsg // 100 == 327 else 'N'}"
@@ -274,6 +284,8 @@ class IcechunkSource(ZarrSource):
             return None
         zone, south = int(m.group(1)), m.group(2) == "S"
         epsg = (32700 if south else 32600) + zone
+        if name not in self._names():
+            return None
         try:
             g = self._call(lambda: self._group[name], f"open group {name}")
         except KeyError:
@@ -315,6 +327,38 @@ class IcechunkSource(ZarrSource):
                      complete=complete)
 
     # -- reads --------------------------------------------------------------------------
+    def _sibling(self, win: _Window, t: int) -> tuple[_Window, int] | None:
+        """The other hemisphere group's placement of the window's grid and its time index,
+        when the grid reaches across the equator (a northern tile's grid has one row below
+        it): those rows are the other group's, as they are in the one merged zone grid of
+        the geoemb layout. None when the grid stays on its group's side."""
+        z, g = win.zone, win.grid
+        top = g.transform[5]
+        bottom = top - PIXEL_SIZE * g.height
+        if not (bottom < 0.0 if g.epsg // 100 == 326 else top > _EQUATOR_SOUTH):
+            return None
+        year = z.years[t]
+        try:
+            other = self._zone(f"{z.zone:02d}{'N' if z.name.endswith('S') else 'S'}")
+        except CorruptTileError:
+            return None
+        if other is None or year not in other.years or self._year_gap(other, year):
+            return None
+        shift = _EQUATOR_SOUTH if other.crs_epsg // 100 == 327 else -_EQUATOR_SOUTH
+        col, row = (g.transform[2] - other.x0) / PIXEL_SIZE, (other.y0 - (g.transform[5] + shift)) / PIXEL_SIZE
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            raise CorruptTileError(f"{g.tile.name}: groups {z.name} and {other.name} are not on one lattice")
+        return _Window(g, other, round(row), round(col)), other.years.index(year)
+
+    def _read(self, win: _Window, t: int) -> tuple[np.ndarray, np.ndarray]:
+        emb, sc = super()._read(win, t)
+        sib = self._sibling(win, t)
+        if sib is not None and (ov := self._overlap(sib[0])) is not None:
+            e2, s2 = super()._read(*sib)
+            _, _, tr, tc = ov
+            emb[tr, tc], sc[tr, tc] = e2[tr, tc], s2[tr, tc]
+        return emb, sc
+
     def _scales_block(self, win: _Window, t: int, zr: slice, zc: slice) -> np.ndarray:
         return np.asarray(self._read_array(win.zone.name, "scales", (t, zr, zc)), dtype=np.float32)
 
@@ -322,6 +366,17 @@ class IcechunkSource(ZarrSource):
         return self._read_array(win.zone.name, "embeddings", (t, zr, zc, slice(None)))
 
     def _read_observations(self, win: _Window, t: int) -> np.ndarray | None:
+        out = self._observations_of(win, t)
+        sib = self._sibling(win, t)
+        if out is not None and sib is not None and (ov := self._overlap(sib[0])) is not None:
+            part = self._observations_of(*sib)
+            if part is not None:
+                _, _, tr, tc = ov
+                out[tr, tc] = part[tr, tc]
+        return out
+
+    def _observations_of(self, win: _Window, t: int) -> np.ndarray | None:
+        """The window's counts from its own group (zero outside it); None without the arrays."""
         names = set(self._group[win.zone.name].array_keys())
         if not all(a in names for a in _OBS_ARRAYS):
             return None
@@ -354,6 +409,22 @@ def _version(attrs: dict) -> str:
         if isinstance(v, str) and _VERSION_RE.match(v):
             return v
     return "v1.1"
+
+
+def _newer_format(exc: Exception) -> bool:
+    """Whether icechunk refused the repository for being written in a newer format."""
+    return "format" in str(exc) and "upgrade the icechunk library" in str(exc)
+
+
+def _format_advice(label: str) -> str:
+    import sys
+
+    import icechunk
+
+    where = ("install icechunk >= 2 (pip install -U 'icechunk>=2')" if sys.version_info >= (3, 12) else
+             "icechunk >= 2 needs Python >= 3.12: run tessera-search on Python 3.12 or newer with icechunk >= 2")
+    return (f"the Icechunk repository {label} is written in a newer Icechunk format than the installed "
+            f"icechunk {icechunk.__version__} reads; {where}, or read a Zarr copy of the dataset with --source")
 
 
 def _short(exc: Exception) -> str:
