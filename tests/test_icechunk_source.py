@@ -328,15 +328,21 @@ def test_icechunk_over_s3_ingests_like_the_local_repository(tmp_path, s3_server)
     assert again.present == [data.tile] and again.stored == []
 
 
-def test_zarr_store_in_a_bucket_reads_over_https(tmp_path, s3_server):
+def zarr_store_in_bucket(tmp_path, s3, bucket: str, prefix: str) -> Path:
+    """A geoemb store of the NORTH tile, written locally and uploaded below ``prefix``."""
     from test_zarr_source import store_with
 
-    endpoint, bucket, s3 = s3_server
     written = write_mirror(tmp_path / "npy", [NORTH])
     root = store_with(tmp_path / "geoemb.zarr", written[NORTH])
     for f in root.rglob("*"):
         if f.is_file():
-            s3.upload_file(str(f), bucket, f"zarr/v1.1/{f.relative_to(root).as_posix()}")
+            s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
+    return root
+
+
+def test_zarr_store_in_a_bucket_reads_over_https(tmp_path, s3_server):
+    endpoint, bucket, s3 = s3_server
+    root = zarr_store_in_bucket(tmp_path, s3, bucket, "zarr/v1.1")
     tile = Tile.from_name(NORTH)
     a = download([tile], 2023, source=f"s3://{bucket}/zarr/v1.1", home=tmp_path / "a", progress=False)
     b = download([tile], 2023, source=root, home=tmp_path / "b", progress=False)
@@ -377,16 +383,10 @@ def test_offline_default_dataset_says_how_to_pass_source(tmp_path, monkeypatch, 
 
 
 def test_zarr_store_in_a_bucket_with_credentials_is_read_signed(tmp_path, s3_server, monkeypatch):
-    from test_zarr_source import store_with
-
     from tessera_search.sources.zarrstore import ZarrSource
 
     endpoint, bucket, s3 = s3_server
-    written = write_mirror(tmp_path / "npy", [NORTH])
-    root = store_with(tmp_path / "geoemb.zarr", written[NORTH])
-    for f in root.rglob("*"):
-        if f.is_file():
-            s3.upload_file(str(f), bucket, f"private/v1.1/{f.relative_to(root).as_posix()}")
+    root = zarr_store_in_bucket(tmp_path, s3, bucket, "private/v1.1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     src = open_source(f"s3://{bucket}/private/v1.1", tmp_path / "ws")
