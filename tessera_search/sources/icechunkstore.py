@@ -377,7 +377,7 @@ class IcechunkSource(ZarrSource):
 
     def _observations_of(self, win: _Window, t: int) -> np.ndarray | None:
         """The window's counts from its own group (zero outside it); None without the arrays."""
-        names = set(self._group[win.zone.name].array_keys())
+        names = self._call(lambda: set(self._group[win.zone.name].array_keys()), f"list {win.zone.name}'s arrays")
         if not all(a in names for a in _OBS_ARRAYS):
             return None
         out = np.zeros((*win.grid.shape, len(_OBS_ARRAYS)), dtype=np.uint16)
