@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job on built-in defaults, offline: synthesize the Nairobi area, ingest it,
 # build an index, query by example, and summarise. Outputs land in demo-out/ and the
-# workspace in demo-out/workspace (nothing outside the repository is touched).
+# workspace in indexes/ (the default home, so a plain `tessera-search serve` afterwards
+# shows the demo index on a map; nothing outside the repository is touched).
 set -euo pipefail
-. "$(dirname "$0")/_venv.sh" ""
+. "$(dirname "$0")/_venv.sh" "serve"
 OUT=demo-out
 BBOX=36.7,-1.4,36.9,-1.2
-export TESSERA_SEARCH_HOME="$PWD/$OUT/workspace"
+export TESSERA_SEARCH_HOME="$PWD/indexes"
 mkdir -p "$OUT"
 echo "== 1. synthesize a SYNTHETIC release mirror of the Nairobi area (4 tiles, 2023)"
 tessera-search synthesize --bbox "$BBOX" --year 2023 --out "$OUT/mirror"
@@ -28,3 +29,4 @@ tessera-search query --index nairobi-2023 --point 36.8,-1.3 --k 200 --min-separa
 echo "== 6. workspace summary"
 tessera-search info
 echo "outputs: $OUT/matches.json, $OUT/matches.geojson, $OUT/places.tif, $OUT/places.png (workspace: $TESSERA_SEARCH_HOME)"
+echo "browse it on a map: .venv/bin/tessera-search serve --open   (http://127.0.0.1:8000; docs/serve.md)"

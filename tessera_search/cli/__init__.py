@@ -28,6 +28,7 @@ __all__ = ["app", "cli_message", "main", "rich_progress", "run"]
 _COMMAND_MODULES = (
     "commands_tiles", "commands_index", "commands_query", "commands_history", "commands_change",
     "commands_label", "commands_encoder",
+    "commands_serve",
 )
 
 
@@ -91,7 +92,7 @@ _PARAMS = ("k", "push", "threshold", "max_results", "min_separation", "nprobe", 
            "source", "values", "crs", "top_out", "per_tile", "max_memory", "per_class", "min_distance", "n",
            "class_field", "block_size", "folds", "top", "weights", "max_per_polygon", "region", "bbox",
            "region_file", "tiles", "tile", "device", "reference", "config", "data_source", "lr", "out", "seed",
-           "version", "home", "year", "substitute_bands")
+           "version", "home", "year", "substitute_bands", "dataset")
 _FLAGS = {"tiles": "--tile", "version": "--dataset-version", "substitute_bands": "--substitute-band",
           "folds": "--cv"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(_PARAMS) + r")(=|(?= must | is a | applies | and | do | needs | were | was ))")
