@@ -8,9 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from _helpers import write_mirror
+from _helpers import small_tile
 
-from tessera_search.grid import pixel_to_lonlat
+from tessera_search.grid import expected_grid, pixel_to_lonlat
+from tessera_search.sources.layout import write_manifest, write_release_tile
 
 pytest.importorskip("icechunk")
 
@@ -28,6 +29,19 @@ def _offsets(written) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _whole_grid(data):
+    """(grid, embeddings, scales, landmask) of the tile's whole grid holding ``data``'s window."""
+    full = expected_grid(data.tile)
+    r = round((full.transform[5] - data.grid.transform[5]) / 10.0)
+    c = round((data.grid.transform[2] - full.transform[2]) / 10.0)
+    h, w = data.grid.shape
+    emb = np.zeros((*full.shape, 128), np.int8)
+    scales = np.full(full.shape, np.nan, np.float32)
+    landmask = np.zeros(full.shape, np.uint8)
+    emb[r:r + h, c:c + w], scales[r:r + h, c:c + w], landmask[r:r + h, c:c + w] = data.embeddings, data.scales, 1
+    return full, emb, scales, landmask
+
+
 @pytest.fixture(scope="module")
 def three_sources(tmp_path_factory):
     from test_icechunk_source import Repo, group_origin
@@ -36,7 +50,10 @@ def three_sources(tmp_path_factory):
     import icechunk
 
     root = tmp_path_factory.mktemp("agree")
-    written = write_mirror(root / "npy", TILES, seed=3)
+    written = {name: small_tile(name, 2023, seed=3) for name in TILES}
+    for data in written.values():  # a release tile covers its whole grid: no data around the window
+        write_release_tile(root / "npy", "v1", 2023, *_whole_grid(data))
+    write_manifest(root / "npy", "v1")
     where = _offsets(written)
     size = 1536
     first = written[TILES[0]]
