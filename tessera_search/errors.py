@@ -29,6 +29,7 @@ as one line each::
     ├── IndexCorruptError (RuntimeError)        faiss could not read a shard
     ├── IndexBusyError (RuntimeError)           another build of the same index runs
     ├── MissingDependencyError (ImportError)    an optional extra is not installed
+    ├── EngineError (RuntimeError)              a cluster cannot be reached, or a shard's task on it failed
     └── CheckpointError (ValueError)            an encoder checkpoint does not fit
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "CatalogError",
     "CheckpointError",
     "CorruptTileError",
+    "EngineError",
     "IndexBusyError",
     "IndexCorruptError",
     "IndexNotFoundError",
@@ -195,6 +197,13 @@ class IndexBusyError(TesseraSearchError, RuntimeError):
 
 class MissingDependencyError(TesseraSearchError, ImportError):
     """An optional dependency is missing; the message names the pip install line."""
+
+
+class EngineError(TesseraSearchError, RuntimeError):
+    """A distributed engine (Ray) cannot be reached, or a shard's task on it failed.
+
+    The message names the shard, the node and the error (``details``: the same as fields).
+    """
 
 
 class CheckpointError(TesseraSearchError, ValueError):

@@ -11,14 +11,17 @@ import pytest
 from tessera_search.catalog import Catalog
 from tessera_search.errors import (
     IndexBusyError,
+    IndexCorruptError,
     IndexNotFoundError,
     InvalidInputError,
     KTooLargeError,
 )
-from tessera_search.grid import Tile, pack_ids
+from tessera_search.grid import Tile, pack_ids, unpack_ids
 from tessera_search.index import build_index, choose_params, default_index_name, open_index
 from tessera_search.index.build import build_lock, normalise, parse_size
 from tessera_search.index.gpu import GPU_MAX_K, gpu_count, search_index
+from tessera_search.index.search import attach_quantizer, search_shard
+from tessera_search.index.shard_build import ShardJob, build_shard, shard_job
 from tessera_search.index.shards import ShardFiles, index_dir, plan_shards, read_faiss_index
 from tessera_search.regions import resolve_region
 from tessera_search.store import TileStore
@@ -68,11 +71,12 @@ def built(tmp_path_factory):
 
 def test_choose_params_scales_with_vectors():
     small, big = choose_params(20_000, gpu=False), choose_params(10_000_000, gpu=False)
-    assert small.factory == "IVF128,PQ32x4fsr" and small.nlist == 128
-    assert big.nlist == 4096 and big.factory == "IVF4096,PQ32x4fsr"
-    assert choose_params(200_000_000, gpu=False).factory == "IVF16384,PQ32x4"  # memory-mapped lists
+    assert small.factory == "IVF128,PQ16x4fsr" and small.nlist == 128
+    assert big.nlist == 4096 and big.factory == "IVF4096_HNSW32,PQ16x4fsr"  # HNSW coarse quantizer
+    assert choose_params(1_000_000, gpu=False).factory == "IVF1024,PQ16x4fsr"
+    assert choose_params(200_000_000, gpu=False).factory == "IVF16384_HNSW32,PQ16x4"  # memory-mapped lists
     assert big.train_size == 64 * 4096 and small.train_size == 20_000
-    assert choose_params(10_000_000, gpu=True).factory == "IVF4096,PQ16"  # 8-bit codes: faiss-gpu's IVF-PQ
+    assert choose_params(10_000_000, gpu=True).factory == "IVF4096,PQ8"  # 8-bit codes: faiss-gpu's IVF-PQ
     tiny = choose_params(100)
     assert tiny.nlist == 2  # at most n / 39 lists
     own = choose_params(10_000_000, factory="IVF1024,PQ16")
@@ -127,8 +131,10 @@ def test_manifest_records_each_shard_file_size(built):
     assert man["trained_bytes"] == (rep.path / "trained.faissindex").stat().st_size
     for key, info in man["shards"].items():
         files = ShardFiles(rep.path, int(key))
-        assert info["bytes"] == {"index": files.index.stat().st_size, "ids": 8 * info["n_vectors"],
-                                 "vectors": 128 * info["n_vectors"]}
+        assert info["bytes"] == {"index": files.index.stat().st_size, "pixels": files.pixels.stat().st_size}
+        # one bit per grid pixel of each tile, tile after tile
+        assert files.pixels.stat().st_size == sum((h * w + 7) // 8 for _, h, w, _ in info["pixels"].values())
+        assert sum(n for *_, n in info["pixels"].values()) == info["n_vectors"]
 
 
 def test_search_recall_against_exact(built):
@@ -173,12 +179,16 @@ def test_mmap_read_searches_like_a_loaded_index(tmp_path, factory):
     rep = build_index(tiles=NAIROBI_TILES[:1], year=2023, home=tmp_path, progress=False, factory=factory)
     files = ShardFiles(rep.path, 0)
     a, b = read_faiss_index(files.index, mmap=True), read_faiss_index(files.index, mmap=False)
+    trained = read_faiss_index(rep.path / "trained.faissindex", mmap=False)
+    assert faiss.extract_index_ivf(a).quantizer.ntotal == 0  # the shard keeps no copy of the centroids
+    for index in (a, b):
+        attach_quantizer(index, faiss.extract_index_ivf(trained).quantizer)
     if "fs" not in factory:  # the lists really are on disk
         assert "OnDisk" in type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(a).invlists)).__name__
     q = normalise(np.random.default_rng(1).integers(-100, 100, (3, 128)).astype(np.int8))
     da, ia = search_index(a, None, q, 30, 8)
     db, ib = search_index(b, None, q, 30, 8)
-    assert np.array_equal(ia, ib) and np.allclose(da, db)
+    assert np.array_equal(ia, ib) and np.allclose(da, db) and (ia >= 0).all()
     idx = open_index(rep.name, home=tmp_path)
     v = idx.shards[0].vectors[40].astype(np.float32)
     assert idx.search(v, k=3).ids[0] == idx.shards[0].ids[40]
@@ -279,8 +289,7 @@ def test_interrupted_build_resumes_to_the_same_index(tmp_path):
     assert resumed.n_vectors == whole.n_vectors and resumed.n_shards == whole.n_shards
     for i in range(whole.n_shards):
         fa, fb = ShardFiles(resumed.path, i), ShardFiles(whole.path, i)
-        assert fa.ids.read_bytes() == fb.ids.read_bytes()
-        assert fa.vectors.read_bytes() == fb.vectors.read_bytes()
+        assert fa.pixels.read_bytes() == fb.pixels.read_bytes()
         assert fa.index.read_bytes() == fb.index.read_bytes()  # deterministic training and adds
     ia, ib = open_index(resumed.name, home=a), open_index(whole.name, home=b)
     q = normalise(ia.shards[1].vectors[3:4])[0]
@@ -381,12 +390,84 @@ def test_count_estimate_uses_the_region_share_of_each_cell():
     assert _estimate_counts(resolve_region(tiles=[t.name for t in tiles]), tiles, attrs) == [1000, 1000]
 
 
-def test_shard_search_returns_positions_that_map_to_pixel_ids(built):
+def test_shard_search_returns_pixel_ids_and_vectors_come_from_the_store(built):
     home, _, rep = built
-    shard = open_index(rep.name, home=home).shards[1]
+    idx = open_index(rep.name, home=home)
+    shard = idx.shards[1]
     q = normalise(np.asarray(shard.vectors[11:12]))[0]
-    _, pos = shard.search(q, 5, 8)
-    assert pos[0] == 11 and shard.pixel_ids(pos)[0] == shard.ids[11]
-    assert np.array_equal(shard.vectors_at(pos[::-1]), np.asarray(shard.vectors)[pos[::-1]])
-    found, where = shard.lookup(np.array([shard.ids[11], 5], np.int64))
-    assert found.tolist() == [True, False] and where[0] == 11
+    scores, got = search_shard(shard, q[None], 300, 8)
+    assert got.shape == scores.shape == (1, 300) and shard.ids[11] in got[0]  # approximate: among the best
+    assert np.isin(got[0][got[0] >= 0], shard.ids).all()  # pixel IDs of the shard's own pixels
+    ix, iy, r, c = unpack_ids(shard.ids[[11, 40]])
+    data = TileStore(home).read(Tile(int(ix[0]), int(iy[0])), 2023)
+    assert np.array_equal(shard.vectors_of(shard.ids[[11]])[0], data.embeddings[r[0], c[0]])
+    assert np.array_equal(shard.vectors[[40, 11]], shard.vectors_of(shard.ids[[40, 11]]))
+    assert shard.contains(np.array([shard.ids[11], shard.ids[11] + 1 if shard.ids[12] != shard.ids[11] + 1
+                                    else pack_ids(int(ix[0]), int(iy[0]), 0, 0)])).tolist()[0]
+    assert idx.contains(shard.ids[:50]).all() and not idx.contains(pack_ids(300, 10, 0, 0))[0]
+    assert shard.contains(np.array([pack_ids(300, 10, 0, 0)])).tolist() == [False]
+
+
+def test_one_copy_of_the_vectors_the_store_is_the_rerank_source(built):
+    """No shard file holds vectors: the index adds codes + IDs (16 B), a bit per grid pixel
+    and one trained file to the store's bytes."""
+    home, _, rep = built
+    files = sorted(p.name for p in rep.path.iterdir())
+    assert all(f.endswith((".faissindex", ".pixels")) or f == "manifest.json" for f in files), files
+    shard_bytes = sum(p.stat().st_size for p in rep.path.glob("shard-*.faissindex"))
+    assert shard_bytes < 20 * rep.n_vectors  # PQ16x4 codes (8 B) + IDs (8 B) + list headers
+
+
+def test_store_embedding_file_offsets_match_zarr_reads(built):
+    home, _, _ = built
+    store = TileStore(home)
+    tile = Tile.from_name(NAIROBI_TILES[0])
+    path, first = store.embedding_file(tile, 2023)
+    data = store.read(tile, 2023)
+    rows = np.fromfile(path, np.int8)[: path.stat().st_size // 128 * 128].reshape(-1, 128)
+    r, c = np.meshgrid(np.arange(data.grid.height), np.arange(data.grid.width), indexing="ij")
+    r, c = r.ravel(), c.ravel()
+    f = first[r // 64, c // 64]
+    ok = f >= 0
+    assert np.array_equal(rows[f[ok] + (r[ok] % 64) * 64 + c[ok] % 64], data.embeddings[r[ok], c[ok]])
+    assert not data.embeddings[r[~ok], c[~ok]].any()  # chunks never written hold only zeros
+
+
+def test_a_tile_reingested_since_the_build_is_refused(tmp_path):
+    _fill(tmp_path, tiles=NAIROBI_TILES[:1])
+    rep = build_index(tiles=NAIROBI_TILES[:1], year=2023, home=tmp_path, progress=False)
+    idx = open_index(rep.name, home=tmp_path)
+    q = normalise(np.asarray(idx.shards[0].vectors[3:4]))[0]
+    assert idx.search(q, k=5).ids[0] == idx.shards[0].ids[3]
+    _fill(tmp_path, tiles=NAIROBI_TILES[:1])  # the same bytes stored again: still searchable
+    assert open_index(rep.name, home=tmp_path).search(q, k=5).ids[0] == idx.shards[0].ids[3]
+    _fill(tmp_path, tiles=NAIROBI_TILES[:1], seed=9)  # other bytes under the same tile
+    with pytest.raises(IndexCorruptError, match="holds other vectors than the index was built from.*--rebuild"):
+        open_index(rep.name, home=tmp_path).search(q, k=5)
+
+
+def test_build_tunes_search_to_the_recall_target(built):
+    """The tuned parameters are recorded, reach the target on the held-out queries, and are
+    what a search uses by default."""
+    home, _, rep = built
+    man = json.loads((rep.path / "manifest.json").read_text())
+    tuned = man["search"]
+    assert tuned["target_recall"] == 0.95 and tuned["n_queries"] == 32 and tuned["reached"]
+    assert tuned["recall1000"] >= 0.95 and tuned["recall10"] >= 0.99
+    assert tuned["tried"] and all(t["refine_factor"] <= tuned["refine_factor"] for t in tuned["tried"])
+    idx = open_index(rep.name, home=home)
+    assert idx.params["refine_factor"] == tuned["refine_factor"]
+    assert idx.params["list_factor"] == tuned["list_factor"]
+    assert idx.params["min_candidates"] == tuned["min_candidates"] >= 4096 and tuned["floors"][-1]["recall10"] >= 0.99
+
+
+def test_shard_job_is_plain_data_and_rebuilds_the_same_shard(built, tmp_path):
+    home, region, rep = built
+    man = json.loads((rep.path / "manifest.json").read_text())
+    job = shard_job(home, 2023, man["shards"]["1"]["tiles"], region, rep.path / "trained.faissindex", tmp_path, 1)
+    doc = json.loads(json.dumps(job.to_json()))
+    assert ShardJob.from_json(doc) == job
+    info = build_shard(ShardJob.from_json(doc))
+    assert info["n_vectors"] == man["shards"]["1"]["n_vectors"] and info["pixels"] == man["shards"]["1"]["pixels"]
+    for kind in ("index", "pixels"):
+        assert ShardFiles(tmp_path, 1).paths[kind].read_bytes() == ShardFiles(rep.path, 1).paths[kind].read_bytes()

@@ -60,7 +60,7 @@ def _same_as_clean(home, clean_home):
     assert a.n_vectors == b.n_vectors and len(a.shards) == len(b.shards) == 2
     for i in range(2):
         fa, fb = ShardFiles(a.generation, i), ShardFiles(b.generation, i)
-        for x, y in ((fa.ids, fb.ids), (fa.vectors, fb.vectors), (fa.index, fb.index)):
+        for x, y in ((fa.pixels, fb.pixels), (fa.index, fb.index)):
             assert x.read_bytes() == y.read_bytes()
     q = normalise(b.shards[1].vectors[5:6])[0]
     ra, rb = a.search(q, k=50), b.search(q, k=50)
@@ -100,7 +100,7 @@ def test_build_start_removes_the_temporary_files_a_killed_build_left(tmp_path):
         _build(tmp_path, on_shard=stop)
     idir = index_dir(tmp_path, NAME)
     (gen,) = [p for p in idir.iterdir() if p.name.startswith("gen-")]
-    debris = [idir / ".CURRENT.k1ll3d.tmp", gen / ".shard-00001.ids.a8f2.tmp", gen / ".manifest.json.x1.tmp",
+    debris = [idir / ".CURRENT.k1ll3d.tmp", gen / ".shard-00001.pixels.a8f2.tmp", gen / ".manifest.json.x1.tmp",
               gen / ".shard-00001.faissindex.zz.tmp"]
     for p in debris:
         p.write_bytes(b"")  # what mkstemp left when the process died
@@ -151,13 +151,13 @@ def test_killed_after_the_switch_the_files_win(tmp_path, monkeypatch, clean, hea
 # -- 6b: a shard file lost or truncated after the build ----------------------------
 
 
-@pytest.mark.parametrize("damage", ["delete vectors", "truncate ids", "delete faissindex"])
+@pytest.mark.parametrize("damage", ["delete pixels", "truncate pixels", "delete faissindex", "truncate faissindex"])
 def test_lost_shard_file_is_reported_and_rebuilt(tmp_path, clean, damage):
     _fill(tmp_path)
     first = _build(tmp_path)
     files = ShardFiles(first.path, 1)
     action, kind = damage.split()
-    path = {"vectors": files.vectors, "ids": files.ids, "faissindex": files.index}[kind]
+    path = {"pixels": files.pixels, "faissindex": files.index}[kind]
     if action == "delete":
         path.unlink()
     else:

@@ -9,7 +9,7 @@ import typer
 from ._app import app, state
 from ._console import bar, out_console, print_json
 from ..sources.datasets import source_spec
-from .options import BBox, Json, Region, RegionFile, DatasetName, Source, Tiles, Year, region_from_options
+from .options import BBox, DatasetName, EngineName, Json, RayAddress, Region, RegionFile, Source, Tiles, Year, region_from_options
 
 
 @app.command("build-index")
@@ -21,14 +21,19 @@ def build_index(
     factory: Annotated[str | None, typer.Option("--factory", help="faiss factory string overriding the chosen index type, e.g. IVF4096,PQ32x4.", show_default=False)] = None,
     max_memory: Annotated[str, typer.Option("--max-memory", help="Memory bound for the build (shard size and training sample follow), e.g. 2GiB.")] = "2GiB",
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build afresh even when the index is up to date.")] = False,
+    target_recall: Annotated[float, typer.Option("--target-recall", help="Recall@1000 the search parameters are tuned to at build time, on held-out sample queries against exact answers.", min=0.01, max=0.999)] = 0.95,
+    engine: EngineName = "local", ray_address: RayAddress = None,
     json: Json = False,
 ) -> None:
     """Build (or resume) a sharded IVF-PQ index of a region's pixels for one year."""
+    from ..engine import using_engine
     from ..index import build_index as do_build
 
     reg = region_from_options(region, bbox, region_file, tile)
-    rep = do_build(reg, year, source=source_spec(source, dataset), name=name, factory=factory, max_memory=max_memory,
-                   home=state.home, progress=bar(json), rebuild=rebuild)
+    with using_engine(engine, ray_address) as eng:
+        rep = do_build(reg, year, source=source_spec(source, dataset), name=name, factory=factory,
+                       max_memory=max_memory, home=state.home, progress=bar(json), rebuild=rebuild, engine=eng,
+                       target_recall=target_recall)
     if json:
         print_json(rep.to_json())
         return

@@ -11,7 +11,7 @@ import typer
 from ._app import app, state
 from ._console import bar, out_console, print_json
 from ..sources.datasets import source_spec
-from .options import BBox, Json, Region, RegionFile, DatasetName, Source, Tiles, region_from_options
+from .options import BBox, Json, RayAddress, Region, RegionFile, DatasetName, Source, Tiles, region_from_options
 
 
 class Weights(str, Enum):
@@ -103,6 +103,10 @@ def label(
     truth: Annotated[Path | None, typer.Option(
         "--truth", help="A synthetic mirror: report the map's accuracy against its ground truth.",
         show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="With --index: where the index's tiles are scanned, local or ray (the nodes holding its "
+        "shards; see docs/scale.md).")] = "local",
+    ray_address: RayAddress = None,
     json: Json = False,
 ) -> None:
     """Few-shot labelling by k nearest neighbours (cosine) of labelled examples.
@@ -118,13 +122,18 @@ def label(
         check_output(out, POINT_SUFFIXES if index is not None else RASTER_SUFFIXES,
                      directory=per_tile and index is None)
     given_region = any(v for v in (region, bbox, region_file, tile))
+    if index is None and (engine != "local" or ray_address is not None):
+        raise typer.BadParameter("--engine and --ray-address apply to candidates across an index: add --index NAME")
     common = dict(class_field=class_field, k=k, weights=weights.value, home=state.home,
                   max_per_polygon=max_per_polygon, seed=seed, source=source_spec(source, dataset))
     if index is not None:
         if given_region or cv is not None:
             raise typer.BadParameter("--index searches the whole index: drop the region options and --cv")
-        res = lab.label_candidates(examples, index=index, year=year, per_class=per_class, out=out,
-                                   progress=bar(json), **common)
+        from ..engine import using_engine
+
+        with using_engine(engine, ray_address) as eng:
+            res = lab.label_candidates(examples, index=index, year=year, per_class=per_class, out=out,
+                                       progress=bar(json), engine=eng, **common)
         if json:
             print_json(res.to_json())
             return

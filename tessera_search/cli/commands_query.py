@@ -11,7 +11,7 @@ from ._app import app, state
 from . import cli_message
 from ._console import bar, out_console, print_json, warn
 from ..sources.datasets import source_spec
-from .options import Json, DatasetName, Source
+from .options import DatasetName, EngineName, Json, RayAddress, Source
 
 _TABLE_ROWS = 20  # table rows printed unless --all
 
@@ -38,9 +38,11 @@ def query(
     per_tile: Annotated[bool, typer.Option("--per-tile", help="With --out DIR: one COG per tile on the tile's own grid.")] = False,
     replay: Annotated[int | None, typer.Option("--replay", help="Rerun recorded query ID (see `tessera-search history`).", show_default=False)] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Print every match in the table (default: the top 20).")] = False,
+    engine: EngineName = "local", ray_address: RayAddress = None,
     json: Json = False,
 ) -> None:
     """Find the pixels most like one or more example pixels (exact cosine similarity)."""
+    from ..engine import using_engine
     from ..errors import InvalidInputError
     from ..export import QUERY_SUFFIXES, check_output
     from ..grid import parse_point
@@ -57,15 +59,17 @@ def query(
             return []
         return write_result(res, idx, out, values=values, crs=crs, per_tile=per_tile, progress=bar(json))
 
-    if replay is not None:
-        if positives or negatives or examples is not None:
-            raise InvalidInputError("--replay reruns a recorded query as it was; drop the examples")
-        res, files = do_replay(replay, home=state.home, then=files_of)
-    else:
-        res, files = run_query(positives, negatives=negatives, examples=examples, example_year=example_year,
-                               push=push, index=index, year=year, k=k, threshold=threshold,
-                               min_separation=min_separation, group=group, max_results=max_results,
-                               nprobe=nprobe, home=state.home, source=source_spec(source, dataset), then=files_of, progress=bar(json))
+    if replay is not None and (positives or negatives or examples is not None):
+        raise InvalidInputError("--replay reruns a recorded query as it was; drop the examples")
+    with using_engine(engine, ray_address) as eng:
+        if replay is not None:
+            res, files = do_replay(replay, home=state.home, then=files_of, engine=eng)
+        else:
+            res, files = run_query(positives, negatives=negatives, examples=examples, example_year=example_year,
+                                   push=push, index=index, year=year, k=k, threshold=threshold,
+                                   min_separation=min_separation, group=group, max_results=max_results,
+                                   nprobe=nprobe, home=state.home, source=source_spec(source, dataset), then=files_of,
+                                   progress=bar(json), engine=eng)
     for message in res.warnings:
         warn(cli_message(Exception(message)))
     if json:

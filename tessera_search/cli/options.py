@@ -50,6 +50,24 @@ DatasetName = Annotated[
     ),
 ]
 
+EngineName = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="Where the index's shards are built or searched: local (this process) or ray (a Ray cluster; "
+        "needs the ray extra; see docs/scale.md).",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="With --engine ray: the cluster to join, HOST:PORT of `ray start --head`, or auto. "
+        "Default: RAY_ADDRESS, else a cluster started on this machine, else a new local one.",
+        show_default=False,
+    ),
+]
+
 
 def region_from_options(region=None, bbox=None, region_file=None, tiles=None):
     """Resolve the mutually exclusive region options into a :class:`~tessera_search.regions.Region`."""

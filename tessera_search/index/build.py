@@ -1,4 +1,4 @@
-"""Building an index: choose parameters, train once on a spread sample, build shards.
+"""Building an index: choose parameters, train once on a spread sample, build shards, tune.
 
 One index per (name, year, dataset version). The pipeline, shard-shaped so that a
 distributed engine can run :func:`build_shard` on many machines against the same
@@ -6,16 +6,21 @@ trained file:
 
 1. :func:`choose_params` picks the faiss factory string and search defaults from the
    number of vectors (see ``docs/index.md``);
-2. :func:`train` fits the coarse quantizer and PQ codebooks on a sample spread over the
-   region (evenly spaced tiles, a seeded random draw of pixels in each), once per index;
-3. :func:`build_shard` reads whole tiles from the store, keeps the pixels that are valid,
-   owned by the tile and inside the region, normalises them (cosine = inner product on
-   unit vectors; the per-pixel scale cancels), adds them under their position in the
-   shard, and writes the shard's files atomically: the faiss index, the pixel IDs by
-   position (ascending: tiles in order, pixels row-major) and the int8 vectors by
-   position;
+2. :func:`train` fits the coarse quantizer and PQ codebooks on :func:`training_sample`
+   (evenly spaced tiles, a seeded random draw of pixels in each), once per index;
+3. :func:`build_shard` runs one :class:`ShardJob` (plain data: where the workspace is,
+   the year, the shard's tiles, the region, the trained file, the output folder and shard
+   number). It reads whole tiles from the store, keeps the pixels that are valid, owned
+   by the tile and inside the region, normalises them (cosine = inner product on unit
+   vectors; the per-pixel scale cancels), adds them under their pixel IDs, and writes the
+   shard's files atomically: the faiss lists (its coarse quantizer left empty: the index's
+   one trained quantizer is shared) and a bitmap of the pixels it holds. The int8
+   vectors are not copied: searches re-rank from the store (:mod:`.rerank`);
 4. :func:`build_index` strings these together with a lock, a progress bar, resumption
-   (finished shards of an interrupted build are kept) and the catalog.
+   (finished shards of an interrupted build are kept), the search parameters tuned to a
+   recall target on held-out sample queries (:mod:`.tune`), and the catalog. Every
+   shard goes through the one call ``build_shard(job)`` in :func:`_run_shards`: the
+   dispatch point where an engine (Ray, Dask) can run the jobs elsewhere.
 
 The files on disk are the truth: a rerun checks the current generation (every shard file
 present, with the size its manifest records) and rebuilds only what is missing, in a new
@@ -36,7 +41,6 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,8 +48,9 @@ import numpy as np
 
 from .._io import atomic_path, writing
 from ..errors import IndexBusyError, IndexCorruptError, InvalidInputError, NoCoverageError
-from ..grid import Tile, pack_ids
-from .params import DEFAULT_MAX_MEMORY, IndexParams, bytes_per_vector, choose_params, new_index, parse_size
+from ..grid import Tile
+from .params import SEED, DEFAULT_MAX_MEMORY, IndexParams, bytes_per_vector, choose_params, new_index, parse_size
+from .shard_build import BATCH, ShardJob, build_shard, normalise, run_shards, shard_job, tile_vectors
 from .shards import (
     DIMS,
     LOCK,
@@ -53,14 +58,11 @@ from .shards import (
     ShardFiles,
     catalog_entry,
     current_generation,
-    faiss_write,
-    file_sizes,
     generation_problems,
     generations,
     index_dir,
     index_state,
     plan_shards,
-    read_faiss_index,
     read_manifest,
     remove_debris,
     set_current,
@@ -74,15 +76,17 @@ __all__ = [
     "BuildReport",
     "IndexParams",
     "build_index",
+    "ShardJob",
     "build_shard",
     "choose_params",
     "default_index_name",
     "parse_size",
     "train",
+    "training_sample",
 ]
 
-_FORMAT = "tessera-search-index/1"
-_BATCH = 65536  # vectors converted to float32 and added at a time (32 MiB)
+_FORMAT = "tessera-search-index/2"
+DEFAULT_TARGET_RECALL = 0.95
 _FULL_TILE_BYTES = 1200 * 1200 * (DIMS + 4 + 1)  # a whole tile read: int8 + scales + mask
 
 
@@ -106,36 +110,6 @@ def default_index_name(region, year: int) -> str:
     return f"{slug}-{int(year)}"
 
 
-# -- reading tiles -------------------------------------------------------------------
-
-
-def _tile_vectors(store, year: int, tile: Tile, region) -> tuple[np.ndarray, np.ndarray]:
-    """The tile's indexable pixels: ((n,) int64 IDs ascending, (n, 128) int8 vectors).
-
-    Valid, owned by the tile, inside the region, and not the zero vector (which has no
-    direction).
-    """
-    data = store.read(tile, year)
-    mask = data.valid & region.mask(data.grid)
-    emb = data.embeddings
-    rows, cols = np.nonzero(mask)
-    vecs = emb[rows, cols]
-    nonzero = np.any(vecs != 0, axis=1)
-    if not nonzero.all():
-        rows, cols, vecs = rows[nonzero], cols[nonzero], vecs[nonzero]
-    ids = pack_ids(tile.ix, tile.iy, rows, cols)
-    return ids, np.ascontiguousarray(vecs)
-
-
-def normalise(vecs: np.ndarray) -> np.ndarray:
-    """(n, 128) int8 -> (n, 128) float32 unit vectors (the per-pixel scale cancels in cosine)."""
-    x = np.asarray(vecs, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    norms[norms == 0] = 1.0
-    x /= norms[:, None]
-    return x
-
-
 # -- training ------------------------------------------------------------------------
 
 
@@ -146,9 +120,38 @@ def _sample_tiles(names: list[str], counts: list[int], train_size: int) -> list[
     return [int(i) for i in picks if counts[i] > 0]
 
 
+def training_sample(store, year: int, tiles: list[Tile], counts: list[int], region, n: int,
+                    seed: int = SEED, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """(m, 128) float32 unit vectors, m <= ``n``: the training sample, spread over ``tiles``.
+
+    Evenly spaced tiles of the sorted list (about one per 2048 vectors wanted), a seeded
+    random draw of pixels in each, in proportion to ``counts`` (indexable pixels per
+    tile). The one place the sample is gathered: the build trains on exactly this.
+    Deterministic: the same tiles, counts, ``n`` and ``seed`` give the same sample.
+    ``progress(1)`` after each tile read.
+    """
+    picks = _sample_tiles([t.name for t in tiles], counts, n)
+    total = sum(counts[i] for i in picks)
+    parts = []
+    for i in picks:
+        tile = tiles[i]
+        ids, vecs = tile_vectors(store, year, tile, region)
+        quota = min(len(ids), math.ceil(n * counts[i] / max(total, 1)))
+        if quota < len(ids):
+            rng = np.random.default_rng([seed, tile.ix + 1800, tile.iy + 900])
+            vecs = vecs[np.sort(rng.choice(len(ids), quota, replace=False))]
+        parts.append(normalise(vecs))
+        del ids, vecs
+        if progress:
+            progress(1)
+    if not parts or sum(len(p) for p in parts) == 0:
+        raise NoCoverageError("no valid pixels to train on in the region's stored tiles")
+    return np.concatenate(parts)[:n]
+
+
 def train(store, year: int, tiles: list[Tile], counts: list[int], region, params: IndexParams,
           progress: Callable[[int], None] | None = None):
-    """Train a fresh index on a sample spread over ``tiles``; returns the empty trained index.
+    """Train a fresh index on :func:`training_sample`; returns the empty trained index.
 
     Deterministic: the same tiles, counts and params give the same sample, and faiss'
     k-means runs with a fixed seed.
@@ -157,23 +160,7 @@ def train(store, year: int, tiles: list[Tile], counts: list[int], region, params
 
     from .gpu import train_index
 
-    names = [t.name for t in tiles]
-    picks = _sample_tiles(names, counts, params.train_size)
-    total = sum(counts[i] for i in picks)
-    parts = []
-    for i in picks:
-        tile = tiles[i]
-        ids, vecs = _tile_vectors(store, year, tile, region)
-        quota = min(len(ids), math.ceil(params.train_size * counts[i] / max(total, 1)))
-        if quota < len(ids):
-            rng = np.random.default_rng([params.seed, tile.ix + 1800, tile.iy + 900])
-            vecs = vecs[np.sort(rng.choice(len(ids), quota, replace=False))]
-        parts.append(normalise(vecs))
-        if progress:
-            progress(1)
-    if not parts or sum(len(p) for p in parts) == 0:
-        raise NoCoverageError("no valid pixels to train on in the region's stored tiles")
-    x = np.concatenate(parts)
+    x = training_sample(store, year, tiles, counts, region, params.train_size, params.seed, progress)
     index = new_index(params.factory)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -185,59 +172,6 @@ def train(store, year: int, tiles: list[Tile], counts: list[int], region, params
             )
     train_index(index, x)
     return index
-
-
-# -- shards --------------------------------------------------------------------------
-
-
-def build_shard(store, year: int, tiles: list[Tile], region, trained_path: Path, files: ShardFiles,
-                progress: Callable[[int], None] | None = None) -> dict:
-    """Build one shard (whole ``tiles``) from the trained index; write its files atomically.
-
-    Returns ``{"shard", "tiles", "n_vectors", "bytes", "bytes_resident", "seconds"}``
-    (``bytes``: the size of each file, which a later build checks). Independent of every
-    other shard: a distributed engine can run this on any machine holding the store and
-    ``trained_path``. Reads the next tile while faiss adds the current one. A failed write
-    (disk full, read-only folder) is a WriteError.
-    """
-    import faiss
-
-    from .gpu import to_gpu
-
-    t0 = time.monotonic()
-    index = read_faiss_index(trained_path, mmap=False)
-    gpu_index = to_gpu(index)
-    target = gpu_index if gpu_index is not None else index
-    n = 0
-    what = f"index shard {files.stem}"
-    with writing(what, files.gen_dir), atomic_path(files.ids, what) as tmp_ids, \
-            atomic_path(files.vectors, what) as tmp_vec, atomic_path(files.index, what) as tmp_idx, \
-            open(tmp_ids, "wb") as f_ids, open(tmp_vec, "wb") as f_vec, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_tile_vectors, store, year, tiles[0], region) if tiles else None
-        for i in range(len(tiles)):
-            ids, vecs = pending.result()
-            pending = pool.submit(_tile_vectors, store, year, tiles[i + 1], region) if i + 1 < len(tiles) else None
-            # faiss holds each vector's position in the shard; the .ids file maps positions
-            # to pixel IDs, so re-ranking reads the vector at that position directly.
-            for s in range(0, len(ids), _BATCH):
-                pos = np.arange(n + s, n + min(s + _BATCH, len(ids)), dtype=np.int64)
-                target.add_with_ids(normalise(vecs[s:s + _BATCH]), pos)
-            f_ids.write(ids.astype("<i8").tobytes())
-            f_vec.write(vecs.tobytes())
-            n += len(ids)
-            del ids, vecs
-            if progress:
-                progress(1)
-        f_ids.flush()
-        f_vec.flush()
-        os.fsync(f_ids.fileno())
-        os.fsync(f_vec.fileno())
-        if gpu_index is not None:
-            index = faiss.index_gpu_to_cpu(gpu_index)
-        faiss_write(index, tmp_idx, what, files.index)
-    return {"shard": files.number, "tiles": [t.name for t in tiles], "n_vectors": int(n),
-            "bytes": file_sizes(files), "bytes_resident": int(n * bytes_per_vector(index)),
-            "seconds": round(time.monotonic() - t0, 3)}
 
 
 # -- the whole build -----------------------------------------------------------------
@@ -331,7 +265,7 @@ def _estimate_counts(region, tiles: list[Tile], attrs: list[dict]) -> list[int]:
     return [int(math.ceil(round(c * min(max(float(f), 0.0), 1.0), 6))) for c, f in zip(counts, share)]
 
 
-def _build_key(year, version, region, tile_attrs, params, capacity) -> str:
+def _build_key(year, version, region, tile_attrs, params, capacity, target_recall) -> str:
     geom = getattr(region, "geometry", None)
     doc = {
         "format": _FORMAT,
@@ -342,6 +276,7 @@ def _build_key(year, version, region, tile_attrs, params, capacity) -> str:
         "tiles": [[a["tile"], int(a.get("n_valid", 0)), a.get("ingested_at")] for a in tile_attrs],
         "params": params.to_json(),
         "capacity": int(capacity),
+        "target_recall": float(target_recall),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -368,6 +303,8 @@ def build_index(
     rebuild: bool = False,
     shard_size: int | None = None,
     on_shard: Callable[[int, int], None] | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    engine=None,
 ) -> BuildReport:
     """Build (or resume, or confirm up to date) the index of a region for ``year``.
 
@@ -379,7 +316,14 @@ def build_index(
     same arguments, keeps its finished shards; ``rebuild`` starts afresh even when the
     complete index is up to date. ``shard_size`` caps the vectors per shard below what
     ``max_memory`` allows (more, smaller shards for a distributed engine).
-    ``on_shard(done, total)`` is called after each shard.
+    ``on_shard(done, total)`` is called after each shard. ``target_recall``: the search
+    parameters (lists probed, candidates re-ranked) are tuned after the shards are built,
+    on held-out sample queries against exact answers, to the cheapest that reach this
+    recall@1000 (and recall@10 >= 0.99); they are recorded in the manifest (``search``)
+    and are what :meth:`Index.search` uses by default. ``engine``: where the shards are
+    built, ``"local"`` (default: here, one after another) or ``"ray"`` (one Ray task per
+    shard, each reserving ``max_memory``), or a :class:`~tessera_search.engine.Engine`;
+    see ``docs/scale.md``.
 
     Raises IndexBusyError when another process builds the same index,
     NoCoverageError when no tile of the region can be had, InvalidInputError when the
@@ -393,6 +337,9 @@ def build_index(
     home = resolve_home(home)
     reg = _resolve(region, bbox, region_file, tiles)
     budget = parse_size(max_memory)
+    target_recall = float(target_recall)
+    if not 0.0 < target_recall < 1.0:
+        raise InvalidInputError(f"target_recall must be between 0 and 1 (exclusive), got {target_recall}")
     name = name or default_index_name(reg, year)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise InvalidInputError(f"index name {name!r} may hold only letters, digits, '.', '_' and '-'")
@@ -401,7 +348,7 @@ def build_index(
         remove_debris(idir)  # under the lock: no other build of this index is writing them
         try:
             return _build_locked(reg, int(year), name, idir, home, source, factory, budget, progress, rebuild,
-                                 shard_size, on_shard, t0)
+                                 shard_size, on_shard, t0, target_recall, engine)
         except BaseException:
             _settle(home, idir)
             raise
@@ -421,7 +368,8 @@ def _settle(home, idir: Path) -> None:
         pass
 
 
-def _build_locked(reg, year, name, idir, home, source, factory, budget, progress, rebuild, shard_size, on_shard, t0):
+def _build_locked(reg, year, name, idir, home, source, factory, budget, progress, rebuild, shard_size, on_shard, t0,
+                  target_recall, engine=None):
     from .._progress import progress_bar
     from ..catalog import Catalog
     from ..ingest import download
@@ -454,7 +402,7 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
     params = choose_params(sum(counts), factory, budget)
     probe = new_index(params.factory)
     per_vector = bytes_per_vector(probe)
-    fixed = 2 * _FULL_TILE_BYTES + _BATCH * DIMS * 8 + (params.nlist or 1) * DIMS * 4 * 2
+    fixed = 2 * _FULL_TILE_BYTES + BATCH * DIMS * 8 + (params.nlist or 1) * DIMS * 4 * 2
     capacity = (budget - fixed) // (2 * per_vector)  # faiss' list vectors may double when growing
     if capacity < max(counts, default=1):
         need = fixed + 2 * per_vector * max(counts, default=1)
@@ -462,7 +410,7 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
     if shard_size is not None:
         capacity = min(capacity, max(1, int(shard_size)))
     plan = plan_shards([(t.name, c) for t, c in zip(present, counts)], capacity)
-    key = _build_key(year, version, reg, attrs, params, capacity)
+    key = _build_key(year, version, reg, attrs, params, capacity, target_recall)
 
     current = current_generation(idir)
     repair_from, repaired = None, []
@@ -512,7 +460,6 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
                               "factory": params.factory, "params": params.to_json(), "dims": DIMS,
                               "n_vectors": 0, "n_shards": len(plan.shards), "status": "building"})
 
-    by_name = {t.name: t for t in present}
     trained_path = gen / TRAINED
     todo = [i for i in range(len(plan.shards))
             if str(i) not in manifest["shards"] or shard_problems(ShardFiles(gen, i), manifest["shards"][str(i)])]
@@ -527,15 +474,25 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
             manifest["train_seconds"] = round(time.monotonic() - t_train, 3)
             manifest["trained_bytes"] = trained_path.stat().st_size
             write_manifest(gen, manifest)
-        for done, i in enumerate(todo, 1):
-            info = build_shard(store, year, [by_name[t] for t in plan.shards[i]], reg, trained_path,
-                               ShardFiles(gen, i), advance)
-            manifest["shards"][str(i)] = info
+        jobs = [shard_job(home, year, list(plan.shards[i]), reg, trained_path, gen, i) for i in todo]
+        finished = [0]
+
+        def record(job: ShardJob, info: dict) -> None:
+            manifest["shards"][str(job.number)] = info
             write_manifest(gen, manifest)
+            finished[0] += 1
             if on_shard:
-                on_shard(reused + done, len(plan.shards))
-    manifest["status"] = "complete"
+                on_shard(reused + finished[0], len(plan.shards))
+
+        run_shards(jobs, advance, record, engine, budget)
     manifest["n_vectors"] = sum(int(s["n_vectors"]) for s in manifest["shards"].values())
+    if manifest.get("search", {}).get("target_recall") != target_recall:
+        from .tune import tune_search
+
+        t_tune = time.monotonic()
+        manifest["search"] = tune_search(home, name, gen, manifest, target_recall)
+        manifest["search"]["seconds"] = round(time.monotonic() - t_tune, 3)
+    manifest["status"] = "complete"
     manifest["completed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_manifest(gen, manifest)
     set_current(idir, gen)
@@ -576,8 +533,8 @@ def _take_over(src_gen: Path, src_man: dict, gen: Path, manifest: dict) -> None:
         src = ShardFiles(src_gen, int(key))
         if shard_problems(src, info):
             continue
-        for a, b in ((src.ids, dst.ids), (src.vectors, dst.vectors), (src.index, dst.index)):
-            _link(a, b)
+        for kind, path in src.paths.items():
+            _link(path, dst.paths[kind])
         manifest["shards"][key] = info
     write_manifest(gen, manifest)
 

@@ -15,9 +15,12 @@ __all__ = ["DEFAULT_MAX_MEMORY", "FAST_SCAN_MAX_VECTORS", "IndexParams", "bytes_
            "new_index", "parse_size"]
 
 DEFAULT_MAX_MEMORY = 2 << 30
-# Up to this many vectors the default lists are fast-scan (held in RAM, 24 bytes each);
-# beyond, plain PQ lists that faiss memory-maps.
-FAST_SCAN_MAX_VECTORS = 100_000_000
+# Up to this many vectors the default lists are fast-scan (held in RAM, 16 bytes each:
+# 1.8 GiB at 120 M); beyond, plain PQ lists that faiss memory-maps.
+FAST_SCAN_MAX_VECTORS = 120_000_000
+# From this many lists the coarse quantizer is an HNSW graph over the centroids: assigning
+# a vector then costs about log(nlist) distance computations instead of nlist.
+HNSW_MIN_LISTS = 4096
 SEED = 1234
 _IVF_RE = re.compile(r"IVF(\d+)")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -65,19 +68,22 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
 
     - nlist: the power of two nearest sqrt(n), at most n / 39 (faiss' minimum of 39
       training points per centroid) and 65536;
-    - codes: 32 sub-quantizers of 4 dimensions with 16 centroids each (4-bit PQ): 16
-      bytes, so codes + IDs take 24 bytes per vector. Up to 100 M vectors the lists are
-      fast-scan (``PQ32x4fsr``, residual): SIMD scanning, 4x faster queries than plain
-      4-bit PQ at 10 M, held in RAM (2.4 GB at 100 M). Above that, plain ``PQ32x4``, whose
-      lists faiss memory-maps, so an index larger than RAM still opens. 4-bit codes train
-      ~50x faster than 8-bit ``PQ16`` for the same bytes and recall after re-rank. With a
-      GPU (``gpu``, default: whether faiss sees one) the codes are ``PQ16`` (8-bit, the
-      same 16 bytes), which faiss' GPU IVF-PQ supports and 4-bit PQ is not. Exact
-      re-ranking from the stored int8 vectors restores the recall PQ alone lacks;
+    - coarse quantizer: from 4096 lists an HNSW graph over the centroids
+      (``IVFn_HNSW32``), so assigning a vector does not cost nlist dot products;
+    - codes: 16 sub-quantizers of 8 dimensions with 16 centroids each (4-bit PQ): 8
+      bytes, so codes + IDs take 16 bytes per vector, which keeps the whole workspace
+      (store + index) under 170 bytes per pixel with the one int8 copy in the store. Up
+      to 120 M vectors the lists are fast-scan (``PQ16x4fsr``, residual): SIMD scanning,
+      held in RAM (1.6 GB at 100 M). Above that, plain ``PQ16x4``, whose lists faiss
+      memory-maps, so an index larger than RAM still opens. With a GPU (``gpu``,
+      default: whether faiss sees one) the codes are ``PQ8`` (8-bit, the same 8 bytes),
+      which faiss' GPU IVF-PQ supports and 4-bit PQ is not. Exact re-ranking from the
+      stored int8 vectors restores the recall PQ alone lacks; how many candidates it
+      takes is tuned per index at build time (:mod:`.tune`);
     - training sample: 64 per list, at least 65536 and at most 2 M vectors (or all of
       them), and at most a quarter of ``max_memory`` as float32;
-    - nprobe: nlist / 128, at least 16 (at 10 M, recall@1000 after re-rank was the same
-      at nprobe 16, 32 and 64: the re-rank, not the lists probed, limits it); refine_factor 10.
+    - nprobe: nlist / 128, at least 16: the floor; a search probes enough lists to hold
+      ``list_factor`` times its candidates; refine_factor 10 until the build tunes it.
     ``factory`` overrides the index type (any faiss factory string; nlist read from it).
     """
     n = max(int(n_vectors), 1)
@@ -89,12 +95,13 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
             from .gpu import gpu_count
 
             gpu = gpu_count() > 0
+        coarse = f"IVF{nlist}_HNSW32" if nlist >= HNSW_MIN_LISTS else f"IVF{nlist}"
         if gpu:
-            factory = f"IVF{nlist},PQ16"
+            factory = f"IVF{nlist},PQ8"
         elif n <= FAST_SCAN_MAX_VECTORS:
-            factory = f"IVF{nlist},PQ32x4fsr"
+            factory = f"{coarse},PQ16x4fsr"
         else:
-            factory = f"IVF{nlist},PQ32x4"
+            factory = f"{coarse},PQ16x4"
     else:
         factory = factory.strip()
         m = _IVF_RE.search(factory)

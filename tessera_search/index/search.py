@@ -1,18 +1,26 @@
-"""Searching an index: every shard, merged, then re-ranked exactly from int8 vectors.
+"""Searching an index: every shard, merged, then re-ranked exactly from the store.
 
 :func:`open_index` opens the last complete generation of an index (what ``CURRENT``
 names when it is opened; a build running meanwhile does not disturb it). A search takes
-one unit-norm float32 query vector and:
+unit-norm float32 query vectors and:
 
-1. asks every shard for its ``refine_factor * k`` (at least 4096) best candidates by the PQ
-   approximation (in parallel threads; faiss releases the GIL);
-2. merges them into the overall best ``refine_factor * k`` (the shards share one trained
-   quantizer, so their approximate scores compare);
-3. re-ranks those exactly: cosine between the query and each candidate's stored int8
-   vector, read at the candidate's position from the shard's memory-mapped re-rank file
-   (faiss stores positions; the shard's ``.ids`` map turns them into pixel IDs);
+1. asks every shard for its ``r = max(refine_factor * k, min_candidates)`` best
+   candidates by the PQ approximation, probing enough lists to hold ``list_factor * r``
+   vectors (:func:`search_shard`, one call per shard; the shards run in parallel
+   threads, faiss releases the GIL). ``refine_factor``, ``min_candidates`` and
+   ``list_factor`` are the ones the build tuned to the index's recall target (manifest
+   ``search``), unless given;
+2. merges them into the overall best ``r`` per query (:func:`merge`; the shards share
+   one trained quantizer and codebook, so their approximate scores compare);
+3. re-ranks those exactly (:func:`rerank`): cosine between the query and each
+   candidate's int8 vector, read from the store's own file, memory-mapped
+   (:class:`~tessera_search.index.rerank.StoreVectors`: the workspace keeps one copy);
 4. returns the top k by exact cosine (ties broken by pixel ID), retrying with more
    lists probed when the probed lists held fewer than k vectors.
+
+``Index._search_shards`` is the one place shards are dispatched: an engine (Ray, Dask)
+can run :func:`search_shard` wherever the shards live and hand back the parts;
+:func:`merge` and :func:`rerank` then run where the query is.
 """
 
 from __future__ import annotations
@@ -25,24 +33,26 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CatalogError, IndexCorruptError, IndexNotFoundError, InvalidInputError, KTooLargeError, WriteError
-from ..grid import Tile, TileGrid, unpack_ids
+from ..grid import Tile, TileGrid, pack_ids, unpack_ids
+from .rerank import StoreVectors, exact_cosine, top_k
 from .shards import (
     DIMS,
+    TRAINED,
     IndexState,
     ShardFiles,
     catalog_entry,
     index_dir,
     index_names,
     index_state,
-    open_vectors,
+    map_readonly,
     read_faiss_index,
-    release_pages,
 )
 
-__all__ = ["Index", "SearchResult", "list_indexes", "open_index", "reconcile_index"]
+__all__ = ["Index", "SearchResult", "exact_cosine", "list_indexes", "merge", "open_index", "reconcile_index",
+           "rerank", "search_shard", "top_k"]
 
 _MIN_CANDIDATES = 4096
-_GATHER = 2048  # re-rank rows gathered between page releases (~2048 x 64 KiB fault-around)
+_LIST_FACTOR = 3.0  # lists probed hold about this many times the candidates wanted
 
 
 @dataclass
@@ -64,108 +74,172 @@ def _ivf(index):
     return faiss.try_extract_index_ivf(index)
 
 
-class Shard:
-    """One opened shard: the faiss index (lists memory-mapped) and its re-rank vectors."""
+def attach_quantizer(index, quantizer) -> None:
+    """Point a shard's IVF index (written with an empty coarse quantizer) at the index's
+    one trained quantizer. The caller keeps ``quantizer`` alive as long as ``index``."""
+    ivf = _ivf(index)
+    if ivf is None:
+        return
+    if ivf.quantizer.ntotal == ivf.nlist:  # a shard written with its own copy
+        return
+    if quantizer is None or quantizer.ntotal != ivf.nlist:
+        raise IndexCorruptError("a shard's lists do not match the index's trained quantizer; rebuild the index")
+    # The empty quantizer read with the shard stays allocated (~100 bytes per opened shard):
+    # freeing it from Python (``thisown``) corrupted the heap once the trained index was
+    # freed as well (faiss' SWIG types lost, then segfaults in the garbage collector).
+    ivf.own_fields = False
+    ivf.quantizer = quantizer
 
-    def __init__(self, files: ShardFiles, n_vectors: int, tiles: list[str], mmap: bool = True) -> None:
+
+class Shard:
+    """One opened shard: its faiss lists (sharing the index's quantizer) and pixel bitmaps.
+
+    ``info`` is the shard's manifest entry. Vectors come from ``vectors`` (the store).
+    """
+
+    def __init__(self, files: ShardFiles, info: dict, vectors: StoreVectors, trained=None, mmap: bool = True) -> None:
         self.files = files
-        self.n_vectors = int(n_vectors)
-        self.tiles = list(tiles)
+        self.n_vectors = int(info["n_vectors"])
+        self.tiles = list(info["tiles"])
+        self.store_vectors = vectors
+        self._trained = trained  # kept alive: the shard's faiss index points at its quantizer
         self.index = read_faiss_index(files.index, mmap=mmap)
+        trained_ivf = _ivf(trained) if trained is not None else None
+        attach_quantizer(self.index, trained_ivf.quantizer if trained_ivf is not None else None)
         ivf = _ivf(self.index)
         if ivf is not None:
             ivf.parallel_mode = 1  # one query: split the probed lists over threads (2x on 2 cores)
-        self.ids, self.vectors = open_vectors(files, self.n_vectors)
+        self._layout = {t: tuple(int(v) for v in lay) for t, lay in (info.get("pixels") or {}).items()}
+        try:
+            self._bits = map_readonly(files.pixels)
+        except OSError as exc:
+            raise IndexCorruptError(f"pixel bitmap {files.pixels} is unreadable: {exc}; rebuild the index") from exc
+        self._ids = None
         self._gpu = None
         self._gpu_tried = False
 
     def search(self, q: np.ndarray, r: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate best ``r``: ((m,) float32 scores, (m,) int64 positions), m <= r, no -1."""
+        """Approximate best ``r`` for (m, 128) queries: ((m, r') float32, (m, r') int64 pixel IDs; -1 pads)."""
         from .gpu import search_index, to_gpu
 
+        q = np.ascontiguousarray(q.reshape(-1, DIMS), dtype=np.float32)
         if self.n_vectors == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if not self._gpu_tried:
             self._gpu, self._gpu_tried = to_gpu(self.index), True
-        d, i = search_index(self.index, self._gpu, q.reshape(1, -1), min(r, self.n_vectors), nprobe)
-        keep = i[0] >= 0
-        return d[0][keep], i[0][keep]
+        return search_index(self.index, self._gpu, q, min(r, self.n_vectors), nprobe)
 
-    def pixel_ids(self, positions: np.ndarray) -> np.ndarray:
-        """(n,) int64 pixel IDs of the vectors at ``positions``."""
-        return np.asarray(self.ids[np.asarray(positions, dtype=np.int64)])
+    def _mask(self, tile: str) -> np.ndarray:
+        off, h, w, _ = self._layout[tile]
+        nbytes = (h * w + 7) // 8
+        return np.unpackbits(self._bits[off:off + nbytes], count=h * w).reshape(h, w).view(bool)
 
-    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
-        """(n, 128) int8 stored vectors at ``positions`` (read in file order).
+    def tile_ids(self, tile: str) -> np.ndarray:
+        """(n,) int64 IDs of the shard's pixels of ``tile`` (ascending; empty if not its tile)."""
+        if tile not in self._layout:
+            return np.zeros(0, np.int64)
+        t = Tile.from_name(tile)
+        rows, cols = np.nonzero(self._mask(tile))
+        return pack_ids(t.ix, t.iy, rows, cols)
 
-        The pages read (and the kernel's fault-around neighbours, 16 x more) are unmapped
-        again afterwards: they stay in the page cache, but not in this process's resident
-        memory, which would otherwise grow towards the whole file query after query.
-        """
-        positions = np.asarray(positions, dtype=np.int64)
-        order = np.argsort(positions, kind="stable")
-        out = np.empty((len(positions), DIMS), np.int8)
-        for a in range(0, len(order), _GATHER):  # released per chunk: resident memory stays small
-            sel = order[a:a + _GATHER]
-            out[sel] = self.vectors[positions[sel]]
-            release_pages(self.vectors)
+    @property
+    def ids(self) -> np.ndarray:
+        """(n,) int64 IDs of every pixel of the shard, ascending (made on first use: 8 bytes a pixel)."""
+        if self._ids is None:
+            parts = [self.tile_ids(t) for t in self.tiles]
+            self._ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return self._ids
+
+    @property
+    def vectors(self) -> ShardRows:
+        """The shard's int8 vectors by position (in :attr:`ids` order), read from the store:
+        ``shard.vectors[i]`` (128,), ``shard.vectors[a:b]`` or ``shard.vectors[positions]`` (n, 128)."""
+        return ShardRows(self)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """(n, 128) int8 stored vectors of pixel ``ids``, read from the store."""
+        return self.store_vectors.read(ids)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Bool per pixel ID: does the shard hold it."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        out = np.zeros(len(ids), bool)
+        ix, iy, r, c = unpack_ids(ids)
+        for j in range(len(ids)):
+            name = Tile(int(ix[j]), int(iy[j])).name
+            lay = self._layout.get(name)
+            if lay is None or r[j] >= lay[1] or c[j] >= lay[2]:
+                continue
+            bit = int(r[j]) * lay[2] + int(c[j])
+            out[j] = bool((self._bits[lay[0] + bit // 8] >> (7 - bit % 8)) & 1)
         return out
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, 128) int8 vectors at positions [start, stop), read from the file.
 
-        For scans of many rows (a whole tile): a plain read goes through the page cache
-        without mapping every page into this process, so resident memory stays one block.
-        """
-        start, stop = max(0, int(start)), min(int(stop), self.n_vectors)
-        if stop <= start:
-            return np.zeros((0, DIMS), np.int8)
-        data = np.fromfile(self.files.vectors, dtype=np.int8, count=(stop - start) * DIMS, offset=start * DIMS)
-        if data.size != (stop - start) * DIMS:
-            raise IndexCorruptError(f"{self.files.vectors.name} is shorter than its manifest says; rebuild the index")
-        return data.reshape(stop - start, DIMS)
+class ShardRows:
+    """Position-indexed view of a shard's vectors; every read goes to the store."""
 
-    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(bool found (n,), (n,) positions; -1 where not found) for pixel IDs (binary search)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if self.n_vectors == 0:
-            return np.zeros(len(ids), bool), np.full(len(ids), -1, np.int64)
-        pos = np.minimum(np.searchsorted(self.ids, ids), self.n_vectors - 1)
-        found = np.asarray(self.ids[pos]) == ids
-        return found, np.where(found, pos, -1)
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    def __len__(self) -> int:
+        return self.shard.n_vectors
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.shard.n_vectors, DIMS)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.shard.vectors_of(self.shard.ids[[int(key)]])[0]
+        return self.shard.vectors_of(np.atleast_1d(self.shard.ids[key]))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out.astype(dtype) if dtype is not None else out
 
 
-def exact_cosine(q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-    """(n,) float32 cosine between unit ``q`` (d,) and int8 rows ``vecs`` (n, d).
+def search_shard(shard: Shard, queries: np.ndarray, r: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's approximate best ``r`` for each of (m, 128) unit float32 ``queries``.
 
-    float32 holds every int8 dot product and squared norm exactly (|sum| < 2**24), so
-    the only rounding is the query's own float32 precision.
+    Returns ((m, r') float32 PQ scores, (m, r') int64 pixel IDs), r' = min(r, shard size),
+    -1 IDs where the probed lists held fewer. Stable signature: the unit an engine runs.
     """
-    x = np.asarray(vecs, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    norms[norms == 0] = np.inf
-    # Clipped: float32 rounding can put a pixel's similarity to itself at 1.0000001.
-    return np.clip((x @ np.asarray(q, dtype=np.float32)) / norms, -1.0, 1.0)
+    return shard.search(queries, r, nprobe)
 
 
-def top_k(ids: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best by (similarity descending, ID ascending), in that order."""
-    if len(sims) > k:
-        kth = np.partition(sims, len(sims) - k)[len(sims) - k]
-        keep = np.flatnonzero(sims >= kth)  # every tie at the boundary, so IDs decide
-    else:
-        keep = np.arange(len(sims))
-    return keep[np.lexsort((ids[keep], -sims[keep]))[:k]]
+def merge(parts: list[tuple[np.ndarray, np.ndarray]], r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The overall best ``r`` per query of the shards' ``(scores, ids)`` parts: ((m, r), (m, r)), -1 pads."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    scores = np.where(ids < 0, -np.inf, scores)
+    if scores.shape[1] > r:
+        top = np.argpartition(-scores, r - 1, axis=1)[:, :r]
+        scores, ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+    return scores, ids
+
+
+def rerank(vectors: StoreVectors, queries: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Exact top ``k`` per query from its candidate ``ids`` row (-1 ignored): [(ids, sims, candidates)]."""
+    out = []
+    for q, row in zip(queries, ids):
+        cand = row[row >= 0]
+        sims = exact_cosine(q, vectors.read(cand))
+        order = top_k(cand, sims, k)
+        out.append((cand[order], sims[order], len(cand)))
+    return out
 
 
 class Index:
     """A complete index generation, opened for search.
 
     Attributes: ``name``, ``year``, ``dataset_version``, ``region``, ``n_vectors``,
-    ``params`` (dict), ``tiles`` (names), ``generation`` (its directory), ``synthetic``.
+    ``params`` (dict: build parameters, overridden by the tuned search parameters),
+    ``tiles`` (names), ``generation`` (its directory), ``synthetic``.
     """
 
     def __init__(self, home: Path, name: str, gen_dir: Path, manifest: dict) -> None:
+        from ..store import TileStore
+
         self.home = Path(home)
         self.name = name
         self.generation = gen_dir
@@ -173,23 +247,31 @@ class Index:
         self.year = int(manifest["year"])
         self.dataset_version = manifest["dataset_version"]
         self.region = manifest["region"]
-        self.params = dict(manifest["params"])
+        self.params = {**manifest["params"], **{k: v for k, v in (manifest.get("search") or {}).items()
+                                                  if k in ("refine_factor", "list_factor", "min_candidates")}}
         self.synthetic = bool(manifest.get("synthetic", False))
         self.tiles = list(manifest["tiles"])
         self.n_vectors = int(manifest["n_vectors"])
         self._tile_shard = {t: int(k) for k, s in manifest["shards"].items() for t in s["tiles"]}
+        checks = {t: c for sh in manifest["shards"].values() for t, c in (sh.get("checks") or {}).items()}
+        self.vectors = StoreVectors(TileStore(self.home), self.year, checks)
         self._shards: list[Shard] | None = None
+        self._trained = None
         self._pool: ThreadPoolExecutor | None = None
+        self.engine = None  # where the shards are searched: None / "local" here, "ray" (tessera_search.engine)
+        self._held = None  # the engine's holders of the shards, made on the first search
 
     def __repr__(self) -> str:
         return f"Index({self.name!r}, year={self.year}, n_vectors={self.n_vectors}, shards={len(self.manifest['shards'])})"
 
     @property
     def shards(self) -> list[Shard]:
-        """The shards, opened on first use (faiss lists memory-mapped)."""
+        """The shards, opened on first use (sharing the one trained quantizer)."""
         if self._shards is None:
+            if self._trained is None:
+                self._trained = read_faiss_index(self.generation / TRAINED, mmap=False)
             self._shards = [
-                Shard(ShardFiles(self.generation, int(k)), s["n_vectors"], s["tiles"])
+                Shard(ShardFiles(self.generation, int(k)), s, self.vectors, self._trained)
                 for k, s in sorted(self.manifest["shards"].items(), key=lambda kv: int(kv[0]))
             ]
         return self._shards
@@ -207,8 +289,17 @@ class Index:
         for j in range(len(ids)):
             shard = self._tile_shard.get(Tile(int(ix[j]), int(iy[j])).name)
             if shard is not None:
-                out[j] = self._shard_by_number(shard).lookup(ids[j:j + 1])[0][0]
+                out[j] = self._shard_by_number(shard).contains(ids[j:j + 1])[0]
         return out
+
+    def tile_rows(self, tile: Tile):
+        """``(read, ids)``: the sorted (n,) int64 IDs of ``tile``'s indexed pixels and
+        ``read(i, j)``, the (j - i, 128) int8 vectors of ids[i:j] from the store."""
+        number = self._tile_shard.get(tile.name)
+        if number is None:
+            return (lambda i, j: np.zeros((0, DIMS), np.int8)), np.zeros(0, np.int64)
+        ids = self._shard_by_number(number).tile_ids(tile.name)
+        return (lambda i, j: self.vectors.read(ids[i:j])), ids
 
     def _shard_by_number(self, number: int) -> Shard:
         for s in self.shards:
@@ -216,74 +307,88 @@ class Index:
                 return s
         raise IndexNotFoundError(f"index {self.name} has no shard {number}")
 
-    def search(self, vector, k: int = 10, nprobe: int | None = None, refine_factor: int | None = None) -> SearchResult:
+    def search(self, vector, k: int = 10, nprobe: int | None = None, refine_factor: int | None = None,
+               list_factor: float | None = None, min_candidates: int | None = None) -> SearchResult:
         """The ``k`` pixels most similar (exact cosine) to a unit-norm (128,) float32 ``vector``.
 
-        ``nprobe`` (lists probed per shard) and ``refine_factor`` (candidates re-ranked
-        exactly, as a multiple of k) default to the index's parameters; nprobe is raised
-        so the probed lists hold enough candidates, and again if they held fewer than k.
+        ``refine_factor`` (candidates re-ranked exactly, as a multiple of k),
+        ``min_candidates`` (at least this many candidates, whatever k: small k needs them)
+        and ``list_factor`` (lists probed hold about that many times the candidates)
+        default to the values the build tuned; ``nprobe`` (lists probed per shard) fixes
+        the lists instead. The lists are raised again if they held fewer than k vectors.
         """
-        q = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1))
-        if q.shape != (DIMS,) or not np.all(np.isfinite(q)):
-            raise InvalidInputError(f"a query vector is {DIMS} finite floats, got shape {q.shape}")
-        norm = float(np.linalg.norm(q))
-        if norm == 0:
+        return self.search_many(np.asarray(vector, dtype=np.float32).reshape(1, -1), k, nprobe, refine_factor,
+                                list_factor, min_candidates)[0]
+
+    def search_many(self, vectors, k: int = 10, nprobe: int | None = None, refine_factor: int | None = None,
+                    list_factor: float | None = None, min_candidates: int | None = None) -> list[SearchResult]:
+        """:meth:`search` for each row of (m, 128) float32 ``vectors`` (one batch per shard)."""
+        q = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        if q.ndim != 2 or q.shape[1] != DIMS or not np.all(np.isfinite(q)):
+            raise InvalidInputError(f"a query vector is {DIMS} finite floats, got shape {q.shape[1:]}")
+        norm = np.linalg.norm(q, axis=1)
+        if np.any(norm == 0):
             raise InvalidInputError("the query vector is zero: it has no direction to search for")
-        q = q / norm
+        q = q / norm[:, None]
         k = int(k)
         if k < 1:
             raise InvalidInputError(f"k must be at least 1, got {k}")
         if k > self.n_vectors:
             raise KTooLargeError(f"k = {k} but index {self.name} holds {self.n_vectors:,} pixels; ask for at most that")
-        refine = int(refine_factor or self.params.get("refine_factor", 10))
+        refine = float(refine_factor or self.params.get("refine_factor", 10))
         if refine < 1:
-            raise InvalidInputError(f"refine_factor must be at least 1, got {refine}")
-        # At least 4096 candidates: re-ranking them costs ~1 ms and lifts recall@10 (0.94 -> 0.99 at 1 M).
-        r = min(max(k * refine, _MIN_CANDIDATES), self.n_vectors)
+            raise InvalidInputError(f"refine_factor must be at least 1, got {refine_factor}")
+        lf = float(list_factor or self.params.get("list_factor", _LIST_FACTOR))
+        least = int(min_candidates or self.params.get("min_candidates", _MIN_CANDIDATES))
+        r = int(min(max(int(np.ceil(k * refine)), least), self.n_vectors))
         nlist = self.params.get("nlist")
         if nlist:
             probe = int(nprobe or self.params.get("nprobe", 16))
-            if nprobe is None:  # enough lists to hold about 3 r vectors
-                probe = max(probe, int(np.ceil(3 * r * nlist / max(self.n_vectors, 1))))
+            if nprobe is None:
+                probe = max(probe, int(np.ceil(lf * r * nlist / max(self.n_vectors, 1))))
             probe = max(1, min(probe, nlist))
         else:
             probe = None
-        while True:
-            ids, sims, n_cand = self._search_once(q, k, r, probe)
-            if len(ids) >= k or probe is None or probe >= nlist:
-                break
-            probe = min(probe * 2, nlist)
-        return SearchResult(ids=ids, similarity=sims.astype(np.float32), nprobe=probe or 0, candidates=n_cand)
+        results: list[SearchResult | None] = [None] * len(q)
+        todo = np.arange(len(q))
+        while len(todo):
+            parts = self._search_shards(q[todo], r, probe)
+            _, cand = merge(parts, r)
+            again = []
+            for j, (ids, sims, n_cand) in zip(todo, rerank(self.vectors, q[todo], cand, k)):
+                if len(ids) < k and probe is not None and probe < nlist:
+                    again.append(j)
+                    continue
+                results[j] = SearchResult(ids=ids, similarity=sims.astype(np.float32), nprobe=probe or 0,
+                                          candidates=n_cand)
+            todo = np.array(again, dtype=np.int64)
+            if len(todo):
+                probe = min(probe * 2, nlist)
+        return results
 
-    def _search_once(self, q: np.ndarray, k: int, r: int, nprobe: int | None):
+    def _search_shards(self, q: np.ndarray, r: int, nprobe: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The dispatch point: :func:`search_shard` on every shard (threads here)."""
+        if (getattr(self.engine, "name", self.engine) or "local") != "local":
+            from ..engine._index import search_held
+
+            return search_held(self, q, r, nprobe)  # on the engine's holders, one per node
         shards = self.shards
-        if len(shards) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1))
-            parts = list(self._pool.map(lambda s: s.search(q, r, nprobe), shards))
-        else:
-            parts = [shards[0].search(q, r, nprobe)]
-        scores = np.concatenate([p[0] for p in parts])
-        pos = np.concatenate([p[1] for p in parts])
-        owner = np.concatenate([np.full(len(p[1]), j, np.int32) for j, p in enumerate(parts)])
-        if len(pos) > r:  # merge: the overall best r by the shared PQ approximation
-            top = np.argpartition(-scores, r - 1)[:r]
-            pos, owner = pos[top], owner[top]
-        sims = np.empty(len(pos), np.float32)
-        ids = np.empty(len(pos), np.int64)
-        for j in np.unique(owner):
-            sel = np.flatnonzero(owner == j)
-            sims[sel] = exact_cosine(q, shards[j].vectors_at(pos[sel]))
-            ids[sel] = shards[j].pixel_ids(pos[sel])
-        order = top_k(ids, sims, k)
-        return ids[order], sims[order], len(ids)
+        if len(shards) == 1:
+            return [search_shard(shards[0], q, r, nprobe)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1))
+        return list(self._pool.map(lambda s: search_shard(s, q, r, nprobe), shards))
 
     def close(self) -> None:
         """Drop the opened shards and the search threads."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         self._shards = None
+        self._trained = None
 
     def __enter__(self) -> Index:
         return self
@@ -399,7 +504,7 @@ def _damaged(state: IndexState) -> IndexCorruptError:
     )
 
 
-def open_index(name: str | None = None, year: int | None = None, home=None) -> Index:
+def open_index(name: str | None = None, year: int | None = None, home=None, engine=None) -> Index:
     """Open index ``name``, or the one complete index for ``year``, or, given neither, the
     workspace's only complete index.
 
@@ -407,6 +512,9 @@ def open_index(name: str | None = None, year: int | None = None, home=None) -> I
     name, a year with no index, a year with several (naming them: pick one with ``name``),
     or an index whose build has never completed; IndexCorruptError for an index whose
     files are missing or truncated (the message names the build-index run that repairs it).
+    ``engine``: where searches run their shards, ``"local"`` (default: here) or ``"ray"``
+    (one actor per node holds its share of the shards; see ``docs/scale.md``), or a
+    :class:`~tessera_search.engine.Engine`; results are the same.
     """
     from ..config import resolve_home
 
@@ -416,7 +524,7 @@ def open_index(name: str | None = None, year: int | None = None, home=None) -> I
         complete = [s for s in states if s.status == "complete"]
         if year is None:
             if len(complete) == 1:  # the workspace's only index: nothing to choose
-                return open_index(complete[0].name, home=home)
+                return open_index(complete[0].name, home=home, engine=engine)
             names = ", ".join(s.name for s in complete)
             raise InvalidInputError(
                 "name an index (--index NAME) or a year (--year YEAR)"
@@ -454,4 +562,6 @@ def open_index(name: str | None = None, year: int | None = None, home=None) -> I
     manifest = state.manifest
     if year is not None and int(manifest["year"]) != int(year):
         raise IndexNotFoundError(f"index {name} is for {manifest['year']}, not {year}")
-    return Index(home, name, state.generation, manifest)
+    index = Index(home, name, state.generation, manifest)
+    index.engine = engine
+    return index

@@ -6,11 +6,12 @@ Layout under the workspace::
       .build.lock             held (flock) by the one process building <name>
       CURRENT                 the name of the last complete generation, e.g. "gen-00002"
       gen-00002/
-        manifest.json         identity, parameters, tiles, shard list, status
-        trained.faissindex    the empty trained index (coarse centroids + PQ codebooks)
-        shard-00000.faissindex    IVF lists: codes + 64-bit positions in the shard (memory-mapped)
-        shard-00000.ids           (n,) int64 pixel ID at each position, ascending (raw, memory-mapped)
-        shard-00000.vectors       (n, 128) int8 embedding at each position (raw, memory-mapped)
+        manifest.json         identity, parameters, tiles, shard list, status, tuned search parameters
+        trained.faissindex    the empty trained index: coarse centroids + PQ codebooks, once per index
+        shard-00000.faissindex    IVF lists: codes + 64-bit pixel IDs (its coarse quantizer left
+                                  empty: the shard is searched with the one in trained.faissindex)
+        shard-00000.pixels        which pixels of each of the shard's tiles it holds: one bit per
+                                  grid pixel, row-major, np.packbits, tile after tile
 
 A build writes a new generation and, once every shard is in, switches ``CURRENT`` with
 one ``os.replace``; readers open the generation ``CURRENT`` names, so a query running
@@ -22,11 +23,11 @@ deleted or truncated since, and :func:`index_state` says what the files on disk 
 (``complete``, ``building``, ``incomplete`` or ``damaged``): the files are the truth, the
 catalog a summary reconciled from them.
 
-The faiss index stores each vector under its position in the shard (0..n-1), so a
-candidate's pixel ID and exact int8 vector are one direct read each from the ``.ids``
-and ``.vectors`` memory maps (a search by pixel ID would binary-search the IDs and touch
-some 12 pages per candidate). Both maps are opened for random access (no read-ahead);
-they stay on disk, and only the IVF lists (codes + 8-byte positions) count as resident.
+The faiss index stores each vector under its pixel ID. There is no second copy of the
+int8 vectors: candidates are re-ranked from the store's own embeddings file, memory-mapped
+(:mod:`.rerank`; a pixel ID gives its tile, row and column, hence its byte offset), so the
+workspace keeps one int8 copy per pixel. The ``.pixels`` bitmaps (1 bit per grid pixel)
+answer "is this pixel indexed" and list a tile's indexed pixels without reading the store.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ __all__ = [
     "index_dir",
     "index_names",
     "index_state",
+    "map_readonly",
     "plan_shards",
     "read_faiss_index",
     "read_manifest",
+    "release_pages",
     "remove_debris",
     "set_current",
     "shard_problems",
@@ -81,7 +84,7 @@ def index_dir(home: str | os.PathLike[str], name: str) -> Path:
 
 @dataclass(frozen=True)
 class ShardFiles:
-    """The three files of shard ``number`` in generation directory ``gen_dir``."""
+    """The two files of shard ``number`` in generation directory ``gen_dir``."""
 
     gen_dir: Path
     number: int
@@ -95,15 +98,16 @@ class ShardFiles:
         return self.gen_dir / f"{self.stem}.faissindex"
 
     @property
-    def ids(self) -> Path:
-        return self.gen_dir / f"{self.stem}.ids"
-
-    @property
-    def vectors(self) -> Path:
-        return self.gen_dir / f"{self.stem}.vectors"
+    def pixels(self) -> Path:
+        return self.gen_dir / f"{self.stem}.pixels"
 
     def exist(self) -> bool:
-        return self.index.exists() and self.ids.exists() and self.vectors.exists()
+        return self.index.exists() and self.pixels.exists()
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """``{"index": ..., "pixels": ...}``: the kinds a manifest records sizes for."""
+        return {"index": self.index, "pixels": self.pixels}
 
 
 @dataclass(frozen=True)
@@ -225,19 +229,17 @@ def generations(idir: Path) -> list[Path]:
     return sorted(p for p in idir.iterdir() if p.is_dir() and p.name.startswith("gen-"))
 
 
-def _map(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """A read-only array over a raw file, advised for random access (no read-ahead)."""
+def map_readonly(path: Path) -> np.ndarray:
+    """A read-only (n,) uint8 array over a whole file, advised for random access (no read-ahead)."""
     import mmap
 
     with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return np.zeros(0, np.uint8)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
         mm.madvise(mmap.MADV_RANDOM)
-    arr = np.frombuffer(mm, dtype=dtype)
-    expected = int(np.prod(shape))
-    if arr.size != expected:
-        raise ValueError(f"{path.name} holds {arr.size} values, expected {expected}")
-    return arr.reshape(shape)
+    return np.frombuffer(mm, dtype=np.uint8)
 
 
 def release_pages(arr: np.ndarray) -> None:
@@ -252,37 +254,22 @@ def release_pages(arr: np.ndarray) -> None:
         base.madvise(mmap.MADV_DONTNEED)
 
 
-def open_vectors(files: ShardFiles, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Memory maps of a shard's ((n,) int64 IDs, (n, 128) int8 vectors), by position."""
-    try:
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros((0, DIMS), np.int8)
-        ids = _map(files.ids, np.dtype("<i8"), (n,))
-        vec = _map(files.vectors, np.int8, (n, DIMS))
-    except (OSError, ValueError) as exc:
-        raise IndexCorruptError(f"re-rank vectors of {files.stem} in {files.gen_dir} are unreadable: {exc}") from exc
-    return ids, vec
-
-
 # -- what the files on disk hold -----------------------------------------------------
 
 
 def file_sizes(files: ShardFiles) -> dict[str, int]:
-    """Bytes of a shard's three files, as the manifest records them."""
-    return {"index": files.index.stat().st_size, "ids": files.ids.stat().st_size,
-            "vectors": files.vectors.stat().st_size}
+    """Bytes of a shard's files, as the manifest records them."""
+    return {kind: path.stat().st_size for kind, path in files.paths.items()}
 
 
 def shard_problems(files: ShardFiles, info: dict) -> list[str]:
     """What is wrong with a finished shard's files against its manifest entry ([] when intact).
 
-    Checks that each file exists and has the size the manifest records (the ``.ids`` and
-    ``.vectors`` sizes also follow from ``n_vectors``: 8 and 128 bytes a vector).
+    Checks that each file exists and has the size the manifest records.
     """
-    n = int(info.get("n_vectors", 0))
-    want = {"ids": 8 * n, "vectors": DIMS * n, **{k: int(v) for k, v in (info.get("bytes") or {}).items()}}
+    want = {k: int(v) for k, v in (info.get("bytes") or {}).items()}
     problems = []
-    for kind, path in (("index", files.index), ("ids", files.ids), ("vectors", files.vectors)):
+    for kind, path in files.paths.items():
         try:
             size = path.stat().st_size
         except FileNotFoundError:

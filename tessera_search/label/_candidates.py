@@ -19,7 +19,7 @@ from ..errors import InvalidInputError
 from ..examples import DEFAULT_MAX_PER_POLYGON, ExampleSamples, ExampleSet
 from ..workspace import Workspace
 from ..grid import Tile, owned_mask
-from ._common import ProgressFn, classified_blocks, fit_examples, keep_top, locate, samples_for
+from ._common import ProgressFn, classified_blocks, fit_examples, keep_top, locate, samples_for, tile_progress
 
 __all__ = ["CandidateResult", "label_candidates"]
 
@@ -91,6 +91,45 @@ def _index_tiles(index: str, home) -> tuple[list[Tile], int]:
     return tiles, int(row["year"])
 
 
+def _scan_candidates(home, tiles: Sequence[Tile], clf, year: int, exclude_ids: np.ndarray, per_class: int,
+                     exclusive: bool, progress=False, on_progress: ProgressFn | None = None) -> tuple[list[dict], dict]:
+    """The running top ``per_class`` of each class over ``tiles`` of the store at ``home``:
+    ([{"score", "ids", "margin", "conf"} per class], {"scanned", "synthetic"})."""
+    from ..store import TileStore
+
+    store = TileStore(home)
+    best = [dict(score=np.empty(0, np.float32), ids=np.empty(0, np.int64), margin=np.empty(0, np.float32),
+                 conf=np.empty(0, np.float32)) for _ in range(clf.n_classes)]
+    seen = {"scanned": 0, "synthetic": False}
+    for ids, sim, pred, conf in classified_blocks(clf, store, tiles, year, owned_mask, exclude_ids, progress,
+                                                   "candidates", seen, on_progress):
+        for c in range(clf.n_classes):
+            sel = np.flatnonzero(pred == c) if exclusive else np.arange(ids.size)
+            if sel.size == 0:
+                continue
+            sc = sim[sel, c]
+            others = np.delete(sim[sel], c, axis=1)
+            mg = sc - (others.max(axis=1) if others.shape[1] else np.float32(0))
+            best[c] = _merge_top([best[c], {"score": sc, "ids": ids[sel], "margin": mg, "conf": conf[sel]}], per_class)
+    return best, seen
+
+
+def _scan_refitted(home, tiles: Sequence[Tile], recipe: tuple, *args) -> tuple[list[dict], dict]:
+    """:func:`_scan_candidates` with the classifier refitted from ``recipe`` (k, weights,
+    backend, example vectors, labels, classes): where the scan runs on another node, the
+    examples travel, not the fitted classifier (which holds per-thread state)."""
+    from ._knn import KNNClassifier
+
+    k, weights, backend, vectors, labels, classes = recipe
+    return _scan_candidates(home, tiles, KNNClassifier(k, weights, backend=backend).fit(vectors, labels, classes), *args)
+
+
+def _merge_top(lists: list[dict], per_class: int) -> dict:
+    """The best ``per_class`` of several {"score", "ids", "margin", "conf"} lists (ties: smaller ID)."""
+    return keep_top(np.concatenate([b["score"] for b in lists]), np.concatenate([b["ids"] for b in lists]), per_class,
+                    margin=np.concatenate([b["margin"] for b in lists]), conf=np.concatenate([b["conf"] for b in lists]))
+
+
 def label_candidates(
     examples: ExampleSet | ExampleSamples | str | os.PathLike[str],
     *,
@@ -110,6 +149,7 @@ def label_candidates(
     backend: str = "auto",
     progress=None,
     on_progress: ProgressFn | None = None,
+    engine=None,
 ) -> CandidateResult:
     """For each class, the ``per_class`` pixels of an index (or of ``tiles``) nearest its examples.
 
@@ -120,7 +160,9 @@ def label_candidates(
     the running top ``per_class`` of each class; example pixels are never candidates.
     ``out``: a GeoJSON of points, one per candidate. ``backend``: the classifier's
     (:class:`~tessera_search.label.KNNClassifier`); ``on_progress(done, total)``: called
-    after each tile.
+    after each tile. ``engine`` (with ``index``): ``"ray"`` scans each node's share of the
+    index's tiles where the index's shards are held (the same fan-out as a search) and
+    merges the per-class lists here; the result is the same as ``"local"`` (default).
     """
     t0 = time.perf_counter()
     home = resolve_home(home)
@@ -145,22 +187,25 @@ def label_candidates(
 
     store = TileStore(home)
     C = clf.n_classes
-    best = [dict(score=np.empty(0, np.float32), ids=np.empty(0, np.int64), margin=np.empty(0, np.float32),
-                 conf=np.empty(0, np.float32)) for _ in range(C)]
-    seen = {"scanned": 0, "synthetic": samples.synthetic}
-    for ids, sim, pred, conf in classified_blocks(clf, store, tiles, year, owned_mask, samples.ids, progress,
-                                                   "candidates", seen, on_progress):
-        for c in range(C):
-            sel = np.flatnonzero(pred == c) if exclusive else np.arange(ids.size)
-            if sel.size == 0:
-                continue
-            sc = sim[sel, c]
-            others = np.delete(sim[sel], c, axis=1)
-            mg = sc - (others.max(axis=1) if others.shape[1] else np.float32(0))
-            b = best[c]
-            b.update(keep_top(np.concatenate([b["score"], sc]), np.concatenate([b["ids"], ids[sel]]),
-                               per_class, margin=np.concatenate([b["margin"], mg]),
-                               conf=np.concatenate([b["conf"], conf[sel]])))
+    from ..engine import elsewhere
+
+    if index is not None and elsewhere(engine):
+        from ..engine._index import tiles_held
+        from ..index import open_index
+
+        # Each node scans the tiles of the shards it holds; the per-class lists merge here.
+        with open_index(index, home=home, engine=engine) as idx, \
+                tile_progress(progress, f"candidates {year}", len(tiles), on_progress) as advance:
+            recipe = (clf.k, clf.weights, clf.backend, samples.vectors, samples.labels(class_field), clf.classes_)
+            parts = tiles_held(idx, _scan_refitted, recipe, year, samples.ids, per_class, exclusive)
+            for _ in tiles:
+                advance()
+        best = [_merge_top([p[0][c] for p in parts], per_class) for c in range(C)]
+        seen = {"scanned": sum(p[1]["scanned"] for p in parts),
+                "synthetic": samples.synthetic or any(p[1]["synthetic"] for p in parts)}
+    else:
+        best, seen = _scan_candidates(home, tiles, clf, year, samples.ids, per_class, exclusive, progress, on_progress)
+        seen["synthetic"] = seen["synthetic"] or samples.synthetic
     # Assemble, best first within each class, classes in code order.
     parts = {key: [] for key in ("cls", "rank", "score", "margin", "conf", "ids")}
     for c in range(C):

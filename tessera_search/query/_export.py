@@ -20,16 +20,8 @@ _BLOCK = 65_536  # vectors projected at a time
 
 def _tile_rows(index, tile: Tile):
     """``(read, ids)``: the sorted IDs of ``tile``'s indexed pixels and ``read(i, j)``, their
-    int8 vectors i..j read from the shard file (never mapped whole: memory stays a block)."""
-    from ..grid import tile_id_prefix
-
-    lo = tile_id_prefix(tile)
-    for shard in index.shards:
-        if tile.name in shard.tiles and shard.n_vectors:
-            ids = np.asarray(shard.ids)
-            a, b = int(np.searchsorted(ids, lo)), int(np.searchsorted(ids, lo + (1 << 32)))
-            return (lambda i, j, s=shard, a=a, b=b: s.read_rows(a + i, a + min(j, b - a))), ids[a:b]
-    return (lambda i, j: np.zeros((0, 128), np.int8)), np.zeros(0, np.int64)
+    int8 vectors i..j read from the store (never mapped whole: memory stays a block)."""
+    return index.tile_rows(tile)
 
 
 def _sample_rows(read, n: int, size: int, rng) -> np.ndarray:

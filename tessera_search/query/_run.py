@@ -80,6 +80,7 @@ def run_query(
     record: bool = True,
     then=None,
     progress=None,
+    engine=None,
 ):
     """Query by example, start to end: open the index, build the query vector, search.
 
@@ -89,7 +90,9 @@ def run_query(
     ``year`` picks the one built for that year (or the workspace's only index).
     ``then(result, index)``, when given, runs while the index is open (for exports) and
     its return value comes back as the second item: ``(result, then(...))``. ``progress``:
-    see :mod:`tessera_search._progress`.
+    see :mod:`tessera_search._progress`. ``engine``: where the index's shards are searched
+    (``"local"``, ``"ray"`` or an :class:`~tessera_search.engine.Engine`; see
+    :func:`~tessera_search.index.open_index`); the results are the same.
 
     Errors: IndexNotFoundError, KTooLargeError, NoCoverageError, NoDataError,
     InvalidInputError.
@@ -97,7 +100,7 @@ def run_query(
     from ..index import open_index
 
     points, negatives = _point_list(points), _point_list(negatives)
-    with open_index(index, year=year, home=home) as idx:
+    with open_index(index, year=year, home=home, engine=engine) as idx:
         if len(points) == 1 and not negatives and examples is None and example_year is None:
             spec = point_query(idx, points[0], source=source)
         else:
@@ -147,10 +150,10 @@ def recorded_spec(row: dict) -> QuerySpec:
     return QuerySpec.from_json(doc, row["vector"])
 
 
-def replay(query_id: int, home=None, record: bool = False, then=None):
+def replay(query_id: int, home=None, record: bool = False, then=None, engine=None):
     """Rerun recorded query ``query_id`` with its exact vector, examples and parameters.
 
-    ``then`` as in :func:`run_query`.
+    ``then`` and ``engine`` as in :func:`run_query`.
     """
     from ..catalog import Catalog
     from ..config import resolve_home
@@ -161,7 +164,7 @@ def replay(query_id: int, home=None, record: bool = False, then=None):
         raise IndexNotFoundError(f"no recorded query {query_id}; history() (`tessera-search history`) lists them")
     p = row["params"]
     spec = recorded_spec(row)
-    with open_index(row["index_name"], home=home) as idx:
+    with open_index(row["index_name"], home=home, engine=engine) as idx:
         res = search_index(idx, spec, k=int(p.get("k") or 10), threshold=p.get("threshold"),
                            min_separation=p.get("min_separation"), group=bool(p.get("group")),
                            max_results=int(p.get("max_results") or DEFAULT_MAX_RESULTS), nprobe=p.get("nprobe"),
