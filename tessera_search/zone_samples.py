@@ -21,7 +21,7 @@ import numpy as np
 from ._io import atomic_path
 from .quant import valid_scales
 
-__all__ = ["ZoneSample", "load", "save", "training_vectors", "zone_key"]
+__all__ = ["ZoneSample", "index_training", "load", "save", "training_vectors", "zone_key"]
 
 _KEY_RE = re.compile(r"^(utm(0[1-9]|[1-5][0-9]|60)|(0[1-9]|[1-5][0-9]|60)[NS])$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~+-]*$")
@@ -117,3 +117,28 @@ def training_vectors(home, year: int, dataset: str, groups: list[str], n: int, s
         norms = np.linalg.norm(v, axis=1, keepdims=True)
         parts.append(v[norms[:, 0] > 0] / norms[norms[:, 0] > 0])
     return np.concatenate(parts)[:n]
+
+
+def index_training(home, year: int, dataset: str, tiles, n: int, seed: int, nlist: int = 0) -> np.ndarray:
+    """An index's training vectors from the kept statistics of every zone its ``tiles`` lie
+    in (no tile is read): :func:`training_vectors` of those zones.
+
+    InvalidInputError when a zone has none (its tiles came from a source that publishes
+    none: an NPY mirror, an Icechunk repository) or they are too few for ``nlist`` lists.
+    """
+    from .errors import InvalidInputError
+
+    groups = sorted({zone_key(t) for t in tiles})
+    x = training_vectors(home, year, dataset, groups, n, seed)
+    if x is None:
+        raise InvalidInputError(
+            f"no kept zone statistics for all of {', '.join(groups)} ({year}, {dataset}): they are kept when "
+            "tiles are downloaded from a geoemb Zarr store that publishes stretch_sample; train_from='tiles' "
+            "reads the region's own tiles instead"
+        )
+    if len(x) < 39 * nlist:
+        raise InvalidInputError(
+            f"the zone statistics of {', '.join(groups)} hold {len(x)} sample vectors, too few to train {nlist} "
+            "lists (faiss wants >= 39 per list); use train_from='tiles' or a factory with fewer lists"
+        )
+    return x

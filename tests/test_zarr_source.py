@@ -310,3 +310,49 @@ def test_published_zone_statistics_are_kept_for_training(tmp_path):
     vecs = zone_samples.training_vectors(tmp_path / "ws", 2023, "v1.1", ["utm31"], 30, seed=0)
     assert vecs.shape == (30, 128) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert zone_samples.training_vectors(tmp_path / "ws", 2023, "v1.1", ["utm31", "utm32"], 30, seed=0) is None
+
+
+def test_index_trains_on_the_kept_zone_statistics_without_reading_tiles(tmp_path):
+    import json as _json
+
+    from tessera_search.errors import InvalidInputError
+    from tessera_search.index import build_index, open_index
+    from tessera_search.index.shards import current_generation, index_dir, read_manifest
+
+    data = small_tile(NORTH, height=64, width=64)
+    root = store_with(tmp_path / "z", data)
+    z = zarr.open_group(str(root), mode="r+", zarr_format=3)["utm31"]
+    ok = np.flatnonzero(data.valid.ravel())
+    rng = np.random.default_rng(2)
+    pick = np.sort(rng.choice(ok, 1000, replace=False))  # the store's reservoir: pixels of the zone
+    q, sc = data.embeddings.reshape(-1, 128)[pick], data.scales.ravel()[pick]
+    z.create_array("stretch_sample", data=q[None], chunks=(1, 1000, 128))
+    z.create_array("stretch_sample_scales", data=sc[None], chunks=(1, 1000))
+    z.create_array("stretch_sample_count", data=np.asarray([1000], np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(root))
+    home = tmp_path / "ws"
+    download([data.tile], 2023, source=root, home=home, progress=False)
+    rep = build_index(tiles=[NORTH], year=2023, home=home, name="zs", factory="IVF16,PQ16x4fs",
+                      train_from="zone-stats", progress=False)
+    man = read_manifest(current_generation(index_dir(home, "zs")))
+    assert man["train_from"] == {"from": "zone-stats", "tiles_read": 0, "vectors": 1000}, _json.dumps(man["train_from"])
+    from tessera_search.grid import pack_ids
+
+    full = TileStore(home).grid(data.tile, 2023)
+    r0 = round((full.transform[5] - data.grid.transform[5]) / 10.0)
+    c0 = round((data.grid.transform[2] - full.transform[2]) / 10.0)
+    r, c = 20, 30
+    with open_index("zs", home=home) as idx:
+        res = idx.search(data.embeddings[r, c].astype(np.float32), k=5)
+    assert int(res.ids[0]) == int(pack_ids(data.tile.ix, data.tile.iy, r0 + r, c0 + c))
+    assert res.similarity[0] > 0.9999
+    assert rep.n_vectors == int(data.valid.sum())
+    # tiles from a source without statistics cannot train that way, and say why
+    written = write_mirror(tmp_path / "npy", [NORTH])
+    download([Tile.from_name(NORTH)], 2023, source=tmp_path / "npy", home=tmp_path / "ws2", progress=False)
+    with pytest.raises(InvalidInputError, match="no kept zone statistics for all of utm31"):
+        build_index(tiles=[NORTH], year=2023, home=tmp_path / "ws2", name="x", factory="IVF16,PQ16x4fs",
+                    train_from="zone-stats", progress=False)
+    assert written

@@ -92,7 +92,7 @@ _PARAMS = ("k", "push", "threshold", "max_results", "min_separation", "nprobe", 
            "source", "values", "crs", "top_out", "per_tile", "max_memory", "per_class", "min_distance", "n",
            "class_field", "block_size", "folds", "top", "weights", "max_per_polygon", "region", "bbox",
            "region_file", "tiles", "tile", "device", "reference", "config", "data_source", "lr", "out", "seed",
-           "version", "home", "year", "substitute_bands", "dataset")
+           "version", "home", "year", "substitute_bands", "dataset", "train_from")
 _FLAGS = {"tiles": "--tile", "version": "--dataset-version", "substitute_bands": "--substitute-band",
           "folds": "--cv"}
 _PARAM_RE = re.compile(r"(?<![\w-])(" + "|".join(_PARAMS) + r")(=|(?= must | is a | applies | and | do | needs | were | was ))")

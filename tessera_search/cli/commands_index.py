@@ -22,6 +22,7 @@ def build_index(
     max_memory: Annotated[str, typer.Option("--max-memory", help="Memory bound for the build (shard size and training sample follow), e.g. 2GiB.")] = "2GiB",
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build afresh even when the index is up to date.")] = False,
     target_recall: Annotated[float, typer.Option("--target-recall", help="Recall@1000 the search parameters are tuned to at build time, on held-out sample queries against exact answers.", min=0.01, max=0.999)] = 0.95,
+    train_from: Annotated[str, typer.Option("--train-from", help="tiles: train on a spread sample of the region's tiles; zone-stats: on the per-zone sample a geoemb Zarr store publishes (kept at download; reads no tile; for indexes spanning most of their zones).")] = "tiles",
     engine: EngineName = "local", ray_address: RayAddress = None,
     json: Json = False,
 ) -> None:
@@ -33,7 +34,7 @@ def build_index(
     with using_engine(engine, ray_address) as eng:
         rep = do_build(reg, year, source=source_spec(source, dataset), name=name, factory=factory,
                        max_memory=max_memory, home=state.home, progress=bar(json), rebuild=rebuild, engine=eng,
-                       target_recall=target_recall)
+                       target_recall=target_recall, train_from=train_from)
     if json:
         print_json(rep.to_json())
         return

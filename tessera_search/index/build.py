@@ -150,8 +150,10 @@ def training_sample(store, year: int, tiles: list[Tile], counts: list[int], regi
 
 
 def train(store, year: int, tiles: list[Tile], counts: list[int], region, params: IndexParams,
-          progress: Callable[[int], None] | None = None):
-    """Train a fresh index on :func:`training_sample`; returns the empty trained index.
+          progress: Callable[[int], None] | None = None, zone_sample: np.ndarray | None = None):
+    """Train a fresh index on :func:`training_sample` (or on ``zone_sample``: the published
+    zone statistics' vectors, :func:`tessera_search.zone_samples.index_training`); returns
+    the empty trained index.
 
     Deterministic: the same tiles, counts and params give the same sample, and faiss'
     k-means runs with a fixed seed.
@@ -160,7 +162,8 @@ def train(store, year: int, tiles: list[Tile], counts: list[int], region, params
 
     from .gpu import train_index
 
-    x = training_sample(store, year, tiles, counts, region, params.train_size, params.seed, progress)
+    x = zone_sample if zone_sample is not None else training_sample(
+        store, year, tiles, counts, region, params.train_size, params.seed, progress)
     index = new_index(params.factory)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -305,6 +308,7 @@ def build_index(
     on_shard: Callable[[int, int], None] | None = None,
     target_recall: float = DEFAULT_TARGET_RECALL,
     engine=None,
+    train_from: str = "tiles",
 ) -> BuildReport:
     """Build (or resume, or confirm up to date) the index of a region for ``year``.
 
@@ -323,7 +327,10 @@ def build_index(
     and are what :meth:`Index.search` uses by default. ``engine``: where the shards are
     built, ``"local"`` (default: here, one after another) or ``"ray"`` (one Ray task per
     shard, each reserving ``max_memory``), or a :class:`~tessera_search.engine.Engine`;
-    see ``docs/scale.md``.
+    see ``docs/scale.md``. ``train_from``: ``"tiles"`` (default) trains on a spread sample
+    of the region's own tiles; ``"zone-stats"`` on the per-zone sample vectors a geoemb
+    Zarr store publishes (kept at download), reading no tile: for indexes spanning a large
+    part of their zones, since those samples come from the whole zone, not the region.
 
     Raises IndexBusyError when another process builds the same index,
     NoCoverageError when no tile of the region can be had, InvalidInputError when the
@@ -348,7 +355,7 @@ def build_index(
         remove_debris(idir)  # under the lock: no other build of this index is writing them
         try:
             return _build_locked(reg, int(year), name, idir, home, source, factory, budget, progress, rebuild,
-                                 shard_size, on_shard, t0, target_recall, engine)
+                                 shard_size, on_shard, t0, target_recall, engine, train_from)
         except BaseException:
             _settle(home, idir)
             raise
@@ -369,7 +376,7 @@ def _settle(home, idir: Path) -> None:
 
 
 def _build_locked(reg, year, name, idir, home, source, factory, budget, progress, rebuild, shard_size, on_shard, t0,
-                  target_recall, engine=None):
+                  target_recall, engine=None, train_from="tiles"):
     from .._progress import progress_bar
     from ..catalog import Catalog
     from ..ingest import download
@@ -394,7 +401,7 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
         detail = "; ".join(f"{v or '(none)'}: {', '.join(ts[:3])}{' ...' if len(ts) > 3 else ''}" for v, ts in sorted(versions.items()))
         raise InvalidInputError(
             f"the tiles of {reg.name} for {year} mix dataset versions ({detail}); an index holds one "
-            "version: re-download the odd tiles with `tessera-search download --dataset-version ...`"
+            "dataset: re-download the odd tiles with `tessera-search download --dataset ...`"
         )
     version = next(iter(versions))
     synthetic = any(bool(a.get("synthetic", False)) for a in attrs)
@@ -464,14 +471,27 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
     todo = [i for i in range(len(plan.shards))
             if str(i) not in manifest["shards"] or shard_problems(ShardFiles(gen, i), manifest["shards"][str(i)])]
     reused = len(plan.shards) - len(todo)
-    n_train_tiles = len(_sample_tiles([t.name for t in present], counts, params.train_size))
+    if train_from not in ("tiles", "zone-stats"):
+        raise InvalidInputError(f"train_from must be 'tiles' or 'zone-stats', not {train_from!r}")
+    zone_x = None
+    if train_from == "zone-stats" and not trained_path.exists():
+        import faiss
+
+        from .. import zone_samples
+
+        ivf = faiss.try_extract_index_ivf(new_index(params.factory))
+        zone_x = zone_samples.index_training(home, year, version, present, params.train_size, params.seed,
+                                             ivf.nlist if ivf is not None else 0)
+    n_train_tiles = 0 if zone_x is not None else len(_sample_tiles([t.name for t in present], counts, params.train_size))
     total_steps = (0 if trained_path.exists() else n_train_tiles) + sum(len(plan.shards[i]) for i in todo)
     with progress_bar(progress, f"index {name}", total_steps) as advance:
         if not trained_path.exists():
             t_train = time.monotonic()
-            write_faiss_index(train(store, year, present, counts, reg, params, advance), trained_path,
-                              "the trained index")
+            write_faiss_index(train(store, year, present, counts, reg, params, advance, zone_sample=zone_x),
+                              trained_path, "the trained index")
             manifest["train_seconds"] = round(time.monotonic() - t_train, 3)
+            manifest["train_from"] = {"from": train_from, "tiles_read": n_train_tiles,
+                                      "vectors": int(len(zone_x)) if zone_x is not None else None}
             manifest["trained_bytes"] = trained_path.stat().st_size
             write_manifest(gen, manifest)
         jobs = [shard_job(home, year, list(plan.shards[i]), reg, trained_path, gen, i) for i in todo]
