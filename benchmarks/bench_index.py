@@ -78,12 +78,10 @@ def tiles_for(n_pixels: float, window: int):
 
 
 def _window_grid(tile, size: int):
-    import tessera_search as ts
+    """A centred (size, size) window of the tile's real UTM grid (same CRS and lattice)."""
+    from tessera_search.grid import centred_window, expected_grid
 
-    g = ts.expected_grid(tile)
-    r0, c0 = (g.height - size) // 2, (g.width - size) // 2
-    a, b, c, d, e, f = g.transform
-    return ts.TileGrid(tile, g.epsg, (a, b, c + a * c0, d, e, f + e * r0), size, size)
+    return centred_window(expected_grid(tile), size, size)
 
 
 def _peak_rss() -> int:

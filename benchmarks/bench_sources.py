@@ -128,12 +128,9 @@ def _load() -> list[float]:
 
 def _window_grid(tile, size: int):
     """A centred (size, size) window of the tile's real UTM grid (same CRS and lattice)."""
-    from tessera_search.grid import TileGrid, expected_grid
+    from tessera_search.grid import centred_window, expected_grid
 
-    g = expected_grid(tile)
-    r0, c0 = (g.height - size) // 2, (g.width - size) // 2
-    a, b, c, d, e, f = g.transform
-    return TileGrid(tile, g.epsg, (a, b, c + a * c0, d, e, f + e * r0), size, size)
+    return centred_window(expected_grid(tile), size, size)
 
 
 def make_mirror(out: Path, tiles, tiny: bool) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "PIXEL_SIZE",
     "Tile",
     "TileGrid",
+    "centred_window",
     "expected_grid",
     "lonlat_to_pixel",
     "owned_mask",
@@ -285,6 +286,14 @@ def expected_grid(tile: Tile, epsg: int | None = None) -> TileGrid:
     width = int(round((xmax - xmin) / PIXEL_SIZE))
     height = int(round((ymax - ymin) / PIXEL_SIZE))
     return TileGrid(tile, epsg, (PIXEL_SIZE, 0.0, xmin, 0.0, -PIXEL_SIZE, ymax), height, width)
+
+
+def centred_window(grid: TileGrid, height: int, width: int) -> TileGrid:
+    """A (height, width) window centred in ``grid``: the same CRS and 10 m lattice (tests and
+    benchmarks use such windows of a tile's real grid to stay small)."""
+    r0, c0 = (grid.height - height) // 2, (grid.width - width) // 2
+    a, b, c, d, e, f = grid.transform
+    return TileGrid(grid.tile, grid.epsg, (a, b, c + a * c0, d, e, f + e * r0), height, width)
 
 
 def pixel_to_lonlat(grid: TileGrid, rows, cols) -> tuple[np.ndarray, np.ndarray]:

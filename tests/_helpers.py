@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tessera_search.grid import Tile, TileGrid, expected_grid
+from tessera_search.grid import Tile, TileGrid, centred_window, expected_grid
 from tessera_search.quant import quantize
 from tessera_search.sources.base import TileData
 from tessera_search.sources.layout import write_manifest, write_release_tile
@@ -22,10 +22,7 @@ NAIROBI_TILES = ["grid_36.75_-1.35", "grid_36.75_-1.25", "grid_36.85_-1.35", "gr
 
 def small_grid(tile: Tile, height: int = 40, width: int = 48) -> TileGrid:
     """A (height, width) window of the tile's real UTM grid, centred in its cell."""
-    g = expected_grid(tile)
-    r0, c0 = (g.height - height) // 2, (g.width - width) // 2
-    a, b, c, d, e, f = g.transform
-    return TileGrid(tile, g.epsg, (a, b, c + a * c0, d, e, f + e * r0), height, width)
+    return centred_window(expected_grid(tile), height, width)
 
 
 def small_tile(tile: Tile | str, year: int = 2023, seed: int = 0, height: int = 40, width: int = 48,

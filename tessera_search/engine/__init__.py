@@ -20,6 +20,7 @@ node, and the workspace at the same path on every node (a shared filesystem). Se
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ __all__ = ["ENGINES", "Engine", "Holders", "LocalEngine", "elsewhere", "get_engi
 ENGINES = ("local", "ray")
 
 
-class Holders:
+class Holders(abc.ABC):
     """State held by one process per node (see :meth:`Engine.hold`).
 
     ``groups[i]`` lists the positions (in the items given to ``hold``) that holder ``i``
@@ -43,9 +44,9 @@ class Holders:
         """``fn(state_i, *args)`` on every holder, in parallel; the results in holder order."""
         return self.call_each(fn, [args] * len(self.groups))
 
+    @abc.abstractmethod
     def call_each(self, fn: Callable[..., Any], args: Sequence[tuple]) -> list:
         """``fn(state_i, *args[i])`` on every holder, in parallel; the results in holder order."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release the held state."""
@@ -57,11 +58,13 @@ class Holders:
         self.close()
 
 
-class Engine:
-    """Runs shard jobs and holds shard state; :class:`LocalEngine` in this process."""
+class Engine(abc.ABC):
+    """Runs shard jobs and holds shard state: the interface :class:`LocalEngine` (this
+    process) and the Ray engine implement."""
 
     name = "local"
 
+    @abc.abstractmethod
     def map_jobs(self, fn: Callable[[Any, Callable[[int], None] | None], Any], jobs: Sequence[Any], *,
                  memory: int | None = None, steps: Sequence[int] | None = None,
                  advance: Callable[[int], None] | None = None,
@@ -76,13 +79,12 @@ class Engine:
         stops the work: jobs already running are let finish (and yielded), then the error
         is raised. Stopping the iteration early cancels what has not finished.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def hold(self, opener: Callable[[list], Any], items: Sequence[Any],
              weights: Sequence[int] | None = None) -> Holders:
         """Split ``items`` over one holder per node (balanced by ``weights``), each holding
         ``opener(its items)``; see :class:`Holders`."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Let go of what the engine started (a Ray runtime it started itself)."""

@@ -39,7 +39,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -258,27 +258,14 @@ class IcechunkSource(ZarrSource):
     def _zone_of(self, grid: TileGrid) -> _Zone | None:
         return self._zone(self._group_name(grid.tile))
 
-    def _all_zones(self) -> Iterator[_Zone]:
-        for name in self._zone_names():
-            try:
-                z = self._zone(name)
-            except CorruptTileError:
-                continue
-            if z is not None:
-                yield z
-
     def _holds(self, zone: _Zone, tile: Tile) -> bool:
         return self._group_name(tile) == zone.name
 
-    def _zone(self, name: str) -> _Zone | None:  # type: ignore[override]
-        if name not in self._zones:
-            self._zones[name] = self._load_group(name)
-        z = self._zones[name]
-        if isinstance(z, CorruptTileError):
-            raise z
-        return z
+    @staticmethod
+    def _zone_key(name: str) -> str:
+        return name
 
-    def _load_group(self, name: str) -> _Zone | CorruptTileError | None:
+    def _load_zone(self, name: str) -> _Zone | CorruptTileError | None:  # type: ignore[override]
         m = _GROUP_RE.match(name)
         if m is None:
             return None
@@ -381,16 +368,8 @@ class IcechunkSource(ZarrSource):
         if not all(a in names for a in _OBS_ARRAYS):
             return None
         out = np.zeros((*win.grid.shape, len(_OBS_ARRAYS)), dtype=np.uint16)
-        ov = self._overlap(win)
-        if ov is not None:
-            zr, zc, tr, tc = ov
-            for i, a in enumerate(_OBS_ARRAYS):
-                try:
-                    out[tr, tc, i] = self._read_array(win.zone.name, a, (t, zr, zc))
-                except SourceUnavailableError:
-                    raise
-                except Exception as exc:
-                    raise CorruptTileError(f"{win.grid.tile.name}: {a} of group {win.zone.name} is unreadable: {exc}") from exc
+        for i, a in enumerate(_OBS_ARRAYS):
+            self._fill(out[..., i], win, t, lambda w, t_, zr, zc, a=a: self._read_array(w.zone.name, a, (t_, zr, zc)), a)
         return out
 
 

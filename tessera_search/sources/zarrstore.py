@@ -320,8 +320,9 @@ class ZarrSource:
                 return names
             raise SourceUnavailableError(f"geoemb store {self.label}: cannot list its zone groups: {exc}") from exc
 
-    def _zone(self, zone: int) -> _Zone | None:
-        """The zone group's description; None if absent, CorruptTileError if unusable."""
+    def _zone(self, zone) -> _Zone | None:
+        """The zone group's description (cached by its key: the zone number here, the group
+        name in a hemisphere layout); None if absent, CorruptTileError if unusable."""
         if zone not in self._zones:
             self._zones[zone] = self._load_zone(zone)
         z = self._zones[zone]
@@ -420,34 +421,28 @@ class ZarrSource:
         """(h, w, 128) int8 of the zone rows/cols."""
         return np.asarray(self._group[win.zone.name]["embeddings"][t, :, zr, zc]).transpose(1, 2, 0)
 
-    def _read_scales(self, win: _Window, t: int) -> np.ndarray:
-        sc = np.full(win.grid.shape, np.nan, dtype=np.float32)
+    def _fill(self, out: np.ndarray, win: _Window, t: int, block, what: str) -> np.ndarray:
+        """``out`` (the tile grid's array, no data already) with the part of the window inside
+        the zone array read by ``block(win, t, zone_rows, zone_cols)``."""
         ov = self._overlap(win)
         if ov is not None:
             zr, zc, tr, tc = ov
             try:
-                sc[tr, tc] = self._scales_block(win, t, zr, zc)
-            except (SourceUnavailableError, CorruptTileError):
-                raise
-            except Exception as exc:
-                raise CorruptTileError(f"{win.grid.tile.name}: scales of zone group {win.zone.name} are unreadable: {exc}") from exc
-        return sc
-
-    def _read(self, win: _Window, t: int) -> tuple[np.ndarray, np.ndarray]:
-        sc = self._read_scales(win, t)
-        emb = np.zeros((*win.grid.shape, EMBEDDING_DIM), dtype=np.int8)
-        ov = self._overlap(win)
-        if ov is not None:
-            zr, zc, tr, tc = ov
-            try:
-                emb[tr, tc] = self._embeddings_block(win, t, zr, zc)
+                out[tr, tc] = block(win, t, zr, zc)
             except (SourceUnavailableError, CorruptTileError):
                 raise
             except Exception as exc:
                 raise CorruptTileError(
-                    f"{win.grid.tile.name}: embeddings of zone group {win.zone.name} are unreadable: {exc}"
+                    f"{win.grid.tile.name}: {what} of zone group {win.zone.name} are unreadable: {exc}"
                 ) from exc
-        return emb, sc
+        return out
+
+    def _read_scales(self, win: _Window, t: int) -> np.ndarray:
+        return self._fill(np.full(win.grid.shape, np.nan, dtype=np.float32), win, t, self._scales_block, "scales")
+
+    def _read(self, win: _Window, t: int) -> tuple[np.ndarray, np.ndarray]:
+        emb = np.zeros((*win.grid.shape, EMBEDDING_DIM), dtype=np.int8)
+        return self._fill(emb, win, t, self._embeddings_block, "embeddings"), self._read_scales(win, t)
 
     def zone_sample(self, tile: Tile, year: int, dataset: str):
         """The published statistics of the zone group holding ``tile`` for ``year``
@@ -502,11 +497,16 @@ class ZarrSource:
         except (CorruptTileError, SourceUnavailableError):
             return True
 
+    @staticmethod
+    def _zone_key(name: str):
+        """The :meth:`_zone` key of a listed group name."""
+        return int(name[3:])
+
     def _all_zones(self) -> Iterator[_Zone]:
         """Every usable zone group of the store."""
         for name in self._zone_names():
             try:
-                z = self._zone(int(name[3:]))
+                z = self._zone(self._zone_key(name))
             except CorruptTileError:
                 continue
             if z is not None:
