@@ -12,7 +12,7 @@ from .._progress import progress_bar
 from ..errors import InvalidInputError, NoDataError
 from ..grid import Tile, unpack_ids
 from ._result import QueryResult
-from ._vectors import unit_rows
+from ._vectors import PcaColours, unit_rows
 
 _MAX_MARKERS = 5000  # quicklook: above this many matches, paint blocks instead of markers
 _BLOCK = 65_536  # vectors projected at a time
@@ -125,17 +125,8 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024, prog
     rng = np.random.default_rng(0)
     sample = [unit_rows(_sample_rows(read, len(ids), 20000, rng))
               for read, ids in (_tile_rows(index, t) for t in tiles) if len(ids)]
-    x = np.concatenate(sample) if sample else np.zeros((1, 128))
+    pca = PcaColours(np.concatenate(sample) if sample else np.zeros((1, 128)))
     del sample
-    mean = x.mean(axis=0)
-    x -= mean
-    # the top 3 principal axes from the 128 x 128 covariance (no n x 128 SVD factor)
-    _, vecs = np.linalg.eigh(x.T @ x)
-    basis = vecs[:, ::-1][:, :3]
-    basis *= np.where(basis[np.argmax(np.abs(basis), axis=0), range(3)] < 0, -1.0, 1.0)  # a fixed sign
-    proj = x @ basis
-    lo_p, hi_p = np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0)
-    del x, proj
     stage = path.with_name(f".{path.stem}.rgb.tif")
     try:
         with RasterWriter(stage, grids, count=4, dtype="uint8", nodata=0, crs=crs) as w, \
@@ -145,8 +136,7 @@ def write_quicklook(result: QueryResult, index, path, max_size: int = 1024, prog
                 read, ids = _tile_rows(index, t)
                 for a in range(0, len(ids), _BLOCK):
                     _, _, r, c = unpack_ids(ids[a:a + _BLOCK])
-                    rgb = np.clip(((unit_rows(read(a, a + _BLOCK)) - mean) @ basis - lo_p) / np.maximum(hi_p - lo_p, 1e-9), 0, 1)
-                    arr[:3, r, c] = (30 + 200 * rgb.T).astype(np.uint8)
+                    arr[:3, r, c] = pca.colours(read(a, a + _BLOCK), 30, 200).T
                     arr[3, r, c] = 1
                 w.write_tile(g, arr)
                 advance()

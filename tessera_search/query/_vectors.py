@@ -83,6 +83,33 @@ def unit_rows(q: np.ndarray) -> np.ndarray:
     return x / n
 
 
+class PcaColours:
+    """False colours of embeddings: their unit directions on the three principal axes of
+    ``sample`` ((n, 128) unit vectors), each axis stretched between its 2nd and 98th
+    percentile. Used by the query quicklook and the web app's embedding layer."""
+
+    def __init__(self, sample: np.ndarray) -> None:
+        x = np.asarray(sample, np.float64)
+        self.mean = x.mean(axis=0)
+        x = x - self.mean
+        # the top 3 principal axes from the 128 x 128 covariance (no n x 128 SVD factor)
+        _, vecs = np.linalg.eigh(x.T @ x)
+        basis = vecs[:, ::-1][:, :3]
+        # a fixed sign per axis (the largest loading positive), so colours do not flip between runs
+        basis *= np.where(basis[np.argmax(np.abs(basis), axis=0), range(3)] < 0, -1.0, 1.0)
+        self.basis = basis
+        proj = x @ basis
+        self.lo, self.hi = np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0)
+
+    def stretch(self, rows: np.ndarray) -> np.ndarray:
+        """(n, 3) values in [0, 1] of (n, 128) vectors (int8 or float; zero rows stay zero)."""
+        return np.clip(((unit_rows(rows) - self.mean) @ self.basis - self.lo) / np.maximum(self.hi - self.lo, 1e-9), 0, 1)
+
+    def colours(self, rows: np.ndarray, lo: int = 25, span: int = 225) -> np.ndarray:
+        """(n, 3) uint8 colours ``lo + span * stretch``."""
+        return (lo + span * self.stretch(rows)).astype(np.uint8)
+
+
 def query_vector(point, year: int, home=None, source=None) -> QueryPixel:
     """The unit-norm embedding of the stored pixel at ``point`` ((lon, lat) or "LON,LAT").
 

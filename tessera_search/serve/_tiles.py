@@ -83,33 +83,6 @@ def empty_png() -> bytes:
     return png_bytes(np.zeros((TILE_SIZE, TILE_SIZE, 4), np.uint8))
 
 
-class _Pca:
-    """Mean, (128, 3) basis and stretch of the unit vectors' three principal axes."""
-
-    def __init__(self, sample: np.ndarray) -> None:
-        x = np.asarray(sample, np.float64)
-        self.mean = x.mean(axis=0)
-        x = x - self.mean
-        _, vecs = np.linalg.eigh(x.T @ x)
-        basis = vecs[:, ::-1][:, :3]
-        # a fixed sign per axis: the largest loading positive, so colours do not flip between runs
-        basis *= np.where(basis[np.argmax(np.abs(basis), axis=0), range(3)] < 0, -1.0, 1.0)
-        self.basis = basis.astype(np.float32)
-        proj = x.astype(np.float32) @ self.basis
-        self.lo = np.percentile(proj, 2, axis=0).astype(np.float32)
-        self.hi = np.percentile(proj, 98, axis=0).astype(np.float32)
-        self.mean = self.mean.astype(np.float32)
-
-    def colours(self, rows: np.ndarray) -> np.ndarray:
-        """(n, 3) uint8 colours of (n, 128) int8 vectors (their unit directions', zero stays zero)."""
-        x = np.asarray(rows, np.float32)
-        norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-        norm[norm == 0] = np.inf
-        proj = (x @ self.basis) / norm[:, None] - self.mean @ self.basis
-        t = np.clip((proj - self.lo) / np.maximum(self.hi - self.lo, 1e-9), 0, 1)
-        return (25 + 225 * t).astype(np.uint8)
-
-
 class EmbeddingTiles:
     """False-colour XYZ tiles of one index generation (thread-safe; see the module docstring).
 
@@ -123,18 +96,18 @@ class EmbeddingTiles:
         self.index = index
         self.tiles = {Tile.from_name(n): None for n in index.tiles}
         self._cells = {(t.ix, t.iy): t for t in self.tiles}
-        self._pca: _Pca | None = None
+        self._pca = None
         self._cache: OrderedDict = OrderedDict()
         self._cache_tiles = int(cache_tiles)
         self._lock = threading.Lock()
         self._tile_locks: dict = {}
 
     @property
-    def pca(self) -> _Pca:
+    def pca(self):
         """The PCA of a sample spread over the index's tiles (computed on first use)."""
         if self._pca is None:
             from ..query._export import _sample_rows, _tile_rows
-            from ..query._vectors import unit_rows
+            from ..query._vectors import PcaColours, unit_rows
 
             names = sorted(self.tiles)
             step = max(1, len(names) // _SAMPLE_TILES)
@@ -145,7 +118,7 @@ class EmbeddingTiles:
                 if len(ids):
                     parts.append(unit_rows(_sample_rows(read, len(ids), _SAMPLE_PER_TILE, rng)))
             sample = np.concatenate(parts) if parts else np.zeros((2, 128), np.float32)
-            self._pca = _Pca(sample)
+            self._pca = PcaColours(sample)
         return self._pca
 
     def tile_colours(self, tile, step: int = 1) -> np.ndarray:
