@@ -17,6 +17,18 @@ Layout under the workspace::
                                             ascending, S1 descending; attrs["observations"]
                                             names them), where the source publishes them
 
+A tile an int8-lists index has clustered (:meth:`TileStore.cluster`, attrs ``clustered``:
+``{"key": ...}``, the index's coarse quantizer) holds its vectors in that index's list
+order instead of ``embeddings``, still one copy::
+
+          clustered    int8    (H*W, 128)   every pixel's vector, rows in list order, one
+                                            uncompressed chunk (memory-mapped by the index:
+                                            a list of a tile is one contiguous run of rows)
+          order        int32   (H*W,)       the row-major pixel number of each row
+
+:meth:`TileStore.read` and :meth:`TileStore.read_pixels` give the same arrays for either
+layout; a plain :meth:`TileStore.write` (a tile fetched again) restores the plain layout.
+
 The inner chunks make a random pixel read touch 512 KiB, not the whole tile; the single
 shard keeps a whole-tile scan one sequential read (64-pixel inner chunks measured 3x
 faster to write than 32-pixel ones, at the same read speed). Each tile-year group is
@@ -147,6 +159,21 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def _raw_chunk(adir: Path, shape: tuple[int, ...], dtype, g) -> np.ndarray:
+    """An uncompressed single-chunk array's one chunk file, memory-mapped read-only (what
+    :meth:`TileStore.cluster` writes); read through zarr when laid out otherwise."""
+    meta = json.loads((adir / "zarr.json").read_text())
+    path = adir / "c" / "/".join("0" * len(shape))
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    plain = ([c["name"] for c in meta["codecs"]] == ["bytes"] and list(meta["shape"]) == list(shape)
+             and meta["chunk_grid"]["configuration"]["chunk_shape"] == list(shape))
+    if plain and path.is_file() and path.stat().st_size == nbytes:
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", shape=shape)
+    return np.asarray(g[adir.name][...]).astype(dtype, copy=False)
+
+
 class TileStore:
     """Read and write tile-years in ``<home>/store.zarr``."""
 
@@ -222,7 +249,13 @@ class TileStore:
         g = self._open(tile, year)
         a = dict(g.attrs)
         try:
-            emb = np.asarray(g["embeddings"][...])
+            if a.get("clustered"):
+                rows, order = self._clustered(tile, year, g)
+                emb = np.empty((len(order), int(a["dims"])), np.int8)
+                emb[order] = rows
+                emb = emb.reshape(int(a["height"]), int(a["width"]), -1)
+            else:
+                emb = np.asarray(g["embeddings"][...])
             scales = np.asarray(g["scales"][...])
         except Exception as exc:
             raise StoreError(f"tile {tile.name} ({year}) in {self.root} is unreadable: {exc}") from exc
@@ -272,10 +305,21 @@ class TileStore:
         rows = np.asarray(rows, dtype=np.int64).ravel()
         cols = np.asarray(cols, dtype=np.int64).ravel()
         g = self._open(tile, year)
-        emb_arr, sc_arr = g["embeddings"], g["scales"]
+        sc_arr = g["scales"]
         h, w = sc_arr.shape
         if rows.size and (rows.min() < 0 or cols.min() < 0 or rows.max() >= h or cols.max() >= w):
             raise IndexError(f"pixel outside tile {tile.name} ({h} x {w})")
+        if g.attrs.get("clustered"):
+            vecs, order = self._clustered(tile, year, g)
+            at = np.empty(len(order), np.int64)
+            at[order] = np.arange(len(order))
+            pos = at[rows * w + cols]
+            emb = np.empty((rows.size, vecs.shape[1]), dtype=np.int8)
+            srt = np.argsort(pos)
+            emb[srt] = vecs[pos[srt]]
+            sc = np.asarray(sc_arr[...])[rows, cols].astype(np.float32) if rows.size else np.empty(0, np.float32)
+            return emb, sc
+        emb_arr = g["embeddings"]
         emb = np.empty((rows.size, emb_arr.shape[2]), dtype=np.int8)
         sc = np.empty(rows.size, dtype=np.float32)
         if rows.size == 0:
@@ -333,8 +377,44 @@ class TileStore:
             return None
         return path, np.where(empty, -1, (offset // d).astype(np.int64))
 
+    def clustered_file(self, tile: Tile, year: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """A clustered tile's ``(rows, order, key)``: (H*W, 128) int8 rows in list order and
+        (H*W,) int32 row-major pixel numbers, both memory-mapped read-only, and the key of
+        the quantizer that ordered them. None for a tile in the plain layout."""
+        g = self._open(tile, year)
+        key = (g.attrs.get("clustered") or {}).get("key")
+        if not key:
+            return None
+        rows, order = self._clustered(tile, year, g)
+        return rows, order, str(key)
+
+    def _clustered(self, tile: Tile, year: int, g) -> tuple[np.ndarray, np.ndarray]:
+        a = g.attrs
+        n, d = int(a["height"]) * int(a["width"]), int(a["dims"])
+        base = self._group_path(tile, year)
+        try:
+            rows = _raw_chunk(base / "clustered", (n, d), np.int8, g)
+            order = _raw_chunk(base / "order", (n,), np.int32, g)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"tile {tile.name} ({year}) in {self.root} is unreadable: {exc}") from exc
+        return rows, order
+
+    def cluster(self, tile: Tile, year: int, order: np.ndarray, key: str) -> dict:
+        """Rewrite a stored tile-year with its vectors in ``order`` (the (H*W,) row-major
+        pixel number of each row: a permutation), recording ``key`` (the quantizer that
+        chose it); atomically, like :meth:`write`. Everything else is kept as it is.
+        Returns the new attrs."""
+        data = self.read(tile, year)
+        h, w, _ = data.embeddings.shape
+        order = np.asarray(order, dtype=np.int64).ravel()
+        if len(order) != h * w or np.bincount(order, minlength=h * w).max(initial=0) != 1 or order.min() < 0:
+            raise ValueError(f"the order for {tile.name} is not a permutation of its {h * w} pixels")
+        old = self.attrs(tile, year)
+        keep = {k: old[k] for k in ("source", "ingested_at") if k in old}
+        return self.write(data, _order=order.astype(np.int32), _extra={**keep, "clustered": {"key": str(key)}})
+
     # -- writes ---------------------------------------------------------------------
-    def write(self, data: TileData) -> dict:
+    def write(self, data: TileData, _order: np.ndarray | None = None, _extra: dict | None = None) -> dict:
         """Store a tile-year atomically (replacing any earlier copy); returns its attrs."""
         import zarr
         from zarr.codecs import ZstdCodec
@@ -357,6 +437,7 @@ class TileStore:
             "n_valid": int(valid.sum()),
             **({"observations": list(OBSERVATION_KINDS)} if data.observations is not None else {}),
             "ingested_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(_extra or {}),
         }
         shard = (_round_up(h, _CHUNK), _round_up(w, _CHUNK))
         try:
@@ -364,11 +445,18 @@ class TileStore:
             _sweep_staging(self._tmp, keep=staging)
             with atomic_dir(self._group_path(data.tile, data.year), staging=staging) as tmp:
                 g = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
-                e = g.create_array(
-                    "embeddings", shape=(h, w, d), dtype="int8", chunks=(_CHUNK, _CHUNK, d),
-                    shards=(*shard, d), compressors=None, fill_value=0,
-                )
-                e[...] = data.embeddings
+                if _order is None:
+                    e = g.create_array(
+                        "embeddings", shape=(h, w, d), dtype="int8", chunks=(_CHUNK, _CHUNK, d),
+                        shards=(*shard, d), compressors=None, fill_value=0,
+                    )
+                    e[...] = data.embeddings
+                else:
+                    raw = {"compressors": None, "fill_value": 0, "config": {"write_empty_chunks": True}}
+                    c = g.create_array("clustered", shape=(h * w, d), dtype="int8", chunks=(h * w, d), **raw)
+                    c[...] = data.embeddings.reshape(h * w, d)[_order]
+                    o = g.create_array("order", shape=(h * w,), dtype="int32", chunks=(h * w,), **raw)
+                    o[...] = _order
                 s = g.create_array(
                     "scales", shape=(h, w), dtype="float32", chunks=(_SMALL_CHUNK, _SMALL_CHUNK),
                     compressors=ZstdCodec(level=3), fill_value=float("nan"),

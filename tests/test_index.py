@@ -30,6 +30,7 @@ from tessera_search.workspace import Workspace
 from _helpers import NAIROBI_TILES, small_tile
 
 H, W = 60, 64  # pixels per small tile: 4 tiles, about 14,500 indexed pixels
+PQ = "IVF128,PQ16x4fsr"  # the faiss index these tests exercise
 
 
 def _fill(home, tiles=NAIROBI_TILES, version="v1", seed=0):
@@ -62,7 +63,8 @@ def built(tmp_path_factory):
     home = tmp_path_factory.mktemp("index-ws")
     _fill(home)
     region = resolve_region(tiles=NAIROBI_TILES)
-    rep = build_index(region, 2023, home=home, progress=False, shard_size=7500)
+    # The faiss path (PQ codes re-ranked from the store); the int8 lists: test_lists.py.
+    rep = build_index(region, 2023, home=home, progress=False, shard_size=7500, factory=PQ)
     return home, region, rep
 
 
@@ -71,10 +73,10 @@ def built(tmp_path_factory):
 
 def test_choose_params_scales_with_vectors():
     small, big = choose_params(20_000, gpu=False), choose_params(10_000_000, gpu=False)
-    assert small.factory == "IVF128,PQ16x4fsr" and small.nlist == 128
-    assert big.nlist == 4096 and big.factory == "IVF4096_HNSW32,PQ16x4fsr"  # HNSW coarse quantizer
-    assert choose_params(1_000_000, gpu=False).factory == "IVF1024,PQ16x4fsr"
-    assert choose_params(200_000_000, gpu=False).factory == "IVF16384_HNSW32,PQ16x4"  # memory-mapped lists
+    assert small.factory == "IVF128,Int8" and small.nlist == 128  # int8 lists: the store's rows
+    assert big.nlist == 4096 and big.factory == "IVF4096_HNSW32,Int8"  # HNSW coarse quantizer
+    assert choose_params(1_000_000, gpu=False).factory == "IVF1024,Int8"
+    assert choose_params(200_000_000, gpu=False).factory == "IVF16384_HNSW32,Int8"
     assert big.train_size == 64 * 4096 and small.train_size == 20_000
     assert choose_params(10_000_000, gpu=True).factory == "IVF4096,PQ8"  # 8-bit codes: faiss-gpu's IVF-PQ
     tiny = choose_params(100)
@@ -215,7 +217,7 @@ def test_k_equal_to_index_size_returns_every_pixel(tmp_path):
 
 def test_rerun_is_up_to_date(built):
     home, region, rep = built
-    again = build_index(region, 2023, home=home, progress=False, shard_size=7500)
+    again = build_index(region, 2023, home=home, progress=False, shard_size=7500, factory=PQ)
     assert again.up_to_date and again.generation == rep.generation and again.shards_built == 0
 
 

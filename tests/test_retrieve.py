@@ -105,7 +105,9 @@ def test_negatives_of_a_confusable_class_raise_precision(world):
     pos = _pixels_of(truth, WHEAT, 6, seed=1)
     neg = _pixels_of(truth, BARLEY, 6, seed=2)
     n_wheat = sum(int(((c == WHEAT) & v).sum()) for c, _, v in truth.values())
-    k = n_wheat // 2
+    # Deep enough into the ranking that plain search reaches barley (exact search keeps the
+    # first half of wheat nearly pure: 0.999 there).
+    k = int(0.8 * n_wheat)
     plain = retrieve(idx, example_query(2023, points=pos, home=home), k=k, record=False)
     pushed = retrieve(idx, example_query(2023, points=pos, negatives=neg, push=0.5, home=home), k=k, record=False)
     p0 = float(np.mean(_class_of_matches(plain, truth) == WHEAT))

@@ -20,7 +20,7 @@ class _Held:
     """What a holder keeps: its shards by number (sharing one trained quantizer)."""
 
     def __init__(self, items: list) -> None:
-        from ..index.search import Shard
+        from ..index.search import open_shard
         from ..index.shards import TRAINED, ShardFiles, read_faiss_index
         from ..index.rerank import StoreVectors
         from ..store import TileStore
@@ -34,7 +34,7 @@ class _Held:
         self._trained = read_faiss_index(Path(gen) / TRAINED, mmap=False)  # kept alive: the shards point at it
         vectors = StoreVectors(TileStore(home), int(year), stamps)
         for _, gen_dir, _, _, number, info in items:
-            self.shards[int(number)] = Shard(ShardFiles(Path(gen_dir), int(number)), info, vectors, self._trained)
+            self.shards[int(number)] = open_shard(ShardFiles(Path(gen_dir), int(number)), info, vectors, self._trained)
 
     def close(self) -> None:
         self.shards = {}

@@ -49,6 +49,7 @@ import numpy as np
 from .._io import atomic_path, writing
 from ..errors import IndexBusyError, IndexCorruptError, InvalidInputError, NoCoverageError
 from ..grid import Tile
+from .lists import KIND, LISTS_SHARD_VECTORS, is_lists_factory
 from .params import SEED, DEFAULT_MAX_MEMORY, IndexParams, bytes_per_vector, choose_params, new_index, parse_size
 from .shard_build import BATCH, ShardJob, build_shard, normalise, run_shards, shard_job, tile_vectors
 from .shards import (
@@ -408,12 +409,14 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
     counts = _estimate_counts(reg, present, attrs)
     params = choose_params(sum(counts), factory, budget)
     probe = new_index(params.factory)
-    per_vector = bytes_per_vector(probe)
+    per_vector = bytes_per_vector(probe, params.factory)
     fixed = 2 * _FULL_TILE_BYTES + BATCH * DIMS * 8 + (params.nlist or 1) * DIMS * 4 * 2
     capacity = (budget - fixed) // (2 * per_vector)  # faiss' list vectors may double when growing
     if capacity < max(counts, default=1):
         need = fixed + 2 * per_vector * max(counts, default=1)
         raise InvalidInputError(f"max_memory {budget:,} bytes is too small for one tile; allow at least {need:,}")
+    if is_lists_factory(params.factory):  # memory does not grow with a lists shard: size it for parallelism
+        capacity = min(capacity, LISTS_SHARD_VECTORS)
     if shard_size is not None:
         capacity = min(capacity, max(1, int(shard_size)))
     plan = plan_shards([(t.name, c) for t, c in zip(present, counts)], capacity)
@@ -454,6 +457,7 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
             "tiles": [t.name for t in present], "skipped_tiles": skipped,
             "grids": {a["tile"]: {"epsg": int(a["epsg"]), "transform": list(a["transform"]),
                                   "height": int(a["height"]), "width": int(a["width"])} for a in attrs},
+            "kind": KIND if is_lists_factory(params.factory) else "faiss",
             "shards": {}, "status": "building", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_manifest(gen, manifest)
@@ -494,7 +498,8 @@ def _build_locked(reg, year, name, idir, home, source, factory, budget, progress
                                       "vectors": int(len(zone_x)) if zone_x is not None else None}
             manifest["trained_bytes"] = trained_path.stat().st_size
             write_manifest(gen, manifest)
-        jobs = [shard_job(home, year, list(plan.shards[i]), reg, trained_path, gen, i) for i in todo]
+        jobs = [shard_job(home, year, list(plan.shards[i]), reg, trained_path, gen, i, manifest.get("kind", "faiss"))
+                for i in todo]
         finished = [0]
 
         def record(job: ShardJob, info: dict) -> None:

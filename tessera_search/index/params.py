@@ -11,13 +11,10 @@ from dataclasses import asdict, dataclass
 from ..errors import InvalidInputError
 from .shards import DIMS
 
-__all__ = ["DEFAULT_MAX_MEMORY", "FAST_SCAN_MAX_VECTORS", "IndexParams", "bytes_per_vector", "choose_params",
+__all__ = ["DEFAULT_MAX_MEMORY", "IndexParams", "bytes_per_vector", "choose_params",
            "new_index", "parse_size"]
 
 DEFAULT_MAX_MEMORY = 2 << 30
-# Up to this many vectors the default lists are fast-scan (held in RAM, 16 bytes each:
-# 1.8 GiB at 120 M); beyond, plain PQ lists that faiss memory-maps.
-FAST_SCAN_MAX_VECTORS = 120_000_000
 # From this many lists the coarse quantizer is an HNSW graph over the centroids: assigning
 # a vector then costs about log(nlist) distance computations instead of nlist.
 HNSW_MIN_LISTS = 4096
@@ -70,16 +67,14 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
       training points per centroid) and 65536;
     - coarse quantizer: from 4096 lists an HNSW graph over the centroids
       (``IVFn_HNSW32``), so assigning a vector does not cost nlist dot products;
-    - codes: 16 sub-quantizers of 8 dimensions with 16 centroids each (4-bit PQ): 8
-      bytes, so codes + IDs take 16 bytes per vector, which keeps the whole workspace
-      (store + index) under 170 bytes per pixel with the one int8 copy in the store. Up
-      to 120 M vectors the lists are fast-scan (``PQ16x4fsr``, residual): SIMD scanning,
-      held in RAM (1.6 GB at 100 M). Above that, plain ``PQ16x4``, whose lists faiss
-      memory-maps, so an index larger than RAM still opens. With a GPU (``gpu``,
-      default: whether faiss sees one) the codes are ``PQ8`` (8-bit, the same 8 bytes),
-      which faiss' GPU IVF-PQ supports and 4-bit PQ is not. Exact re-ranking from the
-      stored int8 vectors restores the recall PQ alone lacks; how many candidates it
-      takes is tuned per index at build time (:mod:`.tune`);
+    - lists: ``Int8`` (:mod:`.lists`): the lists are the store's own int8 rows, which the
+      build clusters in list order, scanned exactly by a compiled kernel. No codes and no
+      second copy: the index adds its list table (8 bytes per list per tile) to the
+      store, and recall depends only on the lists probed, which the build tunes
+      (:mod:`.tune`). With a GPU (``gpu``, default: whether faiss sees one) the index is
+      faiss' GPU IVF-PQ instead (``IVFn,PQ8``: 8-byte codes, re-ranked exactly from the
+      store). Any faiss factory string still builds a faiss index (PQ codes re-ranked
+      from the store, e.g. ``IVF4096_HNSW32,PQ16x4fsr``);
     - training sample: 64 per list, at least 65536 and at most 2 M vectors (or all of
       them), and at most a quarter of ``max_memory`` as float32;
     - nprobe: nlist / 128, at least 16: the floor; a search probes enough lists to hold
@@ -96,12 +91,7 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
 
             gpu = gpu_count() > 0
         coarse = f"IVF{nlist}_HNSW32" if nlist >= HNSW_MIN_LISTS else f"IVF{nlist}"
-        if gpu:
-            factory = f"IVF{nlist},PQ8"
-        elif n <= FAST_SCAN_MAX_VECTORS:
-            factory = f"{coarse},PQ16x4fsr"
-        else:
-            factory = f"{coarse},PQ16x4"
+        factory = f"IVF{nlist},PQ8" if gpu else f"{coarse},Int8"
     else:
         factory = factory.strip()
         m = _IVF_RE.search(factory)
@@ -116,8 +106,12 @@ def new_index(factory: str):
     """An untrained index for ``factory`` with the inner-product metric and 64-bit IDs."""
     import faiss
 
+    from .lists import faiss_factory, is_lists_factory
+
     try:
-        index = faiss.index_factory(DIMS, factory, faiss.METRIC_INNER_PRODUCT)
+        # An int8-lists index trains only its coarse quantizer: an IVF-Flat that is never added to.
+        index = faiss.index_factory(DIMS, faiss_factory(factory) if is_lists_factory(factory) else factory,
+                                    faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise InvalidInputError(f"faiss cannot build the factory string {factory!r}: {str(exc).strip().splitlines()[-1]}") from exc
     # Polysemous training only reorders codes for Hamming pre-filtering, which we never
@@ -131,10 +125,15 @@ def new_index(factory: str):
     return index
 
 
-def bytes_per_vector(index) -> int:
-    """Resident bytes per added vector: codes plus the 8-byte ID."""
+def bytes_per_vector(index, factory: str | None = None) -> int:
+    """Resident bytes per added vector: codes plus the 8-byte ID (an int8-lists
+    ``factory``: its list table holds nothing per vector; count 1)."""
     import faiss
 
+    from .lists import is_lists_factory
+
+    if is_lists_factory(factory):
+        return 1
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         return int(ivf.code_size) + 8

@@ -26,7 +26,7 @@ from ..errors import IndexCorruptError
 from ..grid import Tile, unpack_ids
 from .shards import DIMS, map_readonly, release_pages
 
-__all__ = ["StoreVectors", "exact_cosine", "tile_check", "top_k"]
+__all__ = ["StoreVectors", "exact_cosine", "mapped_bytes", "tile_check", "top_k"]
 
 _N_CHECK = 16
 
@@ -56,8 +56,10 @@ def exact_cosine(q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
     x = np.asarray(vecs, dtype=np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     norms[norms == 0] = np.inf
+    # Row by row (einsum, not BLAS, whose blocking makes a row's float32 sum depend on the
+    # rows beside it): a pixel's similarity is the same whatever else is scored with it.
     # Clipped: float32 rounding can put a pixel's similarity to itself at 1.0000001.
-    return np.clip((x @ np.asarray(q, dtype=np.float32)) / norms, -1.0, 1.0)
+    return np.clip(np.einsum("ij,j->i", x, np.asarray(q, dtype=np.float32)) / norms, -1.0, 1.0)
 
 
 def top_k(ids: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
@@ -70,14 +72,27 @@ def top_k(ids: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
     return keep[np.lexsort((ids[keep], -sims[keep]))[:k]]
 
 
+def mapped_bytes(unknown: int = 1 << 62) -> int:
+    """File pages mapped into this process (``/proc/self/statm`` shared), or ``unknown``."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return unknown
+
+
 class _TileFile:
     """One tile's embeddings file, mapped: (rows, 128) int8 and the chunk start table."""
 
     def __init__(self, store, tile: Tile, year: int) -> None:
         self.tile, self.year, self.store = tile, year, store
         found = store.embedding_file(tile, year)
+        self.clustered = None
         if found is None:
             self.rows, self.first = None, None
+            self.clustered = store.clustered_file(tile, year) if store.has(tile, year) else None
+            if self.clustered is not None:
+                self.width = int(store.attrs(tile, year)["width"])
             return
         path, self.first = found
         raw = map_readonly(path)
@@ -86,6 +101,14 @@ class _TileFile:
     def read(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         """(n, 128) int8 at pixels (r, c) of the tile; all-zero for chunks never written."""
         out = np.zeros((len(r), DIMS), np.int8)
+        if self.clustered is not None:  # in an int8-lists index's order: row of each pixel
+            rows, order, _ = self.clustered
+            at = np.empty(len(order), np.int64)
+            at[order] = np.arange(len(order))
+            pos = at[r * self.width + c]
+            srt = np.argsort(pos)
+            out[srt] = rows[pos[srt]]
+            return out
         if self.rows is None:
             if len(r):
                 out[:] = self.store.read_pixels(self.tile, self.year, r, c)[0]
@@ -102,6 +125,8 @@ class _TileFile:
         return out
 
     def release(self) -> None:
+        if self.clustered is not None:
+            release_pages(self.clustered[0])
         if self.rows is not None:
             release_pages(self.rows)
 
@@ -164,11 +189,6 @@ class StoreVectors:
         """Unmap every file's pages from this process once the mapped store pages exceed
         ``max_mapped`` bytes (they stay in the page cache): resident memory stays bounded
         whatever the index size, and most reads between releases find their page mapped."""
-        try:
-            with open("/proc/self/statm", "rb") as f:
-                shared = int(f.read().split()[2]) * _PAGE
-        except (OSError, ValueError, IndexError):
-            shared = self.max_mapped + 1  # unknown: release every time
-        if shared > self.max_mapped:
+        if mapped_bytes(self.max_mapped + 1) > self.max_mapped:
             for f in list(self._files.values()):
                 f.release()

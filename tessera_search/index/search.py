@@ -48,7 +48,7 @@ from .shards import (
     read_faiss_index,
 )
 
-__all__ = ["Index", "SearchResult", "exact_cosine", "list_indexes", "merge", "open_index", "reconcile_index",
+__all__ = ["Index", "SearchResult", "exact_cosine", "list_indexes", "merge", "open_index", "open_shard", "reconcile_index",
            "rerank", "search_shard", "top_k"]
 
 _MIN_CANDIDATES = 4096
@@ -97,18 +97,25 @@ class Shard:
     ``info`` is the shard's manifest entry. Vectors come from ``vectors`` (the store).
     """
 
+    exact = False  # search() gives approximate (PQ) scores, re-ranked by the caller
+
     def __init__(self, files: ShardFiles, info: dict, vectors: StoreVectors, trained=None, mmap: bool = True) -> None:
-        self.files = files
-        self.n_vectors = int(info["n_vectors"])
-        self.tiles = list(info["tiles"])
-        self.store_vectors = vectors
-        self._trained = trained  # kept alive: the shard's faiss index points at its quantizer
+        self._open_pixels(files, info, vectors, trained)
         self.index = read_faiss_index(files.index, mmap=mmap)
         trained_ivf = _ivf(trained) if trained is not None else None
         attach_quantizer(self.index, trained_ivf.quantizer if trained_ivf is not None else None)
         ivf = _ivf(self.index)
         if ivf is not None:
             ivf.parallel_mode = 1  # one query: split the probed lists over threads (2x on 2 cores)
+        self._gpu_tried = False
+
+    def _open_pixels(self, files: ShardFiles, info: dict, vectors: StoreVectors, trained) -> None:
+        """What every kind of shard has: its manifest facts and its pixel bitmap."""
+        self.files = files
+        self.n_vectors = int(info["n_vectors"])
+        self.tiles = list(info["tiles"])
+        self.store_vectors = vectors
+        self._trained = trained  # kept alive: the shard's faiss index points at its quantizer
         self._layout = {t: tuple(int(v) for v in lay) for t, lay in (info.get("pixels") or {}).items()}
         try:
             self._bits = map_readonly(files.pixels)
@@ -116,7 +123,7 @@ class Shard:
             raise IndexCorruptError(f"pixel bitmap {files.pixels} is unreadable: {exc}; rebuild the index") from exc
         self._ids = None
         self._gpu = None
-        self._gpu_tried = False
+        self._gpu_tried = True
 
     def search(self, q: np.ndarray, r: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Approximate best ``r`` for (m, 128) queries: ((m, r') float32, (m, r') int64 pixel IDs; -1 pads)."""
@@ -198,6 +205,15 @@ class ShardRows:
         return out.astype(dtype) if dtype is not None else out
 
 
+def open_shard(files: ShardFiles, info: dict, vectors: StoreVectors, trained) -> Shard:
+    """The opened shard of a manifest entry ``info``: a faiss shard, or an int8-lists one."""
+    if info.get("kind") == "int8-lists":
+        from .lists import ListShard
+
+        return ListShard(files, info, vectors, trained)
+    return Shard(files, info, vectors, trained)
+
+
 def search_shard(shard: Shard, queries: np.ndarray, r: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
     """One shard's approximate best ``r`` for each of (m, 128) unit float32 ``queries``.
 
@@ -216,6 +232,19 @@ def merge(parts: list[tuple[np.ndarray, np.ndarray]], r: int) -> tuple[np.ndarra
         top = np.argpartition(-scores, r - 1, axis=1)[:, :r]
         scores, ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
     return scores, ids
+
+
+def exact_merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """The top ``k`` per query of shards that scored exactly: [(ids, sims, candidates)]."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    out = []
+    for s, i in zip(scores, ids):
+        ok = i >= 0
+        s, i = s[ok], i[ok]
+        order = top_k(i, s, k)
+        out.append((i[order], s[order], len(i)))
+    return out
 
 
 def rerank(vectors: StoreVectors, queries: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -247,8 +276,9 @@ class Index:
         self.year = int(manifest["year"])
         self.dataset_version = manifest["dataset_version"]
         self.region = manifest["region"]
-        self.params = {**manifest["params"], **{k: v for k, v in (manifest.get("search") or {}).items()
-                                                  if k in ("refine_factor", "list_factor", "min_candidates")}}
+        self.kind = manifest.get("kind", "faiss")
+        tuned = ("nprobe", "nprobe10") if self.kind == "int8-lists" else ("refine_factor", "list_factor", "min_candidates")
+        self.params = {**manifest["params"], **{k: v for k, v in (manifest.get("search") or {}).items() if k in tuned}}
         self.synthetic = bool(manifest.get("synthetic", False))
         self.tiles = list(manifest["tiles"])
         self.n_vectors = int(manifest["n_vectors"])
@@ -271,7 +301,7 @@ class Index:
             if self._trained is None:
                 self._trained = read_faiss_index(self.generation / TRAINED, mmap=False)
             self._shards = [
-                Shard(ShardFiles(self.generation, int(k)), s, self.vectors, self._trained)
+                open_shard(ShardFiles(self.generation, int(k)), s, self.vectors, self._trained)
                 for k, s in sorted(self.manifest["shards"].items(), key=lambda kv: int(kv[0]))
             ]
         return self._shards
@@ -340,11 +370,16 @@ class Index:
             raise InvalidInputError(f"refine_factor must be at least 1, got {refine_factor}")
         lf = float(list_factor or self.params.get("list_factor", _LIST_FACTOR))
         least = int(min_candidates or self.params.get("min_candidates", _MIN_CANDIDATES))
-        r = int(min(max(int(np.ceil(k * refine)), least), self.n_vectors))
+        exact = self.kind == "int8-lists"  # the shards scan exactly: k from each is enough
+        r = k if exact else int(min(max(int(np.ceil(k * refine)), least), self.n_vectors))
         nlist = self.params.get("nlist")
         if nlist:
             probe = int(nprobe or self.params.get("nprobe", 16))
-            if nprobe is None:
+            if nprobe is None and exact:
+                from .lists import probe_for
+
+                probe = probe_for(self.params, k)
+            if nprobe is None and not exact:
                 probe = max(probe, int(np.ceil(lf * r * nlist / max(self.n_vectors, 1))))
             probe = max(1, min(probe, nlist))
         else:
@@ -353,9 +388,9 @@ class Index:
         todo = np.arange(len(q))
         while len(todo):
             parts = self._search_shards(q[todo], r, probe)
-            _, cand = merge(parts, r)
             again = []
-            for j, (ids, sims, n_cand) in zip(todo, rerank(self.vectors, q[todo], cand, k)):
+            found = exact_merge(parts, k) if exact else rerank(self.vectors, q[todo], merge(parts, r)[1], k)
+            for j, (ids, sims, n_cand) in zip(todo, found):
                 if len(ids) < k and probe is not None and probe < nlist:
                     again.append(j)
                     continue
@@ -377,6 +412,9 @@ class Index:
             return [search_shard(shards[0], q, r, nprobe)]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1))
+        if self.kind == "int8-lists" and nprobe:  # one quantizer: ask it once for every shard
+            _, lists = shards[0]._quantizer.search(q, int(min(nprobe, shards[0].nlist)))
+            return list(self._pool.map(lambda s: s.search(q, r, nprobe, lists), shards))
         return list(self._pool.map(lambda s: search_shard(s, q, r, nprobe), shards))
 
     def close(self) -> None:

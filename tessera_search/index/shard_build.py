@@ -91,6 +91,7 @@ class ShardJob:
     trained: str
     gen_dir: str
     number: int
+    kind: str = "faiss"  # or "int8-lists" (:mod:`.lists`)
 
     def to_json(self) -> dict:
         return {**asdict(self), "tiles": list(self.tiles)}
@@ -115,11 +116,12 @@ class ShardJob:
         return ShardFiles(Path(self.gen_dir), int(self.number))
 
 
-def shard_job(home, year: int, tiles: list[str], region, trained: Path, gen: Path, number: int) -> ShardJob:
+def shard_job(home, year: int, tiles: list[str], region, trained: Path, gen: Path, number: int,
+              kind: str = "faiss") -> ShardJob:
     """The :class:`ShardJob` for shard ``number`` of a build."""
     geom = getattr(region, "geometry", None)
     return ShardJob(str(home), int(year), tuple(tiles), region.name, None if geom is None else geom.wkb.hex(),
-                    str(trained), str(gen), int(number))
+                    str(trained), str(gen), int(number), str(kind))
 
 
 def strip_quantizer(index):
@@ -167,6 +169,10 @@ def build_shard(job: ShardJob, progress: Callable[[int], None] | None = None) ->
     from ..store import TileStore
     from .gpu import to_gpu
 
+    if job.kind == "int8-lists":
+        from .lists import build_lists_shard
+
+        return build_lists_shard(job, progress)
     t0 = time.monotonic()
     store, region, files = TileStore(job.home), job.region(), job.files
     tiles = [Tile.from_name(t) for t in job.tiles]

@@ -1,0 +1,159 @@
+/* Exact cosine scans over int8 rows, for the int8-lists index (tessera_search/index/lists.py).
+ *
+ * Every function is plain C with no Python API; lists.py loads this library with ctypes.
+ * Arithmetic is integer (int8 rows times an int16 query, int32 sums): every SIMD path
+ * gives bit-identical results, so answers do not depend on the CPU's vector width.
+ *
+ *   score(x) = dot(x, q16) / sqrt(dot(x, x))   (-inf for a zero row)
+ *
+ * over the rows (128 int8 each) of ranges of one or more arrays; ts_scan_top keeps the
+ * best r (a selection over the scores: linear time whatever r).
+ */
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+
+#define DIMS 128
+
+static inline float finish(int32_t s, int32_t nn) {
+    return nn > 0 ? (float)s / sqrtf((float)nn) : -INFINITY;
+}
+
+static void rows_plain(const int8_t *x, int64_t n, const int16_t *q, float *out) {
+    for (int64_t i = 0; i < n; i++, x += DIMS) {
+        int32_t s = 0, nn = 0;
+        for (int d = 0; d < DIMS; d++) {
+            s += (int32_t)x[d] * q[d];
+            nn += (int32_t)x[d] * x[d];
+        }
+        out[i] = finish(s, nn);
+    }
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+__attribute__((target("avx2"))) static inline __m128i sum2(__m256i a, __m256i b) {
+    /* lanes: (sum a, sum b, sum a, sum b) */
+    __m128i x = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    __m128i y = _mm_add_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    x = _mm_hadd_epi32(x, y);
+    return _mm_hadd_epi32(x, x);
+}
+
+__attribute__((target("avx2"))) static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) {
+    __m256i w[DIMS / 16];
+    for (int d = 0; d < DIMS / 16; d++) w[d] = _mm256_loadu_si256((const __m256i *)(q + 16 * d));
+    for (int64_t i = 0; i < n; i++, x += DIMS) {
+        __m256i ip0 = _mm256_setzero_si256(), ip1 = _mm256_setzero_si256();
+        __m256i xx0 = _mm256_setzero_si256(), xx1 = _mm256_setzero_si256();
+        for (int d = 0; d < DIMS / 16; d += 2) {
+            __m256i v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * d)));
+            __m256i v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * d + 16)));
+            ip0 = _mm256_add_epi32(ip0, _mm256_madd_epi16(v0, w[d]));
+            ip1 = _mm256_add_epi32(ip1, _mm256_madd_epi16(v1, w[d + 1]));
+            xx0 = _mm256_add_epi32(xx0, _mm256_madd_epi16(v0, v0));
+            xx1 = _mm256_add_epi32(xx1, _mm256_madd_epi16(v1, v1));
+        }
+        __m128i r = sum2(_mm256_add_epi32(ip0, ip1), _mm256_add_epi32(xx0, xx1));
+        out[i] = finish(_mm_cvtsi128_si32(r), _mm_extract_epi32(r, 1));
+    }
+}
+
+int ts_simd(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+}
+#else
+static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) { rows_plain(x, n, q, out); }
+int ts_simd(void) { return 0; }
+#endif
+
+int ts_abi(void) { return 5; }
+
+/* Scores of every row of the ranges, one after another, into `out`: range g is rows
+ * [starts[g], ends[g]) of the int8 array at address bases[g]. */
+static void score_ranges(const int64_t *bases, const int64_t *starts, const int64_t *ends, int64_t nr,
+                         const int16_t *q, float *out, int simd) {
+    for (int64_t g = 0; g < nr; g++) {
+        const int8_t *base = (const int8_t *)(intptr_t)bases[g];
+        int64_t n = ends[g] - starts[g];
+        if (n <= 0) continue;
+        if (simd) rows_avx2(base + starts[g] * DIMS, n, q, out);
+        else rows_plain(base + starts[g] * DIMS, n, q, out);
+        out += n;
+    }
+}
+
+/* The k-th largest of v[0..n) (k in 1..n); v is reordered. */
+static float kth_largest(float *v, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = v[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > pivot) i++;
+            while (v[j] < pivot) j--;
+            if (i <= j) {
+                float t = v[i];
+                v[i] = v[j];
+                v[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return v[want];
+    }
+    return v[want];
+}
+
+/* The best `r` rows by score of the ranges (see score_ranges), and every other row
+ * scoring within `band` of the r-th best, unordered: scores into hs, row numbers
+ * (counted over the ranges' rows one after another, from `first`) into hi. `work` holds
+ * 2 * rows floats. Returns how many qualified; when that exceeds `cap` (>= r), only cap
+ * are kept (the r best among them) and the caller asks again with a larger cap. */
+int64_t ts_scan_top(const int64_t *bases, const int64_t *starts, const int64_t *ends, int64_t nr,
+                    const int16_t *q, int64_t r, float band, int64_t cap, float *hs, int64_t *hi,
+                    int64_t first, int simd, float *work) {
+    int64_t n = 0;
+    for (int64_t g = 0; g < nr; g++) n += ends[g] > starts[g] ? ends[g] - starts[g] : 0;
+    if (r <= 0 || n == 0 || cap <= 0) return 0;
+    float *all = work, *tmp = work + n;
+    score_ranges(bases, starts, ends, nr, q, all, simd);
+    float t = -INFINITY;
+    if (r < n) {
+        for (int64_t i = 0; i < n; i++) tmp[i] = all[i];
+        t = kth_largest(tmp, n, r) - band;
+    }
+    /* The rows strictly above the r-th best come first, then the band, so a cap keeps the best. */
+    int64_t found = 0, kept = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (all[i] >= t) found++;
+    if (found <= cap) {
+        for (int64_t i = 0; i < n; i++)
+            if (all[i] >= t) {
+                hs[kept] = all[i];
+                hi[kept++] = first + i;
+            }
+        return found;
+    }
+    float top = r < n ? t + band : -INFINITY;
+    for (int64_t i = 0; i < n && kept < cap; i++)
+        if (all[i] > top) {
+            hs[kept] = all[i];
+            hi[kept++] = first + i;
+        }
+    for (int64_t i = 0; i < n && kept < cap; i++)
+        if (all[i] <= top && all[i] >= t) {
+            hs[kept] = all[i];
+            hi[kept++] = first + i;
+        }
+    return found;
+}
+
+/* Importable as a module (so the build and the import system can find this library);
+ * it defines no Python functions: lists.py calls the C functions above through ctypes. */
+static struct PyModuleDef scan_module = {PyModuleDef_HEAD_INIT, "_scan", "int8 scan kernels (used via ctypes)", -1, NULL};
+PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&scan_module); }

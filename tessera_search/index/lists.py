@@ -1,0 +1,533 @@
+"""The int8-lists index: IVF lists that are the store's own int8 rows, scanned exactly.
+
+Factory ``IVFn[_HNSW32],Int8``. Training fits only the coarse quantizer (k-means, with an
+HNSW graph over the centroids from 4096 lists). Building a shard assigns every usable
+pixel of each tile (valid, not the zero vector) to its list and has the store rewrite
+the tile in list order (:meth:`~tessera_search.store.TileStore.cluster`): a list of a tile
+is then one contiguous run of rows in the store's ``clustered`` file, and the workspace
+still keeps exactly one int8 copy of each vector. The shard's files are its list table
+(``shard-NNNNN.faissindex``, here a ``.npy`` of (tiles, nlist + 1) int64 row starts: list
+``l`` of tile ``t`` is rows ``table[t, l]:table[t, l + 1]``) and the usual pixel bitmap.
+
+A search finds the ``nprobe`` nearest centroids, scans those lists' rows in every tile
+with the compiled kernel (``_scan.c``: int8 rows times the query rounded to int16,
+integer sums, so every CPU gives the same answer; cosine within ~1e-5), keeps the best
+``r`` by that score and every row within 2e-4 of the r-th (more than the kernel's error), and scores those exactly (:func:`~.rerank.exact_cosine`, the
+same float32 arithmetic every search ends with). Recall depends only on ``nprobe``,
+which the build tunes (:func:`tune_lists`). Pixels of a tile the index's region only
+partly covers are clustered too (the order does not depend on the region, so indexes of
+other regions on the same quantizer share it); they are skipped at scan time.
+
+A tile fetched again since (a download writes the plain layout) is clustered back on
+the shard's first use of it, once its vectors are checked to be those the index was
+built from; a tile re-clustered since by another quantizer, or holding other vectors, is
+refused with an IndexCorruptError that names the rebuild.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_path, writing
+from ..errors import IndexCorruptError
+from ..grid import Tile, pack_ids
+from .rerank import exact_cosine, mapped_bytes, tile_check, top_k
+from .search import Shard
+from .shards import DIMS, file_sizes, read_faiss_index, release_pages
+
+__all__ = ["KIND", "LISTS_SHARD_VECTORS", "ListShard", "build_lists_shard", "faiss_factory", "is_lists_factory",
+           "probe_for", "quantizer_key", "scan_top", "tune_lists"]
+
+KIND = "int8-lists"
+TOKEN = "Int8"
+BATCH = 65536
+_Q16 = 32767.0
+_TIE = 2e-4  # rows scoring this close to the r-th best are scored exactly too (the kernel's
+# scores are within ~7e-5 of the cosine at worst: the query's int16 rounding)
+MAX_MAPPED = 1 << 30  # store pages mapped by a process's scans before they are released
+LISTS_SHARD_VECTORS = 16_000_000  # vectors per shard (whole tiles): the unit of parallel builds and searches
+
+_lib_lock = threading.Lock()
+_LIB: tuple | None = None
+
+
+def is_lists_factory(factory: str | None) -> bool:
+    """Whether ``factory`` names the int8-lists index (last component ``Int8``)."""
+    return bool(factory) and factory.replace(" ", "").split(",")[-1] == TOKEN
+
+
+def faiss_factory(factory: str) -> str:
+    """The faiss factory that trains the coarse quantizer of an int8-lists ``factory``."""
+    parts = factory.replace(" ", "").split(",")
+    return ",".join(parts[:-1] + ["Flat"])
+
+
+def quantizer_key(trained) -> str:
+    """A short digest of the trained coarse centroids: what a clustered tile records."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(trained)
+    cent = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    return hashlib.sha256(np.ascontiguousarray(cent, dtype="<f4").tobytes()).hexdigest()[:16]
+
+
+# -- the kernel ----------------------------------------------------------------------
+
+
+def _kernel():
+    """(ctypes library, use SIMD) or (None, False) when the compiled kernel is missing."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    with _lib_lock:
+        if _LIB is None:
+            lib, simd = None, False
+            try:
+                spec = importlib.util.find_spec("tessera_search.index._scan")
+                if spec is None or not spec.origin or spec.origin.endswith(".c"):
+                    raise OSError("not built")
+                lib = ctypes.CDLL(spec.origin)
+                if lib.ts_abi() != 5:
+                    raise OSError("an older build")
+                lib.ts_scan_top.restype = ctypes.c_int64
+                simd = bool(lib.ts_simd()) and os.environ.get("TESSERA_SEARCH_SCAN", "") != "plain"
+            except (ImportError, OSError, AttributeError) as exc:
+                lib = None
+                warnings.warn(f"the compiled int8 scan kernel is unavailable ({exc}); scanning with NumPy, "
+                              "several times slower: reinstall tessera-search where a C compiler is present",
+                              RuntimeWarning, stacklevel=3)
+            _LIB = (lib, simd)
+    return _LIB
+
+
+def query16(q: np.ndarray) -> np.ndarray:
+    """The unit query rounded to int16 (largest component +-32767): what the kernel scans with."""
+    q = np.asarray(q, np.float32)
+    m = float(np.abs(q).max()) or 1.0
+    return np.ascontiguousarray(np.rint(q * (_Q16 / m)).astype(np.int16))
+
+
+def _scores_numpy(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                  q16: np.ndarray) -> np.ndarray:
+    """The kernel's scores, bit for bit, in NumPy (the fallback)."""
+    parts = [np.asarray(arrays[t][a:b]) for t, a, b in zip(tile_of, starts, ends) if b > a]
+    if not parts:
+        return np.zeros(0, np.float32)
+    x = np.concatenate(parts).astype(np.int32)
+    s = (x @ q16.astype(np.int32)).astype(np.float32)
+    nn = np.einsum("ij,ij->i", x, x).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = s / np.sqrt(nn)
+    out[nn == 0] = -np.inf
+    return out.astype(np.float32)
+
+
+def _band(s: np.ndarray, i: np.ndarray, r: int, band: float, cap: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Of scores ``s`` (row numbers ``i``): the best ``r`` and all within ``band`` of the
+    r-th, at most ``cap`` of them (the best first) and how many qualified."""
+    if len(s) > r:
+        t = np.float32(np.partition(s, len(s) - r)[len(s) - r]) - np.float32(band)
+        keep = np.flatnonzero(s >= t)
+    else:
+        keep = np.arange(len(s))
+    found = len(keep)
+    if found > cap:
+        keep = keep[np.lexsort((i[keep], -s[keep]))[:cap]]
+    return s[keep], i[keep], found
+
+
+def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, q16: np.ndarray, r: int,
+             band: float = 0.0, cap: int | None = None, lib=None, first: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The best ``r`` rows by the kernel's approximate cosine over ranges of int8 arrays,
+    and every row within ``band`` of the r-th best: range ``g`` is rows
+    ``starts[g]:ends[g]`` of ``arrays[tile_of[g]]`` ((n, 128) int8, C-contiguous).
+    Returns ((m,) float32 scores, (m,) int64 numbers of those rows counted over the
+    ranges one after another, from ``first``; unordered) and how many qualified: more
+    than ``cap`` (default r + band room) means only ``cap`` were kept, the best ``r``
+    among them. ``lib``: (library, simd) to use instead of the default."""
+    tile_of = np.asarray(tile_of, np.int64)
+    starts = np.ascontiguousarray(starts, np.int64)
+    ends = np.ascontiguousarray(ends, np.int64)
+    lib, simd = lib if lib is not None else _kernel()
+    r = int(max(0, r))
+    cap = int(max(r, cap if cap is not None else r + 64 + r // 4))
+    if lib is None:
+        s = _scores_numpy(arrays, tile_of, starts, ends, q16)
+        return _band(s, np.arange(len(s), dtype=np.int64) + first, r, band, cap)
+    bases = np.array([a.ctypes.data for a in arrays], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
+    hs, hi = np.empty(cap, np.float32), np.empty(cap, np.int64)
+    work = np.empty(2 * int(np.sum(np.maximum(ends - starts, 0))), np.float32)
+    p = ctypes.c_void_p
+    found = lib.ts_scan_top(p(bases.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
+                            ctypes.c_int64(len(starts)), p(q16.ctypes.data), ctypes.c_int64(r), ctypes.c_float(band),
+                            ctypes.c_int64(cap), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
+                            int(simd), p(work.ctypes.data))
+    n = min(int(found), cap)
+    return hs[:n], hi[:n], int(found)
+
+
+_SPLIT = 1 << 15  # rows from which one query's scan is split over the cores
+_pool_lock = threading.Lock()
+_POOL = None
+
+
+def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`scan_top` split over the cores by rows (the same answer: each part keeps
+    its best ``r`` and their band, a superset of the whole's; the parts then merge)."""
+    global _POOL
+    lens = ends - starts
+    total = int(lens.sum())
+    parts = min(os.cpu_count() or 1, 4, max(1, total // _SPLIT))
+    if parts == 1:
+        return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap)
+    with _pool_lock:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(min(os.cpu_count() or 1, 4), thread_name_prefix="int8-scan")
+    cum = np.concatenate([[0], np.cumsum(lens)])
+    cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
+    bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
+    jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    got = list(_POOL.map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
+                                                 q16, r, band, cap, first=int(cum[ab[0]])), jobs))
+    cap = int(max(r, cap if cap is not None else r + 64 + r // 4))
+    s, i, found = _band(np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), r, band, cap)
+    if any(g[2] > len(g[0]) for g in got):  # a part was cut short: its band may be missing
+        found = max(found, cap + 1)
+    return s, i, found
+
+
+# -- building a shard ----------------------------------------------------------------
+
+
+def _assign(quantizer, vecs: np.ndarray) -> np.ndarray:
+    from .shard_build import normalise
+
+    out = np.empty(len(vecs), np.int64)
+    for s in range(0, len(vecs), BATCH):
+        _, i = quantizer.search(normalise(vecs[s:s + BATCH]), 1)
+        out[s:s + BATCH] = i[:, 0]
+    return out
+
+
+def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dict:
+    """:func:`~.shard_build.build_shard` for an int8-lists index: cluster each tile of
+    ``job`` in the store by the trained quantizer (skipped where it already is, in the
+    same order) and write the shard's list table and pixel bitmap atomically."""
+    import faiss
+
+    from ..store import TileStore
+
+    t0 = time.monotonic()
+    store, region, files = TileStore(job.home), job.region(), job.files
+    tiles = [Tile.from_name(t) for t in job.tiles]
+    year = int(job.year)
+    trained = read_faiss_index(Path(job.trained), mmap=False)
+    ivf = faiss.extract_index_ivf(trained)
+    quantizer, nlist = ivf.quantizer, int(ivf.nlist)
+    key = quantizer_key(trained)
+    table = np.zeros((len(tiles), nlist + 1), np.int64)
+    n, offset, pixels, checks, partial, rewritten = 0, 0, {}, {}, [], 0
+    what = f"index shard {files.stem}"
+    with writing(what, files.gen_dir), atomic_path(files.pixels, what) as tmp_pix, \
+            atomic_path(files.index, what) as tmp_idx, open(tmp_pix, "wb") as f_pix:
+        for i, tile in enumerate(tiles):
+            data = store.read(tile, year)
+            h, w, _ = data.embeddings.shape
+            flat = data.embeddings.reshape(h * w, DIMS)
+            usable = data.valid.ravel() & np.any(flat != 0, axis=1)
+            at = np.flatnonzero(usable)
+            lists = _assign(quantizer, flat[at])
+            srt = np.argsort(lists, kind="stable")
+            order = np.concatenate([at[srt], np.flatnonzero(~usable)])
+            table[i] = np.searchsorted(lists[srt], np.arange(nlist + 1))
+            cur = store.clustered_file(tile, year)
+            if cur is None or cur[2] != key or not np.array_equal(cur[1], order):
+                del cur
+                store.cluster(tile, year, order, key)
+                rewritten += 1
+            mask = usable.reshape(h, w) & region.mask(data.grid)
+            if not np.array_equal(mask.ravel(), usable):
+                partial.append(tile.name)
+            rows, cols = np.nonzero(mask)
+            ids = pack_ids(tile.ix, tile.iy, rows, cols)
+            bits = np.packbits(mask.ravel()).tobytes()
+            f_pix.write(bits)
+            pixels[tile.name] = [offset, int(h), int(w), int(len(ids))]
+            checks[tile.name] = tile_check(ids, data.embeddings[rows, cols])
+            offset += len(bits)
+            n += len(ids)
+            del data, flat
+            if progress:
+                progress(1)
+        f_pix.flush()
+        os.fsync(f_pix.fileno())
+        with open(tmp_idx, "wb") as f:
+            np.save(f, table)
+            f.flush()
+            os.fsync(f.fileno())
+    return {"shard": files.number, "tiles": list(job.tiles), "n_vectors": int(n), "kind": KIND, "key": key,
+            "partial": partial, "clustered": rewritten, "bytes": file_sizes(files), "bytes_resident": int(table.nbytes),
+            "seconds": round(time.monotonic() - t0, 3), "pixels": pixels, "checks": checks}
+
+
+# -- searching a shard ---------------------------------------------------------------
+
+
+class _TileLists:
+    """One tile of a shard, opened: its clustered rows and order (memory-mapped), and for
+    a tile the region covers only partly, which rows are members."""
+
+    def __init__(self, rows, order, width: int, tile: Tile, member=None) -> None:
+        self.rows, self.order, self.width, self.tile = rows, order, width, tile
+        self.member = member
+        self.skipped = None if member is None else np.concatenate([[0], np.cumsum(~member)]).astype(np.int64)
+
+
+def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions, range index) of ``rown``: row numbers counted over the ranges
+    ``[starts[g], ends[g])`` one after another."""
+    lens = ends - starts
+    cum = np.cumsum(lens)
+    seg = np.searchsorted(cum, rown, side="right")
+    return starts[seg] + rown - (cum[seg] - lens[seg]), seg
+
+
+class ListShard(Shard):
+    """One opened shard of an int8-lists index (see the module docstring): a
+    :class:`~.search.Shard` whose :meth:`search` scans the store's clustered rows and
+    returns exact cosines (``exact = True``)."""
+
+    exact = True
+
+    def __init__(self, files, info: dict, vectors, trained) -> None:
+        import faiss
+
+        self._open_pixels(files, info, vectors, trained)
+        self.key = str(info["key"])
+        self._partial = set(info.get("partial") or [])
+        try:
+            self._table = np.load(files.index, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise IndexCorruptError(f"list table {files.index} is unreadable: {exc}; rebuild the index") from exc
+        self._quantizer = faiss.extract_index_ivf(trained).quantizer
+        self.nlist = int(self._table.shape[1] - 1)
+        self._open: dict[int, _TileLists] = {}
+        self._all: tuple | None = None
+        self._lock = threading.Lock()
+
+    def _tile(self, i: int) -> _TileLists:
+        got = self._open.get(i)
+        if got is not None:
+            return got
+        with self._lock:
+            got = self._open.get(i)
+            if got is None:
+                name = self.tiles[i]
+                tile = Tile.from_name(name)
+                store, year = self.store_vectors.store, self.store_vectors.year
+                found = store.clustered_file(tile, year)
+                if found is None:  # fetched again (plain): put it back in this index's order
+                    found = self._recluster(i, tile, store, year)
+                if found[2] != self.key:
+                    raise IndexCorruptError(
+                        f"tile {name} ({year}) in the store was clustered by another index since this one was "
+                        "built; rebuild the index with `tessera-search build-index --rebuild` (with the options "
+                        "it was built with)")
+                rows, order, _ = found
+                width = self._layout[name][2]
+                member = self._mask(name).ravel()[order] if name in self._partial else None
+                got = _TileLists(rows, order, width, tile, member)
+                self._open[i] = got
+        return got
+
+    def _recluster(self, i: int, tile: Tile, store, year: int):
+        """Cluster a tile that is in the plain layout again (a fresh download writes it so)
+        in this index's order, provided it holds the vectors the index was built from
+        (the manifest's check) and they fall into the same lists; else IndexCorruptError."""
+        data = store.read(tile, year)
+        h, w, _ = data.embeddings.shape
+        flat = data.embeddings.reshape(h * w, DIMS)
+        usable = data.valid.ravel() & np.any(flat != 0, axis=1)
+        at = np.flatnonzero(usable)
+        lists = _assign(self._quantizer, flat[at])
+        srt = np.argsort(lists, kind="stable")
+        starts = np.searchsorted(lists[srt], np.arange(self.nlist + 1))
+        want = self.store_vectors.checks.get(tile.name)
+        ok = np.array_equal(starts, np.asarray(self._table[i]))
+        if ok and want is not None and want[1]:
+            ids = np.asarray(want[1], np.int64)
+            r, c = (ids >> 16) & 0xFFFF, ids & 0xFFFF
+            ok = tile_check(ids, data.embeddings[r, c])[0] == want[0]
+        if not ok:
+            raise IndexCorruptError(
+                f"tile {tile.name} ({year}) in the store holds other vectors than the index was built from; "
+                "rebuild the index with `tessera-search build-index --rebuild` (with the options it was built with)")
+        store.cluster(tile, year, np.concatenate([at[srt], np.flatnonzero(~usable)]), self.key)
+        return store.clustered_file(tile, year)
+
+    def search(self, q: np.ndarray, r: int, nprobe: int | None, lists: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact best ``r`` of the probed lists for (m, 128) unit queries: ((m, r') float32
+        cosines, (m, r') int64 pixel IDs; -1 pads), r' = min(r, shard size). ``lists``:
+        the (m, nprobe) lists to probe, when the caller already asked the quantizer."""
+        q = np.ascontiguousarray(q.reshape(-1, DIMS), dtype=np.float32)
+        r = int(min(r, self.n_vectors))
+        if self.n_vectors == 0 or r <= 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if lists is None:
+            probe = int(max(1, min(nprobe or self.nlist, self.nlist)))
+            _, lists = self._quantizer.search(q, probe)
+        scores = np.full((len(q), r), -np.inf, np.float32)
+        ids = np.full((len(q), r), -1, np.int64)
+        for j in range(len(q)):
+            s, i = self._one(q[j], lists[j][lists[j] >= 0], r)
+            scores[j, :len(s)], ids[j, :len(s)] = s, i
+        self._bound_mapped()
+        return scores, ids
+
+    def _opened(self) -> tuple[list[_TileLists], np.ndarray]:
+        """The shard's non-empty tiles, opened, and their (tiles, nlist + 1) list starts."""
+        if self._all is None:
+            keep = [i for i in range(len(self.tiles)) if self._layout[self.tiles[i]][3] > 0]
+            tiles = [self._tile(i) for i in keep]
+            table = np.asarray(self._table)[keep] if keep else np.zeros((0, self.nlist + 1), np.int64)
+            self._all = (tiles, np.ascontiguousarray(table))
+        return self._all
+
+    def _one(self, q: np.ndarray, lists: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        tiles, table = self._opened()
+        if not tiles or not len(lists):
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        q16 = query16(q)
+        lists = np.sort(lists)  # each tile's ranges in file order
+        st, en = table[:, lists].ravel(), table[:, lists + 1].ravel()
+        tile_of = np.repeat(np.arange(len(tiles)), len(lists))
+        keep = en > st
+        st, en, tile_of = st[keep], en[keep], tile_of[keep]
+        total = int(np.sum(en - st))
+        if total == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        extra = 0
+        for i, t in enumerate(tiles):
+            if t.skipped is not None:
+                on = tile_of == i
+                extra += int(np.sum(t.skipped[en[on]] - t.skipped[st[on]]))
+        want = min(r + extra, total)  # members of partly covered tiles are filtered after
+        cap = want + 64 + want // 4
+        rows = [t.rows for t in tiles]
+        while True:
+            s, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap)
+            if found <= cap:
+                break
+            cap = found  # more rows tie within the band at the cut than room was kept for
+        pos, seg = _positions(rown, st, en)
+        which = tile_of[seg]
+        if extra:
+            ok = np.ones(len(pos), bool)
+            for i, t in enumerate(tiles):
+                if t.member is not None:
+                    on = which == i
+                    ok[on] = t.member[pos[on]]
+            pos, which = pos[ok], which[ok]
+        all_ids, all_sims = [], []
+        for i in np.unique(which):
+            t = tiles[i]
+            p = np.sort(pos[which == i])
+            all_sims.append(exact_cosine(q, t.rows[p]))
+            flat = t.order[p].astype(np.int64)
+            all_ids.append(pack_ids(t.tile.ix, t.tile.iy, flat // t.width, flat % t.width))
+        ids, sims = np.concatenate(all_ids), np.concatenate(all_sims)
+        best = top_k(ids, sims, r)
+        return sims[best].astype(np.float32), ids[best]
+
+    def _bound_mapped(self) -> None:
+        """Unmap the scanned rows from this process once mapped store pages pass
+        ``MAX_MAPPED`` (they stay in the page cache): resident memory stays bounded."""
+        if mapped_bytes() > MAX_MAPPED:
+            for t in list(self._open.values()):
+                release_pages(t.rows)
+                release_pages(t.order)
+
+
+# -- tuning --------------------------------------------------------------------------
+
+
+MARGIN = 0.005  # at least this far above the targets, so that fresh queries meet them too
+
+
+def _sure(recalls: list[float], target: float) -> bool:
+    """Whether the mean of per-query ``recalls`` clears ``target`` by MARGIN and by two
+    standard errors (a fresh draw of queries then meets it too, nearly always)."""
+    r = np.asarray(recalls, float)
+    if r.mean() >= 1.0:
+        return True
+    se = r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0
+    return bool(r.mean() >= min(1.0, target + max(MARGIN, 2 * se)))
+
+
+def _probes(nlist: int) -> list[int]:
+    out, p = [], max(1, nlist // 512)
+    while p < nlist:
+        out.append(p)
+        p = int(np.ceil(p * 1.2)) if p >= 8 else p + 1 if p < 4 else p * 2
+    return out + [nlist]
+
+
+def probe_for(params: dict, k: int) -> int:
+    """Lists probed for a search of ``k`` with the tuned ``params``: the more of the two
+    tuned counts (recall@10 at k = 10, recall@1000 at k = 1000) up to k = 1000, growing
+    with the square root of k beyond (a larger k reaches into more lists)."""
+    base = max(int(params.get("nprobe", 16)), int(params.get("nprobe10", 0)))
+    if k > 1000:
+        base = int(np.ceil(base * np.sqrt(k / 1000)))
+    return base
+
+
+def tune_lists(index, q: np.ndarray, truth: np.ndarray, target_recall: float, recall10: float) -> dict:
+    """The fewest lists to probe for recall@1000 >= ``target_recall`` at k = 1000
+    (``nprobe``) and for recall@10 >= ``recall10`` at k = 10 (``nprobe10``), each with
+    room to spare (:func:`_sure`), measured on the sample queries ``q`` against their exact
+    ``truth`` (recall only grows with the lists probed: the scan is exact)."""
+    k = min(1000, truth.shape[1])
+    nlist = int(index.params["nlist"])
+    tried, n1000, n10 = [], None, None
+    for probe in _probes(nlist):
+        lat, lat10, r1000, r10 = [], [], [], []
+        for j in range(len(q)):
+            t0 = time.perf_counter()
+            res = index.search(q[j], k=k, nprobe=probe)
+            lat.append(time.perf_counter() - t0)
+            r1000.append(len(np.intersect1d(res.ids, truth[j, :k])) / k)
+            t0 = time.perf_counter()
+            small = index.search(q[j], k=10, nprobe=probe)
+            lat10.append(time.perf_counter() - t0)
+            r10.append(len(np.intersect1d(small.ids, truth[j, :10])) / 10)
+        m = {"nprobe": probe, "recall1000": float(np.mean(r1000)), "recall10": float(np.mean(r10)),
+             "median_s": float(np.median(lat)), "median10_s": float(np.median(lat10))}
+        tried.append(m)
+        if n1000 is None and _sure(r1000, target_recall):
+            n1000 = m
+        if n10 is None and _sure(r10, recall10):
+            n10 = m
+        if n1000 is not None and n10 is not None:
+            break
+    last = tried[-1]
+    n1000, n10 = n1000 or last, n10 or last
+    at = max(n1000, n10, key=lambda m: m["nprobe"])
+    return {"target_recall": float(target_recall), "kind": KIND, "nprobe": int(n1000["nprobe"]),
+            "nprobe10": int(n10["nprobe"]), "recall1000": at["recall1000"], "recall10": at["recall10"],
+            "median_s": at["median_s"], "median10_s": at["median10_s"], "n_queries": int(len(q)),
+            "reached": bool(at["recall1000"] >= target_recall and at["recall10"] >= recall10), "tried": tried}

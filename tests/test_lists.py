@@ -1,0 +1,272 @@
+"""The int8-lists index: the compiled scan kernel, the store's clustered layout, and
+search against exact answers with the same code and tuned parameters large indexes use."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tessera_search.errors import IndexCorruptError, KTooLargeError
+from tessera_search.grid import Tile
+from tessera_search.index import build_index, open_index
+from tessera_search.index import lists
+from tessera_search.index.lists import _positions, query16, scan_top
+from tessera_search.regions import resolve_region
+from tessera_search.store import TileStore
+
+from _helpers import NAIROBI_TILES, small_tile
+from test_index import _exact, _fill
+
+FACTORY = "IVF64,Int8"
+
+
+# -- the kernel ----------------------------------------------------------------------
+
+
+def _ranges(rng, n, count):
+    cuts = np.sort(rng.choice(n, size=2 * count, replace=False))
+    return cuts[0::2].astype(np.int64), cuts[1::2].astype(np.int64)
+
+
+def test_kernel_is_compiled_and_matches_numpy_bit_for_bit():
+    lib, simd = lists._kernel()
+    assert lib is not None, "the C kernel was not built by the install"
+    rng = np.random.default_rng(3)
+    rows = rng.integers(-127, 128, size=(5000, 128), dtype=np.int8)
+    rows[17] = 0  # the zero row scores -inf
+    q = rng.normal(size=128).astype(np.float32)
+    q /= np.linalg.norm(q)
+    q16 = query16(q)
+    starts, ends = _ranges(rng, 5000, 40)
+    want = lists._scores_numpy([rows], np.zeros(len(starts), np.int64), starts, ends, q16)
+    for use_simd in {False, simd}:
+        s, i, _ = scan_top([rows], np.zeros(len(starts), np.int64), starts, ends, q16, 300, lib=(lib, use_simd))
+        ref = np.lexsort((np.arange(len(want)), -want))[:300]
+        assert set(ref.tolist()) <= set(i.tolist()) and len(i) >= 300
+        assert np.array_equal(np.sort(s), np.sort(want[i]))  # identical floats on every path
+    s, i, _ = scan_top([rows], np.zeros(len(starts), np.int64), starts, ends, q16, 300, lib=(None, False))  # NumPy
+    assert set(np.lexsort((np.arange(len(want)), -want))[:300].tolist()) <= set(i.tolist())
+    # the score is the cosine, up to the query's int16 rounding
+    pos, _ = _positions(np.arange(len(want)), starts, ends)
+    x = rows[pos].astype(np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    ok = norms > 0
+    cos = (x[ok] @ q) / norms[ok]
+    assert np.max(np.abs(want[ok] * float(np.abs(q).max()) / 32767.0 - cos)) < 1e-4
+
+
+def test_split_scan_gives_the_same_answer(monkeypatch):
+    rng = np.random.default_rng(4)
+    a = rng.integers(-127, 128, size=(3000, 128), dtype=np.int8)
+    b = rng.integers(-127, 128, size=(2000, 128), dtype=np.int8)
+    q16 = query16(rng.normal(size=128).astype(np.float32))
+    tile_of = np.array([0, 1, 0, 1])
+    starts, ends = np.array([0, 0, 1500, 1000]), np.array([1000, 900, 3000, 2000])
+    one = scan_top([a, b], tile_of, starts, ends, q16, 250, band=0.002, cap=2000)
+    monkeypatch.setattr(lists, "_SPLIT", 100)
+    split = lists._scan_parallel([a, b], tile_of, starts, ends, q16, 250, band=0.002, cap=2000)
+    assert set(one[1].tolist()) == set(split[1].tolist()) and one[2] == split[2]
+
+
+def test_kernel_keeps_every_tie_at_the_cut():
+    rows = np.tile(np.arange(128, dtype=np.int8)[None, :] - 64, (50, 1))  # 50 equal rows
+    q16 = query16(np.ones(128, np.float32) / np.sqrt(128))
+    for lib in (lists._kernel(), (None, False)):
+        s, i, found = scan_top([rows], np.array([0]), np.array([0]), np.array([50]), q16, 7, lib=lib)
+        assert found == 50 and sorted(i.tolist()) == list(range(50))
+        s, i, found = scan_top([rows], np.array([0]), np.array([0]), np.array([50]), q16, 7, cap=10, lib=lib)
+        assert found == 50 and sorted(i.tolist()) == list(range(10))  # cut short: the lower rows
+
+
+def test_band_keeps_every_row_near_the_cut():
+    rng = np.random.default_rng(8)
+    rows = rng.integers(-127, 128, size=(4000, 128), dtype=np.int8)
+    q16 = query16(rng.normal(size=128).astype(np.float32))
+    want = lists._scores_numpy([rows], np.array([0]), np.array([0]), np.array([4000]), q16)
+    for lib in (lists._kernel(), (None, False)):
+        s, i, found = scan_top([rows], np.array([0]), np.array([0]), np.array([4000]), q16, 100, band=0.01,
+                               cap=4000, lib=lib)
+        t = np.sort(want)[::-1][99] - np.float32(0.01)
+        assert found == len(i) == int(np.sum(want >= t)) and set(i.tolist()) == set(np.flatnonzero(want >= t).tolist())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 6)), min_size=1, max_size=12))
+def test_positions_map_range_numbers_to_rows(spec):
+    starts, ends, at = [], [], 0
+    for gap, length in spec:
+        at += gap
+        starts.append(at)
+        ends.append(at + length)
+        at += length
+    starts, ends = np.array(starts, np.int64), np.array(ends, np.int64)
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if not len(starts):
+        return
+    flat = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
+    pos, seg = _positions(np.arange(len(flat)), starts, ends)
+    assert np.array_equal(pos, flat)
+    assert np.array_equal(seg, np.repeat(np.arange(len(starts)), ends - starts))
+
+
+# -- the store's clustered layout ------------------------------------------------------
+
+
+def test_cluster_keeps_every_read_the_same(tmp_path):
+    store = TileStore(tmp_path)
+    data = small_tile(NAIROBI_TILES[0], height=30, width=34)
+    tile, year = data.tile, data.year
+    store.write(data)
+    before = store.read(tile, year)
+    order = np.random.default_rng(1).permutation(30 * 34)
+    store.cluster(tile, year, order, "k1")
+    after = store.read(tile, year)
+    assert np.array_equal(after.embeddings, before.embeddings)
+    assert np.array_equal(after.scales, before.scales, equal_nan=True)
+    assert store.attrs(tile, year)["clustered"] == {"key": "k1"}
+    rows, got_order, key = store.clustered_file(tile, year)
+    assert key == "k1" and np.array_equal(got_order, order)
+    assert np.array_equal(rows, before.embeddings.reshape(-1, 128)[order])
+    r, c = np.array([0, 29, 5, 5]), np.array([0, 33, 7, 7])
+    emb, sc = store.read_pixels(tile, year, r, c)
+    assert np.array_equal(emb, before.embeddings[r, c])
+    assert np.array_equal(sc, before.scales[r, c], equal_nan=True)
+    assert store.embedding_file(tile, year) is None
+    with pytest.raises(ValueError, match="permutation"):
+        store.cluster(tile, year, np.zeros(30 * 34, np.int64), "k2")
+    store.write(before)  # fetched again: the plain layout
+    assert store.clustered_file(tile, year) is None
+    assert np.array_equal(store.read(tile, year).embeddings, before.embeddings)
+
+
+# -- the index -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    home = tmp_path_factory.mktemp("lists-ws")
+    _fill(home)
+    region = resolve_region(tiles=NAIROBI_TILES)
+    rep = build_index(region, 2023, home=home, progress=False, shard_size=7500, factory=FACTORY, name="lists")
+    return home, region, rep
+
+
+def _queries(home, region, n, seed=5):
+    _, _, all_ids, x = _exact(home, region, 2023, np.ones(128) / np.sqrt(128), 1)
+    pick = np.random.default_rng(seed).choice(len(all_ids), n, replace=False)
+    return all_ids[pick], (x[pick] / np.linalg.norm(x[pick], axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_build_clusters_the_store_and_tunes_nprobe(built):
+    home, region, rep = built
+    man = json.loads((rep.path / "manifest.json").read_text())
+    assert man["kind"] == "int8-lists" and rep.n_shards == 2
+    tuned = man["search"]
+    assert tuned["kind"] == "int8-lists" and tuned["reached"] and tuned["n_queries"] == 192
+    assert tuned["recall1000"] >= 0.95 and tuned["recall10"] >= 0.99
+    assert 1 <= tuned["nprobe"] < 64 and 1 <= tuned["nprobe10"] < 64  # fewer than every list
+    assert tuned["tried"][-1]["nprobe"] == max(tuned["nprobe"], tuned["nprobe10"])
+    store = TileStore(home)
+    keys = {sh["key"] for sh in man["shards"].values()}
+    assert len(keys) == 1
+    for name in NAIROBI_TILES:
+        assert store.clustered_file(Tile.from_name(name), 2023)[2] in keys
+    # the list table covers each tile's usable pixels once
+    for key, sh in man["shards"].items():
+        table = np.load(rep.path / f"shard-{int(key):05d}.faissindex")
+        assert table.shape == (len(sh["tiles"]), 65) and np.all(np.diff(table, axis=1) >= 0)
+        assert int(table[:, -1].sum()) == sh["n_vectors"]  # every tile wholly in the region
+
+
+def test_search_recall_at_the_tuned_nprobe(built):
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    qids, qs = _queries(home, region, 12)
+    rec = {10: [], 200: []}
+    for qid, q in zip(qids, qs):
+        for k in rec:
+            res = idx.search(q, k=k)
+            truth, _, _, _ = _exact(home, region, 2023, q, k)
+            assert res.ids[0] == qid and len(set(res.ids.tolist())) == k
+            assert np.all(np.diff(res.similarity) <= 0)
+            rec[k].append(len(np.intersect1d(res.ids, truth)) / k)
+    assert np.mean(rec[10]) >= 0.99 and np.mean(rec[200]) >= 0.95
+
+
+def test_every_list_probed_is_exact_search(built):
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    _, qs = _queries(home, region, 4, seed=9)
+    for q in qs:
+        res = idx.search(q, k=300, nprobe=64)
+        truth, tsims, _, _ = _exact(home, region, 2023, q, 300)
+        assert len(np.intersect1d(res.ids, truth)) >= 298  # float32 vs float64 near-ties only
+        assert np.allclose(res.similarity, tsims, atol=1e-5)
+    with pytest.raises(KTooLargeError):
+        idx.search(qs[0], k=idx.n_vectors + 1)
+
+
+def test_rebuild_keeps_the_clustering_and_a_pq_index_shares_the_store(built):
+    home, region, rep = built
+    again = build_index(region, 2023, home=home, progress=False, shard_size=7500, factory=FACTORY, name="lists",
+                        rebuild=True)
+    man = json.loads((again.path / "manifest.json").read_text())
+    assert sum(sh["clustered"] for sh in man["shards"].values()) == 0  # same quantizer, same order: no rewrite
+    pq = build_index(region, 2023, home=home, progress=False, name="pq-beside", factory="IVF64,PQ16x4fsr")
+    q = _queries(home, region, 1, seed=11)[1][0]
+    a = open_index("pq-beside", home=home).search(q, k=20, refine_factor=200)
+    b = open_index("lists", home=home).search(q, k=20, nprobe=64)
+    assert np.array_equal(a.ids, b.ids)
+    assert pq.n_vectors == again.n_vectors
+
+
+def test_partly_covered_tiles_return_only_region_pixels(tmp_path):
+    _fill(tmp_path, tiles=NAIROBI_TILES[:2])
+    full = resolve_region(tiles=NAIROBI_TILES[:2])
+    data = TileStore(tmp_path).read(Tile.from_name(NAIROBI_TILES[0]), 2023)
+    import pyproj
+
+    to_ll = pyproj.Transformer.from_crs(data.grid.crs, "EPSG:4326", always_xy=True)
+    a, _, x0, _, e, y0 = data.grid.transform
+    lon0, lat0 = to_ll.transform(x0, y0 + e * data.grid.height)
+    lon1, lat1 = to_ll.transform(x0 + a * data.grid.width / 2, y0)
+    part = resolve_region(bbox=f"{lon0 - 0.01},{lat0 - 0.01},{lon1},{lat1 + 0.01}")
+    rep = build_index(part, 2023, home=tmp_path, progress=False, factory="IVF16,Int8", name="part")
+    man = json.loads((rep.path / "manifest.json").read_text())
+    assert any(sh["partial"] for sh in man["shards"].values())
+    idx = open_index("part", home=tmp_path)
+    _, _, ids_in, x = _exact(tmp_path, part, 2023, np.ones(128) / np.sqrt(128), 1)
+    q = (x[3] / np.linalg.norm(x[3])).astype(np.float32)
+    res = idx.search(q, k=100, nprobe=16)
+    truth, _, _, _ = _exact(tmp_path, part, 2023, q, 100)
+    assert set(res.ids.tolist()) <= set(ids_in.tolist())
+    assert len(np.intersect1d(res.ids, truth)) >= 99
+    assert len(full.tiles) == 2
+
+
+def test_a_tile_fetched_again_is_clustered_back_and_other_vectors_are_refused(tmp_path):
+    _fill(tmp_path, tiles=NAIROBI_TILES[:1])
+    region = resolve_region(tiles=NAIROBI_TILES[:1])
+    build_index(region, 2023, home=tmp_path, progress=False, factory="IVF16,Int8", name="x")
+    store = TileStore(tmp_path)
+    tile = Tile.from_name(NAIROBI_TILES[0])
+    q = np.ones(128, np.float32) / np.sqrt(128)
+    before = open_index("x", home=tmp_path).search(q, k=5)
+    store.write(store.read(tile, 2023))  # plain again, as a fresh download writes it
+    assert store.clustered_file(tile, 2023) is None
+    again = open_index("x", home=tmp_path).search(q, k=5)
+    assert np.array_equal(again.ids, before.ids)
+    assert store.clustered_file(tile, 2023) is not None  # in the index's order again
+    changed = store.read(tile, 2023)
+    changed.embeddings[changed.valid] = np.roll(changed.embeddings[changed.valid], 1, axis=0)
+    store.write(changed)  # other vectors under the same pixels
+    with pytest.raises(IndexCorruptError, match="rebuild"):
+        open_index("x", home=tmp_path).search(q, k=5)
+    build_index(region, 2023, home=tmp_path, progress=False, factory="IVF8,Int8", name="y")  # another quantizer
+    with pytest.raises(IndexCorruptError, match="another index"):
+        open_index("x", home=tmp_path).search(q, k=5)
