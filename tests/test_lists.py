@@ -270,3 +270,29 @@ def test_a_tile_fetched_again_is_clustered_back_and_other_vectors_are_refused(tm
     build_index(region, 2023, home=tmp_path, progress=False, factory="IVF8,Int8", name="y")  # another quantizer
     with pytest.raises(IndexCorruptError, match="another index"):
         open_index("x", home=tmp_path).search(q, k=5)
+
+
+def test_prefetch_reads_ahead_only_what_is_not_in_memory(tmp_path):
+    import os
+
+    from tessera_search.index.shards import release_pages
+
+    path = tmp_path / "rows.bin"
+    np.random.default_rng(2).integers(-127, 128, size=(20000, 128), dtype=np.int8).tofile(path)
+    rows = np.memmap(path, dtype=np.int8, mode="r", shape=(20000, 128))
+    tile_of = np.zeros(4, np.int64)
+    starts, ends = np.array([0, 5000, 10000, 15000]), np.array([1000, 6000, 11000, 16000])
+    assert int(np.asarray(rows[:20000]).sum()) != 0  # read: every page in memory
+    assert lists.prefetch([rows], tile_of, starts, ends) == 0  # warm: nothing to do
+    release_pages(rows)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    advised = lists.prefetch([rows], tile_of, starts, ends)
+    assert advised in (0, 4)  # 4 where the page cache let go of the file (not on tmpfs)
+    q16 = query16(np.ones(128, np.float32) / np.sqrt(128))
+    s, i, _ = scan_top([rows], tile_of, starts, ends, q16, 10)  # and the scan still reads right
+    assert len(i) >= 10

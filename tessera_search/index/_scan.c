@@ -69,7 +69,46 @@ static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) 
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 5; }
+int ts_abi(void) { return 7; }
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Ask the kernel to read ahead every range (rows of `row_bytes`) that is not in memory,
+ * all at once (so a cold scan waits for the disk about once, not once per list), unless
+ * a sample of `sample` ranges' first pages is all resident (a warm scan then costs a few
+ * mincore calls). Returns the ranges advised. */
+int64_t ts_prefetch(const int64_t *bases, const int64_t *starts, const int64_t *ends, int64_t nr, int64_t sample,
+                    int64_t row_bytes) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (nr <= 0 || page <= 0) return 0;
+    int cold = 0;
+    int64_t step = sample > 0 && nr > sample ? nr / sample : 1;
+    for (int64_t g = 0; g < nr && !cold; g += step) {
+        if (ends[g] <= starts[g]) continue;
+        uintptr_t a = (uintptr_t)bases[g] + (uintptr_t)starts[g] * row_bytes;
+        uintptr_t lo = a & ~(uintptr_t)(page - 1);
+        unsigned char vec[1];
+        if (mincore((void *)lo, (size_t)page, vec) != 0 || !(vec[0] & 1)) cold = 1;
+    }
+    if (!cold) return 0;
+    int64_t advised = 0;
+    for (int64_t g = 0; g < nr; g++) {
+        if (ends[g] <= starts[g]) continue;
+        uintptr_t a = (uintptr_t)bases[g] + (uintptr_t)starts[g] * row_bytes;
+        uintptr_t b = (uintptr_t)bases[g] + (uintptr_t)ends[g] * row_bytes;
+        uintptr_t lo = a & ~(uintptr_t)(page - 1);
+        if (madvise((void *)lo, (size_t)(b - lo), MADV_WILLNEED) == 0) advised++;
+    }
+    return advised;
+}
+#else
+int64_t ts_prefetch(const int64_t *bases, const int64_t *starts, const int64_t *ends, int64_t nr, int64_t sample,
+                    int64_t row_bytes) {
+    return 0;
+}
+#endif
 
 /* Scores of every row of the ranges, one after another, into `out`: range g is rows
  * [starts[g], ends[g]) of the int8 array at address bases[g]. */

@@ -46,7 +46,7 @@ from .search import Shard
 from .shards import DIMS, file_sizes, read_faiss_index, release_pages
 
 __all__ = ["KIND", "LISTS_SHARD_VECTORS", "ListShard", "build_lists_shard", "faiss_factory", "is_lists_factory",
-           "probe_for", "quantizer_key", "scan_top", "tune_lists"]
+           "cluster_order", "prefetch", "probe_for", "quantizer_key", "scan_top", "tune_lists"]
 
 KIND = "int8-lists"
 TOKEN = "Int8"
@@ -97,9 +97,10 @@ def _kernel():
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 5:
+                if lib.ts_abi() != 7:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
+                lib.ts_prefetch.restype = ctypes.c_int64
                 simd = bool(lib.ts_simd()) and os.environ.get("TESSERA_SEARCH_SCAN", "") != "plain"
             except (ImportError, OSError, AttributeError) as exc:
                 lib = None
@@ -176,6 +177,24 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
     return hs[:n], hi[:n], int(found)
 
 
+def prefetch(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, sample: int = 8) -> int:
+    """Read ahead, all at once, the row ranges ``[starts[g], ends[g])`` of
+    ``arrays[tile_of[g]]`` (memory-mapped, all with the same row size) that a scan is
+    about to read, when they are not in memory (checked on ``sample`` of them first): a
+    cold scan then waits for the disk about once instead of once per list. Returns the
+    ranges advised (0 when warm)."""
+    lib, _ = _kernel()
+    if lib is None or not len(tile_of):
+        return 0
+    bases = np.array([a.ctypes.data for a in arrays], np.int64)[np.asarray(tile_of, np.int64)]
+    starts = np.ascontiguousarray(starts, np.int64)
+    ends = np.ascontiguousarray(ends, np.int64)
+    p = ctypes.c_void_p
+    row_bytes = int(arrays[0].strides[0]) if arrays else DIMS
+    return int(lib.ts_prefetch(p(bases.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
+                               ctypes.c_int64(len(starts)), ctypes.c_int64(sample), ctypes.c_int64(row_bytes)))
+
+
 _SPLIT = 1 << 15  # rows from which one query's scan is split over the cores
 _pool_lock = threading.Lock()
 _POOL = None
@@ -222,6 +241,20 @@ def _assign(quantizer, vecs: np.ndarray) -> np.ndarray:
     return out
 
 
+def cluster_order(quantizer, data, nlist: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tile's list order: ((H*W,) row-major pixel of each row: usable pixels (valid,
+    not zero) by list, then the rest; (nlist + 1,) starts of each list's rows; (H*W,)
+    bool usable)."""
+    h, w, _ = data.embeddings.shape
+    flat = data.embeddings.reshape(h * w, DIMS)
+    usable = data.valid.ravel() & np.any(flat != 0, axis=1)
+    at = np.flatnonzero(usable)
+    lists = _assign(quantizer, flat[at])
+    srt = np.argsort(lists, kind="stable")
+    order = np.concatenate([at[srt], np.flatnonzero(~usable)])
+    return order, np.searchsorted(lists[srt], np.arange(nlist + 1)), usable
+
+
 def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dict:
     """:func:`~.shard_build.build_shard` for an int8-lists index: cluster each tile of
     ``job`` in the store by the trained quantizer (skipped where it already is, in the
@@ -246,13 +279,7 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
         for i, tile in enumerate(tiles):
             data = store.read(tile, year)
             h, w, _ = data.embeddings.shape
-            flat = data.embeddings.reshape(h * w, DIMS)
-            usable = data.valid.ravel() & np.any(flat != 0, axis=1)
-            at = np.flatnonzero(usable)
-            lists = _assign(quantizer, flat[at])
-            srt = np.argsort(lists, kind="stable")
-            order = np.concatenate([at[srt], np.flatnonzero(~usable)])
-            table[i] = np.searchsorted(lists[srt], np.arange(nlist + 1))
+            order, table[i], usable = cluster_order(quantizer, data, nlist)
             cur = store.clustered_file(tile, year)
             if cur is None or cur[2] != key or not np.array_equal(cur[1], order):
                 del cur
@@ -269,7 +296,7 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
             checks[tile.name] = tile_check(ids, data.embeddings[rows, cols])
             offset += len(bits)
             n += len(ids)
-            del data, flat
+            del data
             if progress:
                 progress(1)
         f_pix.flush()
@@ -358,13 +385,7 @@ class ListShard(Shard):
         in this index's order, provided it holds the vectors the index was built from
         (the manifest's check) and they fall into the same lists; else IndexCorruptError."""
         data = store.read(tile, year)
-        h, w, _ = data.embeddings.shape
-        flat = data.embeddings.reshape(h * w, DIMS)
-        usable = data.valid.ravel() & np.any(flat != 0, axis=1)
-        at = np.flatnonzero(usable)
-        lists = _assign(self._quantizer, flat[at])
-        srt = np.argsort(lists, kind="stable")
-        starts = np.searchsorted(lists[srt], np.arange(self.nlist + 1))
+        order, starts, _ = cluster_order(self._quantizer, data, self.nlist)
         want = self.store_vectors.checks.get(tile.name)
         ok = np.array_equal(starts, np.asarray(self._table[i]))
         if ok and want is not None and want[1]:
@@ -375,7 +396,7 @@ class ListShard(Shard):
             raise IndexCorruptError(
                 f"tile {tile.name} ({year}) in the store holds other vectors than the index was built from; "
                 "rebuild the index with `tessera-search build-index --rebuild` (with the options it was built with)")
-        store.cluster(tile, year, np.concatenate([at[srt], np.flatnonzero(~usable)]), self.key)
+        store.cluster(tile, year, order, self.key)
         return store.clustered_file(tile, year)
 
     def search(self, q: np.ndarray, r: int, nprobe: int | None, lists: np.ndarray | None = None
@@ -428,6 +449,7 @@ class ListShard(Shard):
         want = min(r + extra, total)  # members of partly covered tiles are filtered after
         cap = want + 64 + want // 4
         rows = [t.rows for t in tiles]
+        prefetch(rows, tile_of, st, en)
         while True:
             s, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap)
             if found <= cap:
@@ -443,6 +465,7 @@ class ListShard(Shard):
                     ok[on] = t.member[pos[on]]
             pos, which = pos[ok], which[ok]
         all_ids, all_sims = [], []
+        prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
         for i in np.unique(which):
             t = tiles[i]
             p = np.sort(pos[which == i])

@@ -31,6 +31,7 @@ __all__ = ["StoreVectors", "exact_cosine", "mapped_bytes", "tile_check", "top_k"
 _N_CHECK = 16
 
 MAX_MAPPED = 256 << 20  # store pages mapped into this process before they are all released
+MAX_INVERSES = 16  # clustered tiles whose order inverse (pixel -> row) stays in memory
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # The pixel-ID layout (grid.py): tile bits above bit 32, then 16 bits of row and of column.
 _ROW_SHIFT, _ROW_MASK, _COL_MASK = 16, 0xFFFF, 0xFFFF
@@ -87,7 +88,7 @@ class _TileFile:
     def __init__(self, store, tile: Tile, year: int) -> None:
         self.tile, self.year, self.store = tile, year, store
         found = store.embedding_file(tile, year)
-        self.clustered = None
+        self.clustered, self.at = None, None
         if found is None:
             self.rows, self.first = None, None
             self.clustered = store.clustered_file(tile, year) if store.has(tile, year) else None
@@ -103,9 +104,11 @@ class _TileFile:
         out = np.zeros((len(r), DIMS), np.int8)
         if self.clustered is not None:  # in an int8-lists index's order: row of each pixel
             rows, order, _ = self.clustered
-            at = np.empty(len(order), np.int64)
-            at[order] = np.arange(len(order))
-            pos = at[r * self.width + c]
+            if self.at is None:  # the inverse of the order, kept until the next release
+                at = np.empty(len(order), np.int32)
+                at[order] = np.arange(len(order), dtype=np.int32)
+                self.at = at
+            pos = self.at[r * self.width + c].astype(np.int64)
             srt = np.argsort(pos)
             out[srt] = rows[pos[srt]]
             return out
@@ -142,6 +145,7 @@ class StoreVectors:
         self.store, self.year = store, int(year)
         self.checks = dict(checks or {})
         self._files: dict[int, _TileFile] = {}
+        self._recent: dict[int, None] = {}
         self._lock = threading.Lock()
         self.max_mapped = MAX_MAPPED
 
@@ -167,6 +171,18 @@ class StoreVectors:
                 self._files[key] = f
         return f
 
+    def _keep_inverses(self, key: int) -> None:
+        """Keep the order inverses of the :data:`MAX_INVERSES` tiles read last (4 bytes a
+        pixel each: 5 MB a whole tile)."""
+        self._recent.pop(key, None)
+        self._recent[key] = None
+        while len(self._recent) > MAX_INVERSES:
+            old = next(iter(self._recent))
+            del self._recent[old]
+            f = self._files.get(old)
+            if f is not None:
+                f.at = None
+
     def read(self, ids: np.ndarray) -> np.ndarray:
         """(n, 128) int8 stored vectors of pixel ``ids`` (any order, any tiles)."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -177,11 +193,13 @@ class StoreVectors:
         keys = ids >> 32
         if np.all(keys == keys[0]):
             out[:] = self._file(int(keys[0])).read(r, c)
+            self._keep_inverses(int(keys[0]))
         else:
             order = np.argsort(keys, kind="stable")
             bounds = np.flatnonzero(np.diff(keys[order])) + 1
             for grp in np.split(order, bounds):
                 out[grp] = self._file(int(keys[grp[0]])).read(r[grp], c[grp])
+                self._keep_inverses(int(keys[grp[0]]))
         self._bound_mapped()
         return out
 
