@@ -296,3 +296,18 @@ def test_prefetch_reads_ahead_only_what_is_not_in_memory(tmp_path):
     q16 = query16(np.ones(128, np.float32) / np.sqrt(128))
     s, i, _ = scan_top([rows], tile_of, starts, ends, q16, 10)  # and the scan still reads right
     assert len(i) >= 10
+
+
+def test_an_hnsw_coarse_quantizer_still_searches_every_list_asked_for(tmp_path):
+    """The HNSW graph assigns at build time; a search ranks the centroids exhaustively, so
+    probing every list is exact search (the graph alone returned only some of them)."""
+    _fill(tmp_path, tiles=NAIROBI_TILES[:2])
+    region = resolve_region(tiles=NAIROBI_TILES[:2])
+    rep = build_index(region, 2023, home=tmp_path, progress=False, factory="IVF64_HNSW32,Int8", name="h")
+    idx = open_index("h", home=tmp_path)
+    _, qs = _queries(tmp_path, region, 3, seed=12)
+    for q in qs:
+        res = idx.search(q, k=300, nprobe=64)
+        truth, _, _, _ = _exact(tmp_path, region, 2023, q, 300)
+        assert len(np.intersect1d(res.ids, truth)) >= 298
+    assert rep.params.factory == "IVF64_HNSW32,Int8"

@@ -72,6 +72,23 @@ def faiss_factory(factory: str) -> str:
     return ",".join(parts[:-1] + ["Flat"])
 
 
+def exact_quantizer(trained):
+    """The coarse quantizer a search asks for its lists: the trained centroids searched
+    exhaustively (nlist x 128 multiply-adds a query: 0.5 M at 4096 lists). An HNSW graph
+    over them (what assigns vectors at build time, fast) returns only approximately the
+    nearest lists, most of all when asked for many, which capped recall below 1 whatever
+    nprobe."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(trained)
+    q = ivf.quantizer
+    if isinstance(faiss.downcast_index(q), faiss.IndexFlat):
+        return q
+    flat = faiss.IndexFlatIP(ivf.d) if ivf.metric_type == faiss.METRIC_INNER_PRODUCT else faiss.IndexFlatL2(ivf.d)
+    flat.add(q.reconstruct_n(0, ivf.nlist))
+    return flat
+
+
 def quantizer_key(trained) -> str:
     """A short digest of the trained coarse centroids: what a clustered tile records."""
     import faiss
@@ -349,7 +366,7 @@ class ListShard(Shard):
             self._table = np.load(files.index, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise IndexCorruptError(f"list table {files.index} is unreadable: {exc}; rebuild the index") from exc
-        self._quantizer = faiss.extract_index_ivf(trained).quantizer
+        self._quantizer = exact_quantizer(trained)
         self.nlist = int(self._table.shape[1] - 1)
         self._open: dict[int, _TileLists] = {}
         self._all: tuple | None = None
