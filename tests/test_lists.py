@@ -311,3 +311,18 @@ def test_an_hnsw_coarse_quantizer_still_searches_every_list_asked_for(tmp_path):
         truth, _, _, _ = _exact(tmp_path, region, 2023, q, 300)
         assert len(np.intersect1d(res.ids, truth)) >= 298
     assert rep.params.factory == "IVF64_HNSW32,Int8"
+
+
+def test_flagged_rows_are_never_kept():
+    rng = np.random.default_rng(6)
+    rows = rng.integers(-127, 128, size=(3000, 128), dtype=np.int8)
+    skip = (rng.random(3000) < 0.3).astype(np.uint8)
+    q16 = query16(rng.normal(size=128).astype(np.float32))
+    want = lists._scores_numpy([rows], np.array([0]), np.array([0]), np.array([3000]), q16)
+    want[skip != 0] = -np.inf
+    ref = set(np.lexsort((np.arange(3000), -want))[:200].tolist())
+    for lib in (lists._kernel(), (None, False)):
+        s, i, _ = scan_top([rows], np.array([0]), np.array([0]), np.array([3000]), q16, 200, skips=[skip], lib=lib)
+        assert not skip[i].any() and ref <= set(i.tolist()) and np.all(np.isfinite(s))
+        s, i, _ = scan_top([rows], np.array([0]), np.array([0]), np.array([3000]), q16, 2500, skips=[skip], lib=lib)
+        assert len(i) == int((skip == 0).sum()) and not skip[i].any()  # fewer members than asked for

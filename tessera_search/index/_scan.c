@@ -69,7 +69,7 @@ static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) 
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 7; }
+int ts_abi(void) { return 8; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -111,15 +111,21 @@ int64_t ts_prefetch(const int64_t *bases, const int64_t *starts, const int64_t *
 #endif
 
 /* Scores of every row of the ranges, one after another, into `out`: range g is rows
- * [starts[g], ends[g]) of the int8 array at address bases[g]. */
-static void score_ranges(const int64_t *bases, const int64_t *starts, const int64_t *ends, int64_t nr,
-                         const int16_t *q, float *out, int simd) {
+ * [starts[g], ends[g]) of the int8 array at address bases[g]; where skips[g] is not 0 it
+ * is the address of that array's uint8 flags, one a row, and a flagged row scores -inf. */
+static void score_ranges(const int64_t *bases, const int64_t *skips, const int64_t *starts, const int64_t *ends,
+                         int64_t nr, const int16_t *q, float *out, int simd) {
     for (int64_t g = 0; g < nr; g++) {
         const int8_t *base = (const int8_t *)(intptr_t)bases[g];
         int64_t n = ends[g] - starts[g];
         if (n <= 0) continue;
         if (simd) rows_avx2(base + starts[g] * DIMS, n, q, out);
         else rows_plain(base + starts[g] * DIMS, n, q, out);
+        if (skips && skips[g]) {
+            const uint8_t *skip = (const uint8_t *)(intptr_t)skips[g] + starts[g];
+            for (int64_t i = 0; i < n; i++)
+                if (skip[i]) out[i] = -INFINITY;
+        }
         out += n;
     }
 }
@@ -153,14 +159,14 @@ static float kth_largest(float *v, int64_t n, int64_t k) {
  * (counted over the ranges' rows one after another, from `first`) into hi. `work` holds
  * 2 * rows floats. Returns how many qualified; when that exceeds `cap` (>= r), only cap
  * are kept (the r best among them) and the caller asks again with a larger cap. */
-int64_t ts_scan_top(const int64_t *bases, const int64_t *starts, const int64_t *ends, int64_t nr,
-                    const int16_t *q, int64_t r, float band, int64_t cap, float *hs, int64_t *hi,
+int64_t ts_scan_top(const int64_t *bases, const int64_t *skips, const int64_t *starts, const int64_t *ends,
+                    int64_t nr, const int16_t *q, int64_t r, float band, int64_t cap, float *hs, int64_t *hi,
                     int64_t first, int simd, float *work) {
     int64_t n = 0;
     for (int64_t g = 0; g < nr; g++) n += ends[g] > starts[g] ? ends[g] - starts[g] : 0;
     if (r <= 0 || n == 0 || cap <= 0) return 0;
     float *all = work, *tmp = work + n;
-    score_ranges(bases, starts, ends, nr, q, all, simd);
+    score_ranges(bases, skips, starts, ends, nr, q, all, simd);
     float t = -INFINITY;
     if (r < n) {
         for (int64_t i = 0; i < n; i++) tmp[i] = all[i];

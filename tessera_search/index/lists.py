@@ -16,7 +16,7 @@ integer sums, so every CPU gives the same answer; cosine within ~1e-5), keeps th
 same float32 arithmetic every search ends with). Recall depends only on ``nprobe``,
 which the build tunes (:func:`tune_lists`). Pixels of a tile the index's region only
 partly covers are clustered too (the order does not depend on the region, so indexes of
-other regions on the same quantizer share it); they are skipped at scan time.
+other regions on the same quantizer share it); the kernel skips them (a flag per row).
 
 A tile fetched again since (a download writes the plain layout) is clustered back on
 the shard's first use of it, once its vectors are checked to be those the index was
@@ -114,7 +114,7 @@ def _kernel():
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 7:
+                if lib.ts_abi() != 8:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
                 lib.ts_prefetch.restype = ctypes.c_int64
@@ -136,7 +136,7 @@ def query16(q: np.ndarray) -> np.ndarray:
 
 
 def _scores_numpy(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                  q16: np.ndarray) -> np.ndarray:
+                  q16: np.ndarray, skips: list | None = None) -> np.ndarray:
     """The kernel's scores, bit for bit, in NumPy (the fallback)."""
     parts = [np.asarray(arrays[t][a:b]) for t, a, b in zip(tile_of, starts, ends) if b > a]
     if not parts:
@@ -147,6 +147,10 @@ def _scores_numpy(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: n
     with np.errstate(divide="ignore", invalid="ignore"):
         out = s / np.sqrt(nn)
     out[nn == 0] = -np.inf
+    if skips is not None and any(k is not None for k in skips):
+        flags = np.concatenate([np.asarray(skips[t][a:b]) if skips[t] is not None else np.zeros(b - a, np.uint8)
+                                for t, a, b in zip(tile_of, starts, ends) if b > a])
+        out[flags != 0] = -np.inf
     return out.astype(np.float32)
 
 
@@ -165,14 +169,16 @@ def _band(s: np.ndarray, i: np.ndarray, r: int, band: float, cap: int) -> tuple[
 
 
 def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, q16: np.ndarray, r: int,
-             band: float = 0.0, cap: int | None = None, lib=None, first: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+             band: float = 0.0, cap: int | None = None, lib=None, first: int = 0,
+             skips: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The best ``r`` rows by the kernel's approximate cosine over ranges of int8 arrays,
     and every row within ``band`` of the r-th best: range ``g`` is rows
     ``starts[g]:ends[g]`` of ``arrays[tile_of[g]]`` ((n, 128) int8, C-contiguous).
     Returns ((m,) float32 scores, (m,) int64 numbers of those rows counted over the
     ranges one after another, from ``first``; unordered) and how many qualified: more
     than ``cap`` (default r + band room) means only ``cap`` were kept, the best ``r``
-    among them. ``lib``: (library, simd) to use instead of the default."""
+    among them. ``skips``: per array, None or (n,) uint8 flags, one a row: a flagged row
+    is never kept. ``lib``: (library, simd) to use instead of the default."""
     tile_of = np.asarray(tile_of, np.int64)
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
@@ -180,18 +186,28 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
     r = int(max(0, r))
     cap = int(max(r, cap if cap is not None else r + 64 + r // 4))
     if lib is None:
-        s = _scores_numpy(arrays, tile_of, starts, ends, q16)
-        return _band(s, np.arange(len(s), dtype=np.int64) + first, r, band, cap)
+        s = _scores_numpy(arrays, tile_of, starts, ends, q16, skips)
+        s, i, found = _band(s, np.arange(len(s), dtype=np.int64) + first, r, band, cap)
+        keep = np.isfinite(s)  # flagged rows (-inf) are never kept
+        return s[keep], i[keep], found - int(np.sum(~keep))
     bases = np.array([a.ctypes.data for a in arrays], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
+    flags = np.zeros(len(tile_of), np.int64)
+    if skips is not None:
+        addr = np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)
+        flags = addr[tile_of] if len(tile_of) else flags
     hs, hi = np.empty(cap, np.float32), np.empty(cap, np.int64)
     work = np.empty(2 * int(np.sum(np.maximum(ends - starts, 0))), np.float32)
     p = ctypes.c_void_p
-    found = lib.ts_scan_top(p(bases.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
+    found = lib.ts_scan_top(p(bases.ctypes.data), p(flags.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
                             ctypes.c_int64(len(starts)), p(q16.ctypes.data), ctypes.c_int64(r), ctypes.c_float(band),
                             ctypes.c_int64(cap), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
                             int(simd), p(work.ctypes.data))
     n = min(int(found), cap)
-    return hs[:n], hi[:n], int(found)
+    hs, hi = hs[:n], hi[:n]
+    if skips is not None and n and not np.all(np.isfinite(hs)):  # flagged rows tied into the band (r > members)
+        keep = np.isfinite(hs)
+        return hs[keep], hi[keep], int(found) - int(np.sum(~keep))
+    return hs, hi, int(found)
 
 
 def prefetch(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, sample: int = 8) -> int:
@@ -217,8 +233,8 @@ _pool_lock = threading.Lock()
 _POOL = None
 
 
-def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, int]:
+def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap: int | None = None,
+                   skips: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`scan_top` split over the cores by rows (the same answer: each part keeps
     its best ``r`` and their band, a superset of the whole's; the parts then merge)."""
     global _POOL
@@ -226,7 +242,7 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     total = int(lens.sum())
     parts = min(os.cpu_count() or 1, 4, max(1, total // _SPLIT))
     if parts == 1:
-        return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap)
+        return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips)
     with _pool_lock:
         if _POOL is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -237,7 +253,7 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
     jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     got = list(_POOL.map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
-                                                 q16, r, band, cap, first=int(cum[ab[0]])), jobs))
+                                                 q16, r, band, cap, first=int(cum[ab[0]]), skips=skips), jobs))
     cap = int(max(r, cap if cap is not None else r + 64 + r // 4))
     s, i, found = _band(np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), r, band, cap)
     if any(g[2] > len(g[0]) for g in got):  # a part was cut short: its band may be missing
@@ -332,12 +348,11 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
 
 class _TileLists:
     """One tile of a shard, opened: its clustered rows and order (memory-mapped), and for
-    a tile the region covers only partly, which rows are members."""
+    a tile the region covers only partly, a flag for each row outside it."""
 
     def __init__(self, rows, order, width: int, tile: Tile, member=None) -> None:
         self.rows, self.order, self.width, self.tile = rows, order, width, tile
-        self.member = member
-        self.skipped = None if member is None else np.concatenate([[0], np.cumsum(~member)]).astype(np.int64)
+        self.skip = None if member is None else np.ascontiguousarray(~member, dtype=np.uint8)
 
 
 def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -458,29 +473,20 @@ class ListShard(Shard):
         total = int(np.sum(en - st))
         if total == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        extra = 0
-        for i, t in enumerate(tiles):
-            if t.skipped is not None:
-                on = tile_of == i
-                extra += int(np.sum(t.skipped[en[on]] - t.skipped[st[on]]))
-        want = min(r + extra, total)  # members of partly covered tiles are filtered after
+        want = min(r, total)
         cap = want + 64 + want // 4
         rows = [t.rows for t in tiles]
+        skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
         prefetch(rows, tile_of, st, en)
-        while True:
-            s, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap)
+        while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
+            s, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips)
             if found <= cap:
                 break
             cap = found  # more rows tie within the band at the cut than room was kept for
+        if not len(rown):
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
         pos, seg = _positions(rown, st, en)
         which = tile_of[seg]
-        if extra:
-            ok = np.ones(len(pos), bool)
-            for i, t in enumerate(tiles):
-                if t.member is not None:
-                    on = which == i
-                    ok[on] = t.member[pos[on]]
-            pos, which = pos[ok], which[ok]
         all_ids, all_sims = [], []
         prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
         for i in np.unique(which):
