@@ -13,7 +13,7 @@ echo "== 1. synthesize a SYNTHETIC release mirror of the Nairobi area (4 tiles, 
 tessera-search synthesize --bbox "$BBOX" --year 2023 --out "$OUT/mirror"
 echo "== 2. ingest it into the local store"
 tessera-search download --bbox "$BBOX" --year 2023 --source "$OUT/mirror"
-echo "== 3. build a sharded IVF-PQ index"
+echo "== 3. build a sharded index (int8 lists: the store's rows in list order, scanned exactly)"
 tessera-search build-index --bbox "$BBOX" --year 2023 --source "$OUT/mirror" --name nairobi-2023
 echo "== 4. query by example: the 1000 pixels most like the one at 36.8,-1.3"
 tessera-search query --index nairobi-2023 --point 36.8,-1.3 --k 1000 --json --out "$OUT/matches.geojson" > "$OUT/matches.json"
