@@ -642,11 +642,11 @@ def kenya(results: list[dict]) -> str:
             f"{r['machine']['cores']} cores = {core_s_per_px * 1e6:.1f} core-us per pixel: **{hours_core:,.0f} core-hours**, "
             f"{hours_core / 16:.1f} h on 16 cores (coarse assignment through the HNSW quantizer, whose cost grows with "
             f"log(nlist), so the larger nlist at Kenya scale changes this little; measured at nlist "
-            f"{b['params']['nlist']}). Build memory stays under `--max-memory` + 512 MiB whatever the region "
-            f"(peak {b['peak_rss'] / 2**30:.2f} GiB here with the default 2 GiB). A query keeps nothing per pixel in "
-            f"RAM (the lists are the store's rows, memory-mapped; at most 1 GiB of them stays mapped): peak "
-            f"{r['ours']['peak_rss'] / 2**30:.2f} GiB here, so RAM does not grow with Kenya; its scan grows with the "
-            f"rows of the probed lists.")
+            f"{b['params']['nlist']}). Peak RSS of the build process {b['peak_rss'] / 2**30:.2f} GiB (default "
+            f"`--max-memory` 2 GiB; the issue's bound is that + 512 MiB) and of the query process "
+            f"{r['ours']['peak_rss'] / 2**30:.2f} GiB (bound 2 GiB): mapped store pages count in RSS. A query keeps "
+            f"nothing per pixel in RAM besides them (the lists are the store's rows, memory-mapped); its scan grows "
+            f"with the rows of the probed lists.")
 
 
 def write_docs(results: list[dict]) -> None:
