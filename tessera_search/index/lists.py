@@ -448,7 +448,7 @@ class ListShard(Shard):
         for j in range(len(q)):
             s, i = self._one(q[j], lists[j][lists[j] >= 0], r)
             scores[j, :len(s)], ids[j, :len(s)] = s, i
-        self._bound_mapped()
+            self._bound_mapped()  # after each query: a batch must not map the whole store
         return scores, ids
 
     def _opened(self) -> tuple[list[_TileLists], np.ndarray]:
