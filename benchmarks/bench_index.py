@@ -488,14 +488,19 @@ def _tag(size: float, window: int, noise: float) -> str:
     return f"bench-{size:.0e}".replace("+", "") + (f"-w{window}" if window else "") + (f"-noise{noise:g}" if noise else "")
 
 
-def retune_size(work: Path, size: float, window: int, queries: int, noise: float = 0.0) -> dict:
-    """Re-tune an index a previous run built and measure ours again (``--retune``)."""
+def _earlier(work: Path, size: float, window: int, queries: int, noise: float) -> tuple[Path, dict, list[str]]:
+    """An earlier run's results file, its results and the phase arguments for its index."""
     name = _tag(size, window, noise)
     path = work / f"results-{name}.json"
-    r = json.loads(path.read_text())
     home = work / ("home" + (f"-w{window}" if window else "") + (f"-noise{noise:g}" if noise else ""))
     common = ["--size", str(size), "--window", str(window), "--home", str(home), "--queries", str(queries),
               "--name", name, "--noise", str(noise)]
+    return path, json.loads(path.read_text()), common
+
+
+def retune_size(work: Path, size: float, window: int, queries: int, noise: float = 0.0) -> dict:
+    """Re-tune an index a previous run built and measure ours again (``--retune``)."""
+    path, r, common = _earlier(work, size, window, queries, noise)
     t0 = time.perf_counter()
     tuned = _run_phase(["--phase", "retune", *common])
     r["build"]["search"], r["build"]["tried"] = tuned["search"], tuned["tried"]
@@ -510,12 +515,7 @@ def remeasure_size(work: Path, size: float, window: int, queries: int, noise: fl
     """Measure ours again on the index a previous run built and tuned (``--remeasure``:
     the search code changed, the index and its tuning did not; faiss's rows stay, tuned
     to our recall, which a change of speed alone leaves as it was)."""
-    name = _tag(size, window, noise)
-    path = work / f"results-{name}.json"
-    r = json.loads(path.read_text())
-    home = work / ("home" + (f"-w{window}" if window else "") + (f"-noise{noise:g}" if noise else ""))
-    common = ["--size", str(size), "--window", str(window), "--home", str(home), "--queries", str(queries),
-              "--name", name, "--noise", str(noise)]
+    path, r, common = _earlier(work, size, window, queries, noise)
     before = r["ours"]
     r["ours"] = _run_phase(["--phase", "ours", *common])
     for k, m in before["k"].items():  # the same index and queries: the same answers
