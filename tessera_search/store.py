@@ -311,9 +311,11 @@ class TileStore:
             raise IndexError(f"pixel outside tile {tile.name} ({h} x {w})")
         if g.attrs.get("clustered"):
             vecs, order = self._clustered(tile, year, g)
-            at = np.empty(len(order), np.int64)
-            at[order] = np.arange(len(order))
-            pos = at[rows * w + cols]
+            at = self._rowof(tile, year, g)
+            if at is None:  # clustered before the store kept each pixel's row
+                at = np.empty(len(order), np.int64)
+                at[order] = np.arange(len(order))
+            pos = at[rows * w + cols].astype(np.int64)
             emb = np.empty((rows.size, vecs.shape[1]), dtype=np.int8)
             srt = np.argsort(pos)
             emb[srt] = vecs[pos[srt]]
@@ -399,6 +401,25 @@ class TileStore:
             raise StoreError(f"tile {tile.name} ({year}) in {self.root} is unreadable: {exc}") from exc
         return rows, order
 
+    def clustered_rowof(self, tile: Tile, year: int) -> np.ndarray | None:
+        """A clustered tile's (H*W,) int32 row of each row-major pixel (the inverse of its
+        order), memory-mapped read-only; None for a plain tile or one clustered before the
+        store kept it."""
+        g = self._open(tile, year)
+        if not (g.attrs.get("clustered") or {}).get("key"):
+            return None
+        return self._rowof(tile, year, g)
+
+    def _rowof(self, tile: Tile, year: int, g) -> np.ndarray | None:
+        a = g.attrs
+        adir = self._group_path(tile, year) / "rowof"
+        if not (adir / "zarr.json").is_file():
+            return None
+        try:
+            return _raw_chunk(adir, (int(a["height"]) * int(a["width"]),), np.int32, g)
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"tile {tile.name} ({year}) in {self.root} is unreadable: {exc}") from exc
+
     def cluster(self, tile: Tile, year: int, order: np.ndarray, key: str) -> dict:
         """Rewrite a stored tile-year with its vectors in ``order`` (the (H*W,) row-major
         pixel number of each row: a permutation), recording ``key`` (the quantizer that
@@ -457,6 +478,10 @@ class TileStore:
                     c[...] = data.embeddings.reshape(h * w, d)[_order]
                     o = g.create_array("order", shape=(h * w,), dtype="int32", chunks=(h * w,), **raw)
                     o[...] = _order
+                    rowof = np.empty(h * w, np.int32)  # the inverse: random reads by pixel need no pass
+                    rowof[_order] = np.arange(h * w, dtype=np.int32)
+                    a = g.create_array("rowof", shape=(h * w,), dtype="int32", chunks=(h * w,), **raw)
+                    a[...] = rowof
                 s = g.create_array(
                     "scales", shape=(h, w), dtype="float32", chunks=(_SMALL_CHUNK, _SMALL_CHUNK),
                     compressors=ZstdCodec(level=3), fill_value=float("nan"),

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tessera_search.errors import IndexCorruptError, KTooLargeError
-from tessera_search.grid import Tile
+from tessera_search.grid import Tile, unpack_ids
 from tessera_search.index import build_index, open_index
 from tessera_search.index import lists
 from tessera_search.index.lists import _positions, query16, scan_top
@@ -57,6 +57,43 @@ def test_kernel_is_compiled_and_matches_numpy_bit_for_bit():
     ok = norms > 0
     cos = (x[ok] @ q) / norms[ok]
     assert np.max(np.abs(want[ok] * float(np.abs(q).max()) / 32767.0 - cos)) < 1e-4
+
+
+def test_scans_through_file_descriptors_match_the_mapped_rows(tmp_path):
+    """The kernel reads a tile's rows with pread (no pages mapped): the same bits as the map;
+    lists it takes rows and pixels of; and a failed read is a StoreError, not garbage."""
+    from tessera_search.errors import StoreError
+    from tessera_search.index.lists import _open_fd, _TileLists
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(-127, 128, size=(6000, 128), dtype=np.int8)  # longer than the read buffer's runs
+    b = rng.integers(-127, 128, size=(2500, 128), dtype=np.int8)
+    maps = []
+    for name, x in (("a", a), ("b", b)):
+        x.tofile(tmp_path / name)
+        maps.append(np.memmap(tmp_path / name, np.int8, "r", shape=x.shape))
+    q16 = query16(rng.normal(size=128).astype(np.float32))
+    tile_of = np.array([0, 1, 0, 1])
+    starts, ends = np.array([0, 10, 2100, 2000]), np.array([2100, 900, 6000, 2500])
+    fds = [_open_fd(m) for m in maps]
+    assert min(fds) >= 0
+    try:
+        mapped = scan_top(maps, tile_of, starts, ends, q16, 400, band=0.001)
+        read = scan_top(maps, tile_of, starts, ends, q16, 400, band=0.001, fds=fds)
+        assert np.array_equal(mapped[0], read[0]) and np.array_equal(mapped[1], read[1]) and mapped[2] == read[2]
+        with pytest.raises(StoreError, match="failed"):
+            scan_top(maps, tile_of, starts, ends + 10_000, q16, 400, fds=fds)  # past the end of the files
+    finally:
+        for fd in fds:
+            import os
+
+            os.close(fd)
+    order = rng.permutation(len(a)).astype("<i4")
+    order.tofile(tmp_path / "order")
+    t = _TileLists(maps[0], np.memmap(tmp_path / "order", "<i4", "r"), 100, Tile(1, 1))
+    pos = np.sort(rng.choice(len(a), 300, replace=False))
+    rows, pix = t.take(pos)
+    assert np.array_equal(rows, a[pos]) and np.array_equal(pix, order[pos])
 
 
 def test_split_scan_gives_the_same_answer(monkeypatch):
@@ -139,9 +176,37 @@ def test_cluster_keeps_every_read_the_same(tmp_path):
     assert store.embedding_file(tile, year) is None
     with pytest.raises(ValueError, match="permutation"):
         store.cluster(tile, year, np.zeros(30 * 34, np.int64), "k2")
+    at = store.clustered_rowof(tile, year)  # each pixel's row: random reads need no pass over the order
+    assert np.array_equal(at[order], np.arange(30 * 34))
     store.write(before)  # fetched again: the plain layout
-    assert store.clustered_file(tile, year) is None
+    assert store.clustered_file(tile, year) is None and store.clustered_rowof(tile, year) is None
     assert np.array_equal(store.read(tile, year).embeddings, before.embeddings)
+
+
+def test_a_tile_clustered_before_the_row_table_reads_the_same_and_is_rewritten(tmp_path):
+    """Stores clustered by earlier versions have no ``rowof``: reads work out the inverse,
+    and the next build rewrites the tile with it."""
+    import shutil
+
+    from tessera_search.index.rerank import StoreVectors
+
+    home = tmp_path
+    _fill(home, NAIROBI_TILES[:1])
+    region = resolve_region(tiles=NAIROBI_TILES[:1])
+    build_index(region, 2023, home=home, progress=False, factory=FACTORY, name="old")
+    store, tile = TileStore(home), Tile.from_name(NAIROBI_TILES[0])
+    before = store.read(tile, 2023)
+    shutil.rmtree(store._group_path(tile, 2023) / "rowof")
+    assert store.clustered_rowof(tile, 2023) is None
+    r, c = np.array([3, 40, 40, 7]), np.array([9, 2, 2, 0])
+    assert np.array_equal(store.read_pixels(tile, 2023, r, c)[0], before.embeddings[r, c])
+    some = open_index("old", home=home).shards[0].tile_ids(tile.name)[::97]
+    _, _, sr, sc = unpack_ids(some)
+    assert np.array_equal(StoreVectors(store, 2023).read(some), before.embeddings[sr, sc])
+    rep = build_index(region, 2023, home=home, progress=False, factory=FACTORY, name="old", rebuild=True)
+    man = json.loads((rep.path / "manifest.json").read_text())
+    assert sum(sh["clustered"] for sh in man["shards"].values()) == 1
+    assert store.clustered_rowof(tile, 2023) is not None
 
 
 # -- the index -----------------------------------------------------------------------
@@ -326,3 +391,42 @@ def test_flagged_rows_are_never_kept():
         assert not skip[i].any() and ref <= set(i.tolist()) and np.all(np.isfinite(s))
         s, i, _ = scan_top([rows], np.array([0]), np.array([0]), np.array([3000]), q16, 2500, skips=[skip], lib=lib)
         assert len(i) == int((skip == 0).sum()) and not skip[i].any()  # fewer members than asked for
+
+
+def test_the_tuning_truth_is_the_exact_top_in_bounded_blocks(built, monkeypatch):
+    """exact_top (the truth the build tunes against) streams the store in its list order in
+    small blocks, and still finds every query's exact top k (ties decided by ID)."""
+    from tessera_search.index import tune
+
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    qids, qs = _queries(home, region, 6, seed=21)
+    monkeypatch.setattr(tune, "_ELEMS", 6 * 700)  # blocks of 4096 rows: many blocks per tile
+    got = tune.exact_top(idx, qs, 250)
+    assert got.shape == (6, 250)
+    for j, q in enumerate(qs):
+        truth, tsims, _, _ = _exact(home, region, 2023, q, 250)
+        assert got[j, 0] == qids[j]
+        assert len(np.intersect1d(got[j], truth)) >= 248  # float32 vs float64 near-ties only
+    tile = Tile.from_name(NAIROBI_TILES[0])
+    blocks = list(idx.tile_blocks(tile, 1000))
+    ids = np.concatenate([b[0] for b in blocks])
+    assert len(blocks) > 1 and np.array_equal(np.sort(ids), idx.tile_rows(tile)[1])
+    assert np.array_equal(np.concatenate([b[1] for b in blocks]), idx.vectors.read(ids))
+
+
+@pytest.mark.skipif(not hasattr(np, "memmap") or not __import__("os").path.exists("/proc/self/statm"),
+                    reason="mapped pages are read from /proc")
+def test_searching_maps_no_store_pages(built):
+    """Scans read the clustered rows with pread: searching every list of the index leaves
+    (almost) nothing of the store mapped, so resident memory does not grow with it."""
+    from tessera_search.index.rerank import mapped_bytes
+
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    _, qs = _queries(home, region, 3, seed=23)
+    idx.search(qs[0], k=10, nprobe=64)  # opens everything
+    before = mapped_bytes()
+    for q in qs:
+        idx.search(q, k=500, nprobe=64)
+    assert mapped_bytes() - before < 0.2 * idx.n_vectors * 128  # every row was scanned

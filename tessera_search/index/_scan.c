@@ -60,6 +60,8 @@ __attribute__((target("avx2"))) static void rows_avx2(const int8_t *x, int64_t n
     }
 }
 
+/* 1 where the CPU has AVX2. (A 512-bit version of rows_avx2 measured no faster: the scan
+ * is bound by memory bandwidth, not arithmetic.) */
 int ts_simd(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") ? 1 : 0;
@@ -69,7 +71,7 @@ static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) 
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 8; }
+int ts_abi(void) { return 9; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -110,17 +112,63 @@ int64_t ts_prefetch(const int64_t *bases, const int64_t *starts, const int64_t *
 }
 #endif
 
+static void rows(const int8_t *x, int64_t n, const int16_t *q, float *out, int simd) {
+    if (simd) rows_avx2(x, n, q, out);
+    else rows_plain(x, n, q, out);
+}
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <errno.h>
+/* All `n` bytes of file `fd` at `off` into buf: 0, or -errno (-EIO for a file too short). */
+static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) {
+    char *p = (char *)buf;
+    while (n > 0) {
+        ssize_t got = pread(fd, p, (size_t)n, (off_t)off);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return -(int64_t)errno;
+        }
+        if (got == 0) return -EIO;
+        p += got, n -= got, off += got;
+    }
+    return 0;
+}
+#else
+static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; }
+#endif
+
+/* Items of `item` bytes: out[i] = item pos[i] of file fds[i] (positions counted in items).
+ * Returns 0 or -errno. */
+int64_t ts_gather(const int32_t *fds, const int64_t *pos, int64_t n, int64_t item, uint8_t *out) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t e = read_at(fds[i], out + i * item, item, pos[i] * item);
+        if (e) return e;
+    }
+    return 0;
+}
+
+#define BUF_ROWS 2048 /* rows read at a time by pread: 256 KiB, in the core's cache */
+
 /* Scores of every row of the ranges, one after another, into `out`: range g is rows
- * [starts[g], ends[g]) of the int8 array at address bases[g]; where skips[g] is not 0 it
- * is the address of that array's uint8 flags, one a row, and a flagged row scores -inf. */
-static void score_ranges(const int64_t *bases, const int64_t *skips, const int64_t *starts, const int64_t *ends,
-                         int64_t nr, const int16_t *q, float *out, int simd) {
+ * [starts[g], ends[g]) of an int8 array: read with pread from file fds[g] (row 0 at byte
+ * 0) into `buf` (BUF_ROWS rows) where fds is given and fds[g] >= 0, else at address
+ * bases[g]. Where skips[g] is not 0 it is the address of that array's uint8 flags, one a
+ * row, and a flagged row scores -inf. Returns 0, or -errno when a read failed. */
+static int64_t score_ranges(const int64_t *bases, const int32_t *fds, const int64_t *skips, const int64_t *starts,
+                            const int64_t *ends, int64_t nr, const int16_t *q, float *out, int simd, int8_t *buf) {
     for (int64_t g = 0; g < nr; g++) {
-        const int8_t *base = (const int8_t *)(intptr_t)bases[g];
         int64_t n = ends[g] - starts[g];
         if (n <= 0) continue;
-        if (simd) rows_avx2(base + starts[g] * DIMS, n, q, out);
-        else rows_plain(base + starts[g] * DIMS, n, q, out);
+        if (fds && fds[g] >= 0) {
+            for (int64_t a = 0; a < n; a += BUF_ROWS) {
+                int64_t m = n - a < BUF_ROWS ? n - a : BUF_ROWS;
+                int64_t e = read_at(fds[g], buf, m * DIMS, (starts[g] + a) * DIMS);
+                if (e) return e;
+                rows(buf, m, q, out + a, simd);
+            }
+        } else {
+            rows((const int8_t *)(intptr_t)bases[g] + starts[g] * DIMS, n, q, out, simd);
+        }
         if (skips && skips[g]) {
             const uint8_t *skip = (const uint8_t *)(intptr_t)skips[g] + starts[g];
             for (int64_t i = 0; i < n; i++)
@@ -128,6 +176,7 @@ static void score_ranges(const int64_t *bases, const int64_t *skips, const int64
         }
         out += n;
     }
+    return 0;
 }
 
 /* The k-th largest of v[0..n) (k in 1..n); v is reordered. */
@@ -157,16 +206,19 @@ static float kth_largest(float *v, int64_t n, int64_t k) {
 /* The best `r` rows by score of the ranges (see score_ranges), and every other row
  * scoring within `band` of the r-th best, unordered: scores into hs, row numbers
  * (counted over the ranges' rows one after another, from `first`) into hi. `work` holds
- * 2 * rows floats. Returns how many qualified; when that exceeds `cap` (>= r), only cap
- * are kept (the r best among them) and the caller asks again with a larger cap. */
-int64_t ts_scan_top(const int64_t *bases, const int64_t *skips, const int64_t *starts, const int64_t *ends,
-                    int64_t nr, const int16_t *q, int64_t r, float band, int64_t cap, float *hs, int64_t *hi,
-                    int64_t first, int simd, float *work) {
+ * 2 * rows floats, then BUF_ROWS * DIMS bytes (the read buffer; see score_ranges for
+ * `fds`). Returns how many qualified, or -errno when a read failed; when that exceeds
+ * `cap` (>= r), only cap are kept (the r best among them) and the caller asks again
+ * with a larger cap. */
+int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *skips, const int64_t *starts,
+                    const int64_t *ends, int64_t nr, const int16_t *q, int64_t r, float band, int64_t cap, float *hs,
+                    int64_t *hi, int64_t first, int simd, float *work) {
     int64_t n = 0;
     for (int64_t g = 0; g < nr; g++) n += ends[g] > starts[g] ? ends[g] - starts[g] : 0;
     if (r <= 0 || n == 0 || cap <= 0) return 0;
     float *all = work, *tmp = work + n;
-    score_ranges(bases, skips, starts, ends, nr, q, all, simd);
+    int64_t e = score_ranges(bases, fds, skips, starts, ends, nr, q, all, simd, (int8_t *)(work + 2 * n));
+    if (e) return e;
     float t = -INFINITY;
     if (r < n) {
         for (int64_t i = 0; i < n; i++) tmp[i] = all[i];

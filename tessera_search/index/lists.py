@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_path, writing
-from ..errors import IndexCorruptError
+from ..errors import IndexCorruptError, StoreError
 from ..grid import Tile, pack_ids
 from .rerank import exact_cosine, mapped_bytes, tile_check, top_k
 from .search import Shard
@@ -114,11 +114,12 @@ def _kernel():
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 8:
+                if lib.ts_abi() != 9:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
                 lib.ts_prefetch.restype = ctypes.c_int64
                 simd = bool(lib.ts_simd()) and os.environ.get("TESSERA_SEARCH_SCAN", "") != "plain"
+                lib.ts_gather.restype = ctypes.c_int64
             except (ImportError, OSError, AttributeError) as exc:
                 lib = None
                 warnings.warn(f"the compiled int8 scan kernel is unavailable ({exc}); scanning with NumPy, "
@@ -170,7 +171,7 @@ def _band(s: np.ndarray, i: np.ndarray, r: int, band: float, cap: int) -> tuple[
 
 def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, q16: np.ndarray, r: int,
              band: float = 0.0, cap: int | None = None, lib=None, first: int = 0,
-             skips: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+             skips: list | None = None, fds: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The best ``r`` rows by the kernel's approximate cosine over ranges of int8 arrays,
     and every row within ``band`` of the r-th best: range ``g`` is rows
     ``starts[g]:ends[g]`` of ``arrays[tile_of[g]]`` ((n, 128) int8, C-contiguous).
@@ -178,7 +179,11 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
     ranges one after another, from ``first``; unordered) and how many qualified: more
     than ``cap`` (default r + band room) means only ``cap`` were kept, the best ``r``
     among them. ``skips``: per array, None or (n,) uint8 flags, one a row: a flagged row
-    is never kept. ``lib``: (library, simd) to use instead of the default."""
+    is never kept. ``lib``: (library, simd) to use instead of the default. ``fds``: per
+    array, None or an open file descriptor of the file whose bytes it maps: the kernel then
+    reads those rows with ``pread`` into a small buffer instead of through the mapping, so
+    a scan maps no pages (resident memory stays flat whatever it reads, and there is no
+    page-table work: Linux maps a 64 KiB window on every fault)."""
     tile_of = np.asarray(tile_of, np.int64)
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
@@ -196,12 +201,18 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
         addr = np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)
         flags = addr[tile_of] if len(tile_of) else flags
     hs, hi = np.empty(cap, np.float32), np.empty(cap, np.int64)
-    work = np.empty(2 * int(np.sum(np.maximum(ends - starts, 0))), np.float32)
+    work = np.empty(2 * int(np.sum(np.maximum(ends - starts, 0))) + _BUF_ROWS * DIMS // 4, np.float32)
     p = ctypes.c_void_p
-    found = lib.ts_scan_top(p(bases.ctypes.data), p(flags.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
+    fd = None
+    if fds is not None and any(f is not None and f >= 0 for f in fds):
+        fd = np.array([-1 if f is None else f for f in fds], np.int32)[tile_of]
+    found = lib.ts_scan_top(p(bases.ctypes.data), p(fd.ctypes.data) if fd is not None else None,
+                            p(flags.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
                             ctypes.c_int64(len(starts)), p(q16.ctypes.data), ctypes.c_int64(r), ctypes.c_float(band),
                             ctypes.c_int64(cap), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
                             int(simd), p(work.ctypes.data))
+    if found < 0:
+        raise StoreError(f"reading the store's clustered rows failed: {os.strerror(-int(found))}")
     n = min(int(found), cap)
     hs, hi = hs[:n], hi[:n]
     if skips is not None and n and not np.all(np.isfinite(hs)):  # flagged rows tied into the band (r > members)
@@ -228,13 +239,14 @@ def prefetch(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
                                ctypes.c_int64(len(starts)), ctypes.c_int64(sample), ctypes.c_int64(row_bytes)))
 
 
+_BUF_ROWS = 2048  # the kernel's read buffer, in rows (BUF_ROWS in _scan.c)
 _SPLIT = 1 << 15  # rows from which one query's scan is split over the cores
 _pool_lock = threading.Lock()
 _POOL = None
 
 
 def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap: int | None = None,
-                   skips: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                   skips: list | None = None, fds: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`scan_top` split over the cores by rows (the same answer: each part keeps
     its best ``r`` and their band, a superset of the whole's; the parts then merge)."""
     global _POOL
@@ -242,7 +254,7 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     total = int(lens.sum())
     parts = min(os.cpu_count() or 1, 4, max(1, total // _SPLIT))
     if parts == 1:
-        return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips)
+        return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips, fds=fds)
     with _pool_lock:
         if _POOL is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -253,7 +265,8 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
     jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     got = list(_POOL.map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
-                                                 q16, r, band, cap, first=int(cum[ab[0]]), skips=skips), jobs))
+                                                 q16, r, band, cap, first=int(cum[ab[0]]), skips=skips,
+                                                 fds=fds), jobs))
     cap = int(max(r, cap if cap is not None else r + 64 + r // 4))
     s, i, found = _band(np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), r, band, cap)
     if any(g[2] > len(g[0]) for g in got):  # a part was cut short: its band may be missing
@@ -314,7 +327,8 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
             h, w, _ = data.embeddings.shape
             order, table[i], usable = cluster_order(quantizer, data, nlist)
             cur = store.clustered_file(tile, year)
-            if cur is None or cur[2] != key or not np.array_equal(cur[1], order):
+            if (cur is None or cur[2] != key or not np.array_equal(cur[1], order)
+                    or store.clustered_rowof(tile, year) is None):  # older layout: add each pixel's row
                 del cur
                 store.cluster(tile, year, order, key)
                 rewritten += 1
@@ -346,13 +360,51 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
 # -- searching a shard ---------------------------------------------------------------
 
 
+def _open_fd(arr) -> int:
+    """A read-only descriptor of the file a whole-file memory map ``arr`` shows, or -1."""
+    name = getattr(arr, "filename", None)
+    if not isinstance(arr, np.memmap) or name is None or arr.offset != 0 or not hasattr(os, "pread"):
+        return -1
+    try:
+        return os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return -1
+
+
 class _TileLists:
-    """One tile of a shard, opened: its clustered rows and order (memory-mapped), and for
-    a tile the region covers only partly, a flag for each row outside it."""
+    """One tile of a shard, opened: its clustered rows and order (memory-mapped, and open
+    for ``pread``: scans read through descriptors, so they map no pages), and for a tile
+    the region covers only partly, a flag for each row outside it."""
 
     def __init__(self, rows, order, width: int, tile: Tile, member=None) -> None:
         self.rows, self.order, self.width, self.tile = rows, order, width, tile
         self.skip = None if member is None else np.ascontiguousarray(~member, dtype=np.uint8)
+        self.fd, self.order_fd = _open_fd(rows), _open_fd(order)
+
+    def take(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows at sorted positions ``pos`` and their row-major pixel numbers, read
+        with ``pread`` where the files are open (no pages mapped), else from the maps."""
+        lib, _ = _kernel()
+        if lib is None or self.fd < 0 or self.order_fd < 0:
+            return np.asarray(self.rows[pos]), np.asarray(self.order[pos]).astype(np.int64)
+        pos = np.ascontiguousarray(pos, np.int64)
+        rows, pix = np.empty((len(pos), DIMS), np.int8), np.empty(len(pos), "<i4")
+        p = ctypes.c_void_p
+        for fd, out, item in ((self.fd, rows, DIMS), (self.order_fd, pix, 4)):
+            fds = np.full(len(pos), fd, np.int32)
+            e = lib.ts_gather(p(fds.ctypes.data), p(pos.ctypes.data), ctypes.c_int64(len(pos)), ctypes.c_int64(item),
+                              p(out.ctypes.data))
+            if e < 0:
+                raise StoreError(f"reading tile {self.tile.name}'s clustered rows failed: {os.strerror(-int(e))}")
+        return rows, pix.astype(np.int64)
+
+    def __del__(self) -> None:
+        for fd in (getattr(self, "fd", -1), getattr(self, "order_fd", -1)):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -476,10 +528,11 @@ class ListShard(Shard):
         want = min(r, total)
         cap = want + 64 + want // 4
         rows = [t.rows for t in tiles]
+        fds = [t.fd for t in tiles]
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
         prefetch(rows, tile_of, st, en)
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
-            s, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips)
+            s, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds)
             if found <= cap:
                 break
             cap = found  # more rows tie within the band at the cut than room was kept for
@@ -491,9 +544,8 @@ class ListShard(Shard):
         prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
         for i in np.unique(which):
             t = tiles[i]
-            p = np.sort(pos[which == i])
-            all_sims.append(exact_cosine(q, t.rows[p]))
-            flat = t.order[p].astype(np.int64)
+            x, flat = t.take(np.sort(pos[which == i]))
+            all_sims.append(exact_cosine(q, x))
             all_ids.append(pack_ids(t.tile.ix, t.tile.iy, flat // t.width, flat % t.width))
         ids, sims = np.concatenate(all_ids), np.concatenate(all_sims)
         best = top_k(ids, sims, r)

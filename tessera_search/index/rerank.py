@@ -23,7 +23,7 @@ import threading
 import numpy as np
 
 from ..errors import IndexCorruptError
-from ..grid import Tile, unpack_ids
+from ..grid import Tile, pack_ids, unpack_ids
 from .shards import DIMS, map_readonly, release_pages
 
 __all__ = ["StoreVectors", "exact_cosine", "mapped_bytes", "tile_check", "top_k"]
@@ -104,9 +104,11 @@ class _TileFile:
         out = np.zeros((len(r), DIMS), np.int8)
         if self.clustered is not None:  # in an int8-lists index's order: row of each pixel
             rows, order, _ = self.clustered
-            if self.at is None:  # the inverse of the order, kept until the next release
-                at = np.empty(len(order), np.int32)
-                at[order] = np.arange(len(order), dtype=np.int32)
+            if self.at is None:  # the store's inverse of the order, else computed (kept until released)
+                at = self.store.clustered_rowof(self.tile, self.year)
+                if at is None:
+                    at = np.empty(len(order), np.int32)
+                    at[order] = np.arange(len(order), dtype=np.int32)
                 self.at = at
             pos = self.at[r * self.width + c].astype(np.int64)
             srt = np.argsort(pos)
@@ -130,6 +132,9 @@ class _TileFile:
     def release(self) -> None:
         if self.clustered is not None:
             release_pages(self.clustered[0])
+            release_pages(self.clustered[1])
+            if isinstance(self.at, np.memmap):
+                release_pages(self.at)
         if self.rows is not None:
             release_pages(self.rows)
 
@@ -180,7 +185,7 @@ class StoreVectors:
             old = next(iter(self._recent))
             del self._recent[old]
             f = self._files.get(old)
-            if f is not None:
+            if f is not None and not isinstance(f.at, np.memmap):  # the store's own stays mapped
                 f.at = None
 
     def read(self, ids: np.ndarray) -> np.ndarray:
@@ -202,6 +207,30 @@ class StoreVectors:
                 self._keep_inverses(int(keys[grp[0]]))
         self._bound_mapped()
         return out
+
+    def blocks(self, ids: np.ndarray, block: int):
+        """The stored vectors of one tile's pixels ``ids`` (sorted), about ``block`` rows at
+        a time, in the order the store keeps them: ``(ids, (n, 128) int8)`` pairs. One
+        sequential pass: a clustered tile is read in its list order, not pixel by pixel."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return
+        f = self._file(int(ids[0] >> 32))
+        if f.clustered is None:
+            for a in range(0, len(ids), block):
+                yield ids[a:a + block], self.read(ids[a:a + block])
+            return
+        rows, order, _ = f.clustered
+        member = np.zeros(len(order), bool)
+        member[((ids >> _ROW_SHIFT) & _ROW_MASK) * f.width + (ids & _COL_MASK)] = True
+        for a in range(0, len(order), block):
+            pix = order[a:a + block].astype(np.int64)
+            keep = np.flatnonzero(member[pix])
+            if len(keep):
+                x = np.array(rows[a:a + len(pix)]) if len(keep) == len(pix) else rows[a + keep]
+                p = pix[keep]
+                yield pack_ids(f.tile.ix, f.tile.iy, p // f.width, p % f.width), x
+            self._bound_mapped()
 
     def _bound_mapped(self) -> None:
         """Unmap every file's pages from this process once the mapped store pages exceed

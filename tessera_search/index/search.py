@@ -331,6 +331,14 @@ class Index:
         ids = self._shard_by_number(number).tile_ids(tile.name)
         return (lambda i, j: self.vectors.read(ids[i:j])), ids
 
+    def tile_blocks(self, tile: Tile, block: int = 1 << 16):
+        """``tile``'s indexed pixels and their int8 vectors, about ``block`` at a time in the
+        store's order (one sequential pass): ``(ids, (n, 128) int8)`` pairs."""
+        number = self._tile_shard.get(tile.name)
+        if number is None:
+            return iter(())
+        return self.vectors.blocks(self._shard_by_number(number).tile_ids(tile.name), block)
+
     def _shard_by_number(self, number: int) -> Shard:
         for s in self.shards:
             if s.files.number == number:

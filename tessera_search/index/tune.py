@@ -2,8 +2,8 @@
 
 After the shards are built, :func:`tune_search` draws sample queries (indexed pixels
 chosen with their own seed, not the training sample's), computes their exact top 1000
-by one streaming pass over the index's pixels in the store (float32 cosine, blocks of
-256 k rows: memory stays bounded whatever the index size), then searches them with
+by one sequential pass over the index's pixels in the store (float32 cosine, in blocks:
+memory stays bounded whatever the index size), then searches them with
 growing candidate budgets (``refine_factor``, the candidates re-ranked as a multiple of
 k) and two list budgets (``list_factor``: the probed lists hold that many times the
 candidates), measures recall@1000 and the median latency of each setting, and keeps the
@@ -29,7 +29,7 @@ N_QUERIES = 32
 K = 1000
 _REFINE = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 _LISTS = (1.5, 3.0)
-_BLOCK = 1 << 18
+_ELEMS = 1 << 22  # scores held at once by the exact pass (16 MiB)
 MIN_CANDIDATES = 4096
 RECALL10 = 0.99
 
@@ -52,28 +52,43 @@ def sample_queries(index, n: int = N_QUERIES, seed: int = QUERY_SEED) -> tuple[n
 
 def exact_top(index, queries: np.ndarray, k: int = K) -> np.ndarray:
     """(m, k) int64: the exact top ``k`` pixel IDs (cosine, ties by ID) of each unit query,
-    by one pass over every indexed pixel read from the store, block by block."""
+    by one sequential pass over every indexed pixel in the store. Memory stays bounded
+    whatever the index size: blocks of about ``_ELEMS / m`` rows, and of each block only
+    the scores that can still enter a query's top ``k`` are kept."""
     q = np.asarray(queries, np.float32)
-    best_ids = np.zeros((len(q), 0), np.int64)
-    best_s = np.zeros((len(q), 0), np.float32)
+    m = len(q)
+    block = int(max(4096, _ELEMS // max(m, 1)))
+    best_s = np.full((m, k), -np.inf, np.float32)
+    best_i = np.full((m, k), -1, np.int64)
+    floor = np.full(m, -np.inf, np.float32)  # each query's k-th best so far
     for shard in index.shards:
         for tile in shard.tiles:
-            read, ids = index.tile_rows(_tile(tile))
-            for a in range(0, len(ids), _BLOCK):
-                x = read(a, a + _BLOCK).astype(np.float32)
+            for ids, x8 in index.tile_blocks(_tile(tile), block):
+                x = x8.astype(np.float32)
                 norms = np.sqrt(np.einsum("ij,ij->i", x, x))
                 norms[norms == 0] = np.inf
-                sims = (x @ q.T) / norms[:, None]  # (b, m)
-                bid = np.broadcast_to(ids[a:a + _BLOCK], (len(q), len(x)))
-                s_all = np.concatenate([best_s, sims.T], axis=1)
-                i_all = np.concatenate([best_ids, bid], axis=1)
-                if s_all.shape[1] > k:
-                    keep = np.argpartition(-s_all, k - 1, axis=1)[:, :k]
-                    s_all, i_all = np.take_along_axis(s_all, keep, 1), np.take_along_axis(i_all, keep, 1)
-                best_s, best_ids = s_all, i_all
-    out = np.empty((len(q), min(k, best_ids.shape[1])), np.int64)
-    for j in range(len(q)):
-        out[j] = best_ids[j][top_k(best_ids[j], best_s[j], k)]
+                sims = (q @ x.T) / norms[None, :]  # (m, b)
+                rows, cols = np.nonzero(sims >= floor[:, None])
+                if not len(rows):
+                    continue
+                # The passing scores of each query, padded to one (m, c) array.
+                counts = np.bincount(rows, minlength=m)
+                width = int(counts.max())
+                slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+                add_s = np.full((m, width), -np.inf, np.float32)
+                add_i = np.full((m, width), -1, np.int64)
+                add_s[rows, slot] = sims[rows, cols]
+                add_i[rows, slot] = ids[cols]
+                s_all = np.concatenate([best_s, add_s], axis=1)
+                i_all = np.concatenate([best_i, add_i], axis=1)
+                keep = np.argpartition(-s_all, k - 1, axis=1)[:, :k]
+                best_s, best_i = np.take_along_axis(s_all, keep, 1), np.take_along_axis(i_all, keep, 1)
+                floor = best_s.min(axis=1)
+    n = int(min(k, np.sum(best_i[0] >= 0))) if m else 0
+    out = np.empty((m, n), np.int64)
+    for j in range(m):
+        ok = best_i[j] >= 0
+        out[j] = best_i[j][ok][top_k(best_i[j][ok], best_s[j][ok], n)]
     return out
 
 
