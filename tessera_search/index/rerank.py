@@ -205,6 +205,7 @@ class StoreVectors:
             for grp in np.split(order, bounds):
                 out[grp] = self._file(int(keys[grp[0]])).read(r[grp], c[grp])
                 self._keep_inverses(int(keys[grp[0]]))
+                self._bound_mapped()  # after each tile: a few pixels of each of many tiles map a lot
         self._bound_mapped()
         return out
 
