@@ -430,3 +430,30 @@ def test_searching_maps_no_store_pages(built):
     for q in qs:
         idx.search(q, k=500, nprobe=64)
     assert mapped_bytes() - before < 0.2 * idx.n_vectors * 128  # every row was scanned
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="mapped pages are read from /proc")
+def test_a_read_across_tiles_releases_mapped_pages_tile_by_tile(built, monkeypatch):
+    """A read of a few pixels of every tile (the tuning's sample queries) keeps at most about
+    one tile's pages mapped past the bound, not every tile's until the read ends."""
+    from tessera_search.index import rerank
+    from tessera_search.index.rerank import mapped_bytes
+
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    vec = idx.vectors
+    ids = np.concatenate([idx.tile_rows(Tile.from_name(t))[1][::40] for t in NAIROBI_TILES])
+    vec.read(ids[:1])  # opened and checked
+    vec.max_mapped = 0
+    vec.read(ids[:1])
+    seen, orig = [], rerank._TileFile.read
+
+    def spy(self, r, c):
+        seen.append(mapped_bytes())
+        return orig(self, r, c)
+
+    monkeypatch.setattr(rerank._TileFile, "read", spy)
+    base = mapped_bytes()
+    assert np.array_equal(vec.read(ids), np.concatenate([vec.read(ids[i:i + 1]) for i in range(len(ids))]))
+    tile_bytes = 60 * 64 * (128 + 8)
+    assert len(seen) >= len(NAIROBI_TILES) and max(seen) - base <= 1.5 * tile_bytes
