@@ -311,11 +311,7 @@ class TileStore:
             raise IndexError(f"pixel outside tile {tile.name} ({h} x {w})")
         if g.attrs.get("clustered"):
             vecs, order = self._clustered(tile, year, g)
-            at = self._rowof(tile, year, g)
-            if at is None:  # clustered before the store kept each pixel's row
-                at = np.empty(len(order), np.int64)
-                at[order] = np.arange(len(order))
-            pos = at[rows * w + cols].astype(np.int64)
+            pos = self._rowof_or_inverse(tile, year, g, order)[rows * w + cols].astype(np.int64)
             emb = np.empty((rows.size, vecs.shape[1]), dtype=np.int8)
             srt = np.argsort(pos)
             emb[srt] = vecs[pos[srt]]
@@ -401,14 +397,23 @@ class TileStore:
             raise StoreError(f"tile {tile.name} ({year}) in {self.root} is unreadable: {exc}") from exc
         return rows, order
 
-    def clustered_rowof(self, tile: Tile, year: int) -> np.ndarray | None:
+    def clustered_rowof(self, tile: Tile, year: int, compute: bool = False) -> np.ndarray | None:
         """A clustered tile's (H*W,) int32 row of each row-major pixel (the inverse of its
-        order), memory-mapped read-only; None for a plain tile or one clustered before the
-        store kept it."""
+        order), memory-mapped read-only; None for a plain tile, and for one clustered before
+        the store kept it unless ``compute`` (then worked out from the order)."""
         g = self._open(tile, year)
         if not (g.attrs.get("clustered") or {}).get("key"):
             return None
+        if compute:
+            return self._rowof_or_inverse(tile, year, g, self._clustered(tile, year, g)[1])
         return self._rowof(tile, year, g)
+
+    def _rowof_or_inverse(self, tile: Tile, year: int, g, order: np.ndarray) -> np.ndarray:
+        at = self._rowof(tile, year, g)
+        if at is None:  # clustered before the store kept each pixel's row
+            at = np.empty(len(order), np.int32)
+            at[order] = np.arange(len(order), dtype=np.int32)
+        return at
 
     def _rowof(self, tile: Tile, year: int, g) -> np.ndarray | None:
         a = g.attrs

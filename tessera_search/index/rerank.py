@@ -103,13 +103,9 @@ class _TileFile:
         """(n, 128) int8 at pixels (r, c) of the tile; all-zero for chunks never written."""
         out = np.zeros((len(r), DIMS), np.int8)
         if self.clustered is not None:  # in an int8-lists index's order: row of each pixel
-            rows, order, _ = self.clustered
+            rows = self.clustered[0]
             if self.at is None:  # the store's inverse of the order, else computed (kept until released)
-                at = self.store.clustered_rowof(self.tile, self.year)
-                if at is None:
-                    at = np.empty(len(order), np.int32)
-                    at[order] = np.arange(len(order), dtype=np.int32)
-                self.at = at
+                self.at = self.store.clustered_rowof(self.tile, self.year, compute=True)
             pos = self.at[r * self.width + c].astype(np.int64)
             srt = np.argsort(pos)
             out[srt] = rows[pos[srt]]
