@@ -32,9 +32,10 @@ Per size, each phase in its own process (its peak RSS is its own), all on the sa
 - **faiss**: IVF-PQ (``PQ32x4fsr``) + ``IndexRefineFlat``, ``IVF-SQ8`` and IVF-RaBitQ +
   ``IndexRefineFlat`` on the same vectors, each with our number of lists, trained on as
   many vectors as ours, searched over a grid of nprobe (and refine k_factor) and reported
-  at the fastest setting reaching our recall@1000 and our recall@10 (else at the setting
-  closest to both). The refine pipelines up to 10.5 M vectors (their float32 copies do not
-  fit RAM beyond); above, IVF-SQ8 alone, with an HNSW coarse quantizer as ours.
+  at the fastest setting reaching our recall@1000, timed at k = 1000 (else at the setting
+  closest to it; ours probes per k, so neither is held to recall@10 at k = 1000). The
+  refine pipelines up to 10.5 M vectors (their float32 copies do not fit RAM beyond);
+  above, IVF-SQ8 alone, with an HNSW coarse quantizer as ours.
 
 Results go to ``DIR/results-<size>.json`` (one file per size, so sizes measured by
 separate runs of the same code merge); ``--report`` prints the Markdown table of every
@@ -347,7 +348,7 @@ def phase_ours(home: Path, name: str, **_) -> dict:
 
 def _tune_faiss(index, Q, truth, target: float, target10: float, grid, order: np.ndarray) -> dict:
     k = min(1000, truth.shape[1])
-    best, tried = None, []
+    tried = []
     for params in grid:
         for q in Q[:5]:
             index.search(q[None], k, params=params())
@@ -362,12 +363,7 @@ def _tune_faiss(index, Q, truth, target: float, target10: float, grid, order: np
         m = {"setting": params.__doc__, "recall1000": float(np.mean(rec)), "recall10": float(np.mean(rec10)),
              "median_s": float(np.median(lat)), "p95_s": float(np.percentile(lat, 95))}
         tried.append(m)
-        ok = m["recall1000"] >= target and m["recall10"] >= target10
-        if ok and (best is None or m["median_s"] < best["median_s"]):
-            best = m
-    reached = best is not None
-    best = best or max(tried, key=lambda m: (min(m["recall1000"] - target, m["recall10"] - target10), -m["median_s"]))
-    return {**best, "reached": reached, "tried": tried}
+    return {**pick_faiss({"tried": tried}, target, target10), "tried": tried}
 
 
 def phase_faiss(home: Path, name: str, kind: str, target: float, target10: float, **_) -> dict:
@@ -442,15 +438,16 @@ def phase_retune(home: Path, name: str, **_) -> dict:
     return {"search": {k: v for k, v in man["search"].items() if k != "tried"}, "tried": man["search"]["tried"]}
 
 
-def pick_faiss(f: dict, target: float, target10: float) -> dict:
-    """The fastest of a faiss pipeline's measured settings reaching both targets, else the
-    closest to them (from its grid, so a later, better tuned run of ours compares too)."""
+def pick_faiss(f: dict, target: float, target10: float | None = None) -> dict:
+    """The fastest of a faiss pipeline's measured settings (timed at k = 1000) reaching our
+    recall@1000, else the closest to it (from its grid, so a later, better tuned run of
+    ours compares too). Ours probes per k (``probe_for``), so the k = 1000 comparison asks
+    the same of both: recall@1000; recall@10 is shown at that setting, not required."""
     tried = f.get("tried") or [f]
-    ok = [m for m in tried if m["recall1000"] >= target and m["recall10"] >= target10]
+    ok = [m for m in tried if m["recall1000"] >= target]
     if ok:
         return {**min(ok, key=lambda m: m["median_s"]), "reached": True}
-    return {**max(tried, key=lambda m: (min(m["recall1000"] - target, m["recall10"] - target10), -m["median_s"])),
-            "reached": False}
+    return {**max(tried, key=lambda m: (m["recall1000"] - target, -m["median_s"])), "reached": False}
 
 
 # -- orchestration -------------------------------------------------------------------
@@ -607,7 +604,7 @@ def fmt_table(results: list[dict]) -> str:
     for kind, label in (("ivfpq_refine", "faiss IVF-PQ32x4fsr + RefineFlat"), ("ivfsq8", "faiss IVF-SQ8"),
                         ("rabitq_refine", "faiss IVF-RaBitQ + RefineFlat")):
         fz = lambda r, kind: pick_faiss(r["faiss"][kind], k1(r)["recall"], r["ours"]["k"]["10"]["recall"])  # noqa: E731
-        row(f"{label} at our recall@1000 and @10: setting, recall@1000 / @10, median / p95 ms",
+        row(f"{label} at our recall@1000 (k=1000): setting, recall@1000 / @10, median / p95 ms",
             lambda r, kind=kind: (lambda f: f"{f['setting']}{'' if f['reached'] else ' (closest)'}: {f['recall1000']:.3f} / "
                                             f"{f['recall10']:.3f}, {_ms(f['median_s'])} / {_ms(f['p95_s'])}")(fz(r, kind)))
         row(f"ours vs {label} (their median / ours)", lambda r, kind=kind: f"{fz(r, kind)['median_s'] / k1(r)['median_s']:.1f}x")

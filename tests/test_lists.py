@@ -119,6 +119,22 @@ def test_kernel_keeps_every_tie_at_the_cut():
         assert found == 50 and sorted(i.tolist()) == list(range(10))  # cut short: the lower rows
 
 
+def test_kernel_asks_for_more_room_when_ties_overflow_it():
+    """More equal rows than the kernel's candidate room: it keeps the best it can, says
+    more qualified than the cap, and asking again with that cap ends with every tie."""
+    rows = np.tile(np.arange(128, dtype=np.int8)[None, :] - 64, (6000, 1))
+    rows[4321] = 0  # a zero row never qualifies (-inf)
+    q16 = query16(np.ones(128, np.float32) / np.sqrt(128))
+    one = (np.array([0]), np.array([0]), np.array([6000]))
+    _, i, found = scan_top([rows], *one, q16, 7, cap=10)
+    assert found > 10 and len(i) == 10
+    cap, rounds = 10, 0
+    while found > cap:
+        cap, rounds = found, rounds + 1
+        _, i, found = scan_top([rows], *one, q16, 7, cap=cap)
+    assert found == 5999 and sorted(i.tolist()) == [j for j in range(6000) if j != 4321] and rounds < 12
+
+
 def test_band_keeps_every_row_near_the_cut():
     rng = np.random.default_rng(8)
     rows = rng.integers(-127, 128, size=(4000, 128), dtype=np.int8)
@@ -457,3 +473,23 @@ def test_a_read_across_tiles_releases_mapped_pages_tile_by_tile(built, monkeypat
     assert np.array_equal(vec.read(ids), np.concatenate([vec.read(ids[i:i + 1]) for i in range(len(ids))]))
     tile_bytes = 60 * 64 * (128 + 8)
     assert len(seen) >= len(NAIROBI_TILES) and max(seen) - base <= 1.5 * tile_bytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 8192), st.integers(1, 8192), st.integers(1, 100_000))
+def test_each_k_probes_for_its_own_target(p1000, p10, k):
+    """k <= 10 probes what recall@10 was tuned to need, k = 1000 what recall@1000 needed,
+    k between them lies between the two (monotone in k), and beyond 1000 the count grows."""
+    params = {"nprobe": p1000, "nprobe10": p10}
+    got = lists.probe_for(params, k)
+    if k <= 10:
+        assert got == p10
+    elif k == 1000:
+        assert got == p1000
+    elif k < 1000:
+        assert min(p10, p1000) <= got <= max(p10, p1000)
+        nxt = lists.probe_for(params, k + 1)
+        assert (nxt - got) * (p1000 - p10) >= 0  # moves towards nprobe as k grows
+    else:
+        assert got >= p1000
+    assert lists.probe_for({"nprobe": p1000}, k) == lists.probe_for({"nprobe": p1000, "nprobe10": p1000}, k)

@@ -71,7 +71,7 @@ static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) 
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 9; }
+int ts_abi(void) { return 10; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -149,36 +149,6 @@ int64_t ts_gather(const int32_t *fds, const int64_t *pos, int64_t n, int64_t ite
 
 #define BUF_ROWS 2048 /* rows read at a time by pread: 256 KiB, in the core's cache */
 
-/* Scores of every row of the ranges, one after another, into `out`: range g is rows
- * [starts[g], ends[g]) of an int8 array: read with pread from file fds[g] (row 0 at byte
- * 0) into `buf` (BUF_ROWS rows) where fds is given and fds[g] >= 0, else at address
- * bases[g]. Where skips[g] is not 0 it is the address of that array's uint8 flags, one a
- * row, and a flagged row scores -inf. Returns 0, or -errno when a read failed. */
-static int64_t score_ranges(const int64_t *bases, const int32_t *fds, const int64_t *skips, const int64_t *starts,
-                            const int64_t *ends, int64_t nr, const int16_t *q, float *out, int simd, int8_t *buf) {
-    for (int64_t g = 0; g < nr; g++) {
-        int64_t n = ends[g] - starts[g];
-        if (n <= 0) continue;
-        if (fds && fds[g] >= 0) {
-            for (int64_t a = 0; a < n; a += BUF_ROWS) {
-                int64_t m = n - a < BUF_ROWS ? n - a : BUF_ROWS;
-                int64_t e = read_at(fds[g], buf, m * DIMS, (starts[g] + a) * DIMS);
-                if (e) return e;
-                rows(buf, m, q, out + a, simd);
-            }
-        } else {
-            rows((const int8_t *)(intptr_t)bases[g] + starts[g] * DIMS, n, q, out, simd);
-        }
-        if (skips && skips[g]) {
-            const uint8_t *skip = (const uint8_t *)(intptr_t)skips[g] + starts[g];
-            for (int64_t i = 0; i < n; i++)
-                if (skip[i]) out[i] = -INFINITY;
-        }
-        out += n;
-    }
-    return 0;
-}
-
 /* The k-th largest of v[0..n) (k in 1..n); v is reordered. */
 static float kth_largest(float *v, int64_t n, int64_t k) {
     int64_t lo = 0, hi = n - 1, want = k - 1;
@@ -203,50 +173,118 @@ static float kth_largest(float *v, int64_t n, int64_t k) {
     return v[want];
 }
 
-/* The best `r` rows by score of the ranges (see score_ranges), and every other row
- * scoring within `band` of the r-th best, unordered: scores into hs, row numbers
- * (counted over the ranges' rows one after another, from `first`) into hi. `work` holds
- * 2 * rows floats, then BUF_ROWS * DIMS bytes (the read buffer; see score_ranges for
- * `fds`). Returns how many qualified, or -errno when a read failed; when that exceeds
- * `cap` (>= r), only cap are kept (the r best among them) and the caller asks again
- * with a larger cap. */
+/* The candidates of a scan: scores cs and row numbers ci (room for `room`), `tmp` (room
+ * floats) for selections. A row enters while it scores at least `thr`; when the room is
+ * full, thr rises to (r-th best so far) - band and the rows below it leave. thr never
+ * passes the final (r-th best) - band, so no row that qualifies in the end is lost. */
+typedef struct {
+    float *cs, *tmp;
+    int64_t *ci;
+    int64_t m, room, r;
+    float thr, band;
+    int over; /* more rows tied within the band than the room holds: some were dropped */
+} cands;
+
+/* The threshold for the best r of the m candidates and their band: -inf while m <= r. */
+static float cut(cands *c) {
+    if (c->m <= c->r) return -INFINITY;
+    for (int64_t i = 0; i < c->m; i++) c->tmp[i] = c->cs[i];
+    return kth_largest(c->tmp, c->m, c->r) - c->band;
+}
+
+static void shrink(cands *c) {
+    float t = cut(c);
+    if (t > c->thr) c->thr = t;
+    int64_t k = 0;
+    for (int64_t i = 0; i < c->m; i++)
+        if (c->cs[i] >= c->thr) c->cs[k] = c->cs[i], c->ci[k++] = c->ci[i];
+    c->m = k;
+    if (c->m > c->room / 2) {
+        /* The band alone fills half the room: keep the room/2 best (the r best among them) and
+         * say so; the caller asks again with more room. */
+        for (int64_t i = 0; i < c->m; i++) c->tmp[i] = c->cs[i];
+        float top = kth_largest(c->tmp, c->m, c->room / 2);
+        int64_t above = 0;
+        for (int64_t i = 0; i < c->m; i++) above += c->cs[i] > top;
+        int64_t ties = c->room / 2 - above;
+        k = 0;
+        for (int64_t i = 0; i < c->m; i++)
+            if (c->cs[i] > top || (c->cs[i] == top && ties-- > 0)) c->cs[k] = c->cs[i], c->ci[k++] = c->ci[i];
+        c->m = k;
+        c->thr = top;
+        c->over = 1;
+    }
+}
+
+static inline void offer(cands *c, const float *s, int64_t n, int64_t first) {
+    for (int64_t i = 0; i < n; i++)
+        if (s[i] >= c->thr) {
+            if (c->m == c->room) {
+                shrink(c);
+                if (s[i] < c->thr) continue;
+            }
+            c->cs[c->m] = s[i];
+            c->ci[c->m++] = first + i;
+        }
+}
+
+/* The best `r` rows by score of the ranges, and every other row scoring within `band` of
+ * the r-th best, unordered: scores into hs, row numbers (counted over the ranges' rows one
+ * after another, from `first`) into hi. Range g is rows [starts[g], ends[g]) of an int8
+ * array: read with pread from file fds[g] (row 0 at byte 0) in BUF_ROWS rows at a time
+ * where fds is given and fds[g] >= 0, else at address bases[g]. Where skips[g] is not 0 it
+ * is the address of that array's uint8 flags, one a row, and a flagged row scores -inf.
+ * The scores are kept only while they can still qualify (a rising threshold), so the cost
+ * is the scoring, whatever the rows. `work`: TS_WORK(cap) floats (see below). Returns how
+ * many qualified, or -errno when a read failed; when that exceeds `cap` (>= r), only cap
+ * are kept (the r best among them) and the caller asks again with a larger cap (when more
+ * rows tie than the room holds, the count is a lower bound, at least twice cap). */
+#define ROOM(cap) (2 * (cap) + BUF_ROWS)
+int64_t ts_work(int64_t cap) { return (int64_t)BUF_ROWS * DIMS / 4 + BUF_ROWS + 4 * ROOM(cap); }
+
 int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *skips, const int64_t *starts,
                     const int64_t *ends, int64_t nr, const int16_t *q, int64_t r, float band, int64_t cap, float *hs,
                     int64_t *hi, int64_t first, int simd, float *work) {
-    int64_t n = 0;
-    for (int64_t g = 0; g < nr; g++) n += ends[g] > starts[g] ? ends[g] - starts[g] : 0;
-    if (r <= 0 || n == 0 || cap <= 0) return 0;
-    float *all = work, *tmp = work + n;
-    int64_t e = score_ranges(bases, fds, skips, starts, ends, nr, q, all, simd, (int8_t *)(work + 2 * n));
-    if (e) return e;
-    float t = -INFINITY;
-    if (r < n) {
-        for (int64_t i = 0; i < n; i++) tmp[i] = all[i];
-        t = kth_largest(tmp, n, r) - band;
+    if (r <= 0 || cap <= 0) return 0;
+    int8_t *buf = (int8_t *)work;
+    float *sc = work + BUF_ROWS * DIMS / 4;
+    cands c = {.cs = sc + BUF_ROWS, .room = ROOM(cap), .r = r, .thr = -INFINITY, .band = band};
+    c.tmp = c.cs + c.room;
+    c.ci = (int64_t *)(c.tmp + c.room);
+    int64_t at = first;
+    for (int64_t g = 0; g < nr; g++) {
+        int64_t n = ends[g] - starts[g];
+        if (n <= 0) continue;
+        const uint8_t *skip = skips && skips[g] ? (const uint8_t *)(intptr_t)skips[g] + starts[g] : NULL;
+        for (int64_t a = 0; a < n; a += BUF_ROWS) {
+            int64_t m = n - a < BUF_ROWS ? n - a : BUF_ROWS;
+            const int8_t *x;
+            if (fds && fds[g] >= 0) {
+                int64_t e = read_at(fds[g], buf, m * DIMS, (starts[g] + a) * DIMS);
+                if (e) return e;
+                x = buf;
+            } else {
+                x = (const int8_t *)(intptr_t)bases[g] + (starts[g] + a) * DIMS;
+            }
+            rows(x, m, q, sc, simd);
+            if (skip)
+                for (int64_t i = 0; i < m; i++)
+                    if (skip[a + i]) sc[i] = -INFINITY;
+            offer(&c, sc, m, at + a);
+        }
+        at += n;
     }
+    if (c.m == 0) return 0;
+    float t = cut(&c);
     /* The rows strictly above the r-th best come first, then the band, so a cap keeps the best. */
     int64_t found = 0, kept = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (all[i] >= t) found++;
-    if (found <= cap) {
-        for (int64_t i = 0; i < n; i++)
-            if (all[i] >= t) {
-                hs[kept] = all[i];
-                hi[kept++] = first + i;
-            }
-        return found;
-    }
-    float top = r < n ? t + band : -INFINITY;
-    for (int64_t i = 0; i < n && kept < cap; i++)
-        if (all[i] > top) {
-            hs[kept] = all[i];
-            hi[kept++] = first + i;
-        }
-    for (int64_t i = 0; i < n && kept < cap; i++)
-        if (all[i] <= top && all[i] >= t) {
-            hs[kept] = all[i];
-            hi[kept++] = first + i;
-        }
+    for (int64_t i = 0; i < c.m; i++) found += c.cs[i] >= t;
+    float top = c.m > r ? t + band : -INFINITY;
+    for (int64_t i = 0; i < c.m && kept < cap; i++)
+        if (c.cs[i] >= t && (found <= cap || c.cs[i] > top)) hs[kept] = c.cs[i], hi[kept++] = c.ci[i];
+    for (int64_t i = 0; i < c.m && kept < cap && found > cap; i++)
+        if (c.cs[i] <= top && c.cs[i] >= t) hs[kept] = c.cs[i], hi[kept++] = c.ci[i];
+    if (c.over && found <= cap) found = 2 * cap; /* rows were dropped: ask again with twice the room */
     return found;
 }
 

@@ -34,6 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,12 +115,13 @@ def _kernel():
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 9:
+                if lib.ts_abi() != 10:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
                 lib.ts_prefetch.restype = ctypes.c_int64
                 simd = bool(lib.ts_simd()) and os.environ.get("TESSERA_SEARCH_SCAN", "") != "plain"
                 lib.ts_gather.restype = ctypes.c_int64
+                lib.ts_work.restype = ctypes.c_int64
             except (ImportError, OSError, AttributeError) as exc:
                 lib = None
                 warnings.warn(f"the compiled int8 scan kernel is unavailable ({exc}); scanning with NumPy, "
@@ -201,7 +203,7 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
         addr = np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)
         flags = addr[tile_of] if len(tile_of) else flags
     hs, hi = np.empty(cap, np.float32), np.empty(cap, np.int64)
-    work = np.empty(2 * int(np.sum(np.maximum(ends - starts, 0))) + _BUF_ROWS * DIMS // 4, np.float32)
+    work = np.empty(int(lib.ts_work(ctypes.c_int64(cap))), np.float32)
     p = ctypes.c_void_p
     fd = None
     if fds is not None and any(f is not None and f >= 0 for f in fds):
@@ -407,6 +409,30 @@ class _TileLists:
                     pass
 
 
+def _take_rows(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows at positions ``pos`` of tiles ``tiles[which]`` and their row-major pixel
+    numbers: one ``pread`` gather over all the tiles where every file is open (no pages
+    mapped), else tile by tile."""
+    lib, _ = _kernel()
+    if lib is None or any(t.fd < 0 or t.order_fd < 0 for t in tiles):
+        rows, pix = np.empty((len(pos), DIMS), np.int8), np.empty(len(pos), np.int64)
+        for i in np.unique(which):
+            at = np.flatnonzero(which == i)
+            rows[at], pix[at] = tiles[i].take(pos[at])
+        return rows, pix
+    pos = np.ascontiguousarray(pos, np.int64)
+    rows, pix = np.empty((len(pos), DIMS), np.int8), np.empty(len(pos), "<i4")
+    p = ctypes.c_void_p
+    for fds, out, item in ((np.array([t.fd for t in tiles], np.int32)[which], rows, DIMS),
+                           (np.array([t.order_fd for t in tiles], np.int32)[which], pix, 4)):
+        fds = np.ascontiguousarray(fds)
+        e = lib.ts_gather(p(fds.ctypes.data), p(pos.ctypes.data), ctypes.c_int64(len(pos)), ctypes.c_int64(item),
+                          p(out.ctypes.data))
+        if e < 0:
+            raise StoreError(f"reading the store's clustered rows failed: {os.strerror(-int(e))}")
+    return rows, pix.astype(np.int64)
+
+
 def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row positions, range index) of ``rown``: row numbers counted over the ranges
     ``[starts[g], ends[g])`` one after another."""
@@ -414,6 +440,53 @@ def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[
     cum = np.cumsum(lens)
     seg = np.searchsorted(cum, rown, side="right")
     return starts[seg] + rown - (cum[seg] - lens[seg]), seg
+
+
+@dataclass
+class _Found:
+    """A shard's scan for one query: the kernel's scores of the rows it kept, their
+    positions in their tiles' clustered arrays and those tiles (indices into the shard's
+    opened tiles)."""
+
+    scores: np.ndarray
+    pos: np.ndarray
+    tile: np.ndarray
+
+    @classmethod
+    def none(cls) -> _Found:
+        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def search_across(shards: list, q: np.ndarray, r: int, lists: np.ndarray, pool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every shard's part of the exact best ``r`` for (m, 128) unit queries ``q`` probing
+    ``lists`` (m, nprobe), as :meth:`ListShard.search` gives them, but the store's rows are
+    read only for the rows that can be in the overall best ``r``: the kernel's scores of all
+    shards are merged first (its best ``r`` and their ``_TIE`` band), so a k = 1000 search
+    over 7 shards reads 1,000-odd rows, not 7,000."""
+    m = len(q)
+    scans = list(pool.map(lambda s: [s.scan(q[j], lists[j][lists[j] >= 0], min(r, s.n_vectors))
+                                     for j in range(m)], shards))
+    keeps = [[None] * m for _ in shards]
+    for j in range(m):
+        sc = [f[j].scores for f in scans]
+        allsc = np.concatenate(sc) if sc else np.zeros(0, np.float32)
+        if len(allsc) > r:
+            t = np.float32(np.partition(allsc, len(allsc) - r)[len(allsc) - r]) - np.float32(_TIE)
+            for n, s in enumerate(sc):
+                keeps[n][j] = s >= t
+
+    def finish(n: int) -> tuple[np.ndarray, np.ndarray]:
+        shard = shards[n]
+        rr = int(min(r, shard.n_vectors))
+        scores = np.full((m, rr), -np.inf, np.float32)
+        ids = np.full((m, rr), -1, np.int64)
+        for j in range(m):
+            s, i = shard.take(q[j], scans[n][j], keeps[n][j], rr)
+            scores[j, :len(s)], ids[j, :len(s)] = s, i
+            shard._bound_mapped()
+        return scores, ids
+
+    return list(pool.map(finish, range(len(shards))))
 
 
 class ListShard(Shard):
@@ -513,9 +586,16 @@ class ListShard(Shard):
         return self._all
 
     def _one(self, q: np.ndarray, lists: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self.scan(q, lists, r)
+        return self.take(q, found, None, r)
+
+    def scan(self, q: np.ndarray, lists: np.ndarray, r: int) -> _Found:
+        """The kernel's best ``r`` rows of the probed ``lists`` for unit query ``q``, and
+        every row within ``_TIE`` of the r-th (their exact order is settled by
+        :meth:`take`)."""
         tiles, table = self._opened()
         if not tiles or not len(lists):
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            return _Found.none()
         q16 = query16(q)
         lists = np.sort(lists)  # each tile's ranges in file order
         st, en = table[:, lists].ravel(), table[:, lists + 1].ravel()
@@ -524,7 +604,7 @@ class ListShard(Shard):
         st, en, tile_of = st[keep], en[keep], tile_of[keep]
         total = int(np.sum(en - st))
         if total == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            return _Found.none()
         want = min(r, total)
         cap = want + 64 + want // 4
         rows = [t.rows for t in tiles]
@@ -532,22 +612,29 @@ class ListShard(Shard):
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
         prefetch(rows, tile_of, st, en)
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
-            s, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds)
+            sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds)
             if found <= cap:
                 break
             cap = found  # more rows tie within the band at the cut than room was kept for
-        if not len(rown):
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
         pos, seg = _positions(rown, st, en)
-        which = tile_of[seg]
-        all_ids, all_sims = [], []
+        return _Found(sc, pos, tile_of[seg])
+
+    def take(self, q: np.ndarray, found: _Found, keep: np.ndarray | None, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosines and pixel IDs of the best ``r`` of ``found`` (its rows where
+        ``keep``, else all), read from the store."""
+        pos, which = (found.pos, found.tile) if keep is None else (found.pos[keep], found.tile[keep])
+        if not len(pos):
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        tiles, _ = self._opened()
         prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
-        for i in np.unique(which):
-            t = tiles[i]
-            x, flat = t.take(np.sort(pos[which == i]))
-            all_sims.append(exact_cosine(q, x))
-            all_ids.append(pack_ids(t.tile.ix, t.tile.iy, flat // t.width, flat % t.width))
-        ids, sims = np.concatenate(all_ids), np.concatenate(all_sims)
+        by = np.lexsort((pos, which))  # tile by tile, in file order
+        pos, which = pos[by], which[by]
+        x, flat = _take_rows(tiles, which, pos)
+        sims = exact_cosine(q, x)
+        ix = np.array([t.tile.ix for t in tiles], np.int64)[which]
+        iy = np.array([t.tile.iy for t in tiles], np.int64)[which]
+        width = np.array([t.width for t in tiles], np.int64)[which]
+        ids = pack_ids(ix, iy, flat // width, flat % width)
         best = top_k(ids, sims, r)
         return sims[best].astype(np.float32), ids[best]
 
@@ -585,13 +672,19 @@ def _probes(nlist: int) -> list[int]:
 
 
 def probe_for(params: dict, k: int) -> int:
-    """Lists probed for a search of ``k`` with the tuned ``params``: the more of the two
-    tuned counts (recall@10 at k = 10, recall@1000 at k = 1000) up to k = 1000, growing
-    with the square root of k beyond (a larger k reaches into more lists)."""
-    base = max(int(params.get("nprobe", 16)), int(params.get("nprobe10", 0)))
-    if k > 1000:
-        base = int(np.ceil(base * np.sqrt(k / 1000)))
-    return base
+    """Lists probed for a search of ``k`` with the tuned ``params``: the count tuned for
+    recall@10 (``nprobe10``) up to k = 10, the one tuned for recall@1000 (``nprobe``) at
+    k = 1000, between them geometric in k, and beyond k = 1000 growing with the square
+    root of k (a larger k reaches into more lists). Each k pays for its own target only:
+    a k = 1000 search is not made to probe what recall@10 needed, nor the reverse."""
+    p1000 = int(params.get("nprobe", 16))
+    p10 = int(params.get("nprobe10") or p1000)
+    if k <= 10:
+        return p10
+    if k >= 1000:
+        return int(np.ceil(p1000 * np.sqrt(k / 1000)))
+    f = (np.log(k) - np.log(10)) / (np.log(1000) - np.log(10))
+    return int(min(max(p10, p1000), np.ceil(p10 * (p1000 / p10) ** f - 1e-9)))
 
 
 def tune_lists(index, q: np.ndarray, truth: np.ndarray, target_recall: float, recall10: float) -> dict:

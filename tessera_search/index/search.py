@@ -421,8 +421,10 @@ class Index:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1))
         if self.kind == "int8-lists" and nprobe:  # one quantizer: ask it once for every shard
+            from .lists import search_across
+
             _, lists = shards[0]._quantizer.search(q, int(min(nprobe, shards[0].nlist)))
-            return list(self._pool.map(lambda s: s.search(q, r, nprobe, lists), shards))
+            return search_across(shards, q, r, lists, self._pool)
         return list(self._pool.map(lambda s: search_shard(s, q, r, nprobe), shards))
 
     def close(self) -> None:
