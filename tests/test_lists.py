@@ -479,7 +479,7 @@ def test_a_read_across_tiles_releases_mapped_pages_tile_by_tile(built, monkeypat
 @given(st.integers(1, 8192), st.integers(1, 8192), st.integers(1, 100_000))
 def test_each_k_probes_for_its_own_target(p1000, p10, k):
     """k <= 10 probes what recall@10 was tuned to need, k = 1000 what recall@1000 needed,
-    k between them lies between the two (monotone in k), and beyond 1000 the count grows."""
+    k between them the larger of the two, and beyond 1000 the count grows."""
     params = {"nprobe": p1000, "nprobe10": p10}
     got = lists.probe_for(params, k)
     if k <= 10:
@@ -487,9 +487,7 @@ def test_each_k_probes_for_its_own_target(p1000, p10, k):
     elif k == 1000:
         assert got == p1000
     elif k < 1000:
-        assert min(p10, p1000) <= got <= max(p10, p1000)
-        nxt = lists.probe_for(params, k + 1)
-        assert (nxt - got) * (p1000 - p10) >= 0  # moves towards nprobe as k grows
+        assert got == max(p10, p1000)
     else:
         assert got >= p1000
     assert lists.probe_for({"nprobe": p1000}, k) == lists.probe_for({"nprobe": p1000, "nprobe10": p1000}, k)
