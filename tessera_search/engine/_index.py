@@ -59,6 +59,23 @@ def _search(held: _Held, q: np.ndarray, r: int, nprobe: int | None) -> list:
     return list(zip(numbers, parts))
 
 
+def _scan(held: _Held, q: np.ndarray, r: int, nprobe: int) -> list:
+    """[(number, scans)] for the held shards of an int8-lists index: the kernel's
+    candidates of each query (:meth:`~tessera_search.index.lists.ListShard.scan_many`)."""
+    numbers = sorted(held.shards)
+    if not numbers:
+        return []
+    first = held.shards[numbers[0]]
+    _, lists = first._quantizer.search(q, int(min(nprobe, first.nlist)))
+    return [(n, held.shards[n].scan_many(q, lists, r)) for n in numbers]
+
+
+def _take(held: _Held, q: np.ndarray, kept: dict, r: int) -> list:
+    """[(number, (scores, ids))] for the held shards: the exact scores of the candidates
+    the driver kept for them (:meth:`~tessera_search.index.lists.ListShard.take_many`)."""
+    return [(n, held.shards[n].take_many(q, kept[n], r)) for n in sorted(held.shards)]
+
+
 def _tiles_call(held: _Held, fn, *args):
     from ..grid import Tile
 
@@ -102,7 +119,16 @@ def search_held(index, q: np.ndarray, r: int, nprobe: int | None) -> list:
     """:func:`~tessera_search.index.search.search_shard` on every shard, where its holder
     is; the parts in shard order, as the local dispatch returns them."""
     held = held_shards(index)
-    by_number = {n: part for group in held.holders.call(_search, q, r, nprobe) for n, part in group}
+    if index.kind == "int8-lists" and nprobe:
+        # As the local search: the kernel's candidates of every shard merge first, so only
+        # the rows that can be in the overall best r are read back (lists.select_across).
+        from ..index.lists import select_across
+
+        scans = {n: found for group in held.holders.call(_scan, q, r, nprobe) for n, found in group}
+        kept = dict(zip(held.order, select_across([scans[n] for n in held.order], r)))
+        by_number = {n: part for group in held.holders.call(_take, q, kept, r) for n, part in group}
+    else:
+        by_number = {n: part for group in held.holders.call(_search, q, r, nprobe) for n, part in group}
     return [by_number[n] for n in held.order]
 
 

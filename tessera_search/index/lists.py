@@ -456,37 +456,34 @@ class _Found:
     def none(cls) -> _Found:
         return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
+    def subset(self, keep: np.ndarray) -> _Found:
+        return _Found(self.scores[keep], self.pos[keep], self.tile[keep])
+
+
+def select_across(scans: list[list[_Found]], r: int) -> list[list[_Found]]:
+    """Of every shard's scans (``scans[shard][query]``), the rows that can be in the
+    overall best ``r`` of each query: the kernel's best ``r`` over all the shards and every
+    row within ``_TIE`` of the r-th, so only those are read back and scored exactly."""
+    out = [list(f) for f in scans]
+    for j in range(len(scans[0]) if scans else 0):
+        sc = [f[j].scores for f in scans]
+        allsc = np.concatenate(sc)
+        if len(allsc) > r:
+            t = np.float32(np.partition(allsc, len(allsc) - r)[len(allsc) - r]) - np.float32(_TIE)
+            for n, f in enumerate(scans):
+                out[n][j] = f[j].subset(f[j].scores >= t)
+    return out
+
 
 def search_across(shards: list, q: np.ndarray, r: int, lists: np.ndarray, pool) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every shard's part of the exact best ``r`` for (m, 128) unit queries ``q`` probing
     ``lists`` (m, nprobe), as :meth:`ListShard.search` gives them, but the store's rows are
-    read only for the rows that can be in the overall best ``r``: the kernel's scores of all
-    shards are merged first (its best ``r`` and their ``_TIE`` band), so a k = 1000 search
-    over 7 shards reads 1,000-odd rows, not 7,000."""
-    m = len(q)
-    scans = list(pool.map(lambda s: [s.scan(q[j], lists[j][lists[j] >= 0], min(r, s.n_vectors))
-                                     for j in range(m)], shards))
-    keeps = [[None] * m for _ in shards]
-    for j in range(m):
-        sc = [f[j].scores for f in scans]
-        allsc = np.concatenate(sc) if sc else np.zeros(0, np.float32)
-        if len(allsc) > r:
-            t = np.float32(np.partition(allsc, len(allsc) - r)[len(allsc) - r]) - np.float32(_TIE)
-            for n, s in enumerate(sc):
-                keeps[n][j] = s >= t
-
-    def finish(n: int) -> tuple[np.ndarray, np.ndarray]:
-        shard = shards[n]
-        rr = int(min(r, shard.n_vectors))
-        scores = np.full((m, rr), -np.inf, np.float32)
-        ids = np.full((m, rr), -1, np.int64)
-        for j in range(m):
-            s, i = shard.take(q[j], scans[n][j], keeps[n][j], rr)
-            scores[j, :len(s)], ids[j, :len(s)] = s, i
-            shard._bound_mapped()
-        return scores, ids
-
-    return list(pool.map(finish, range(len(shards))))
+    read back only for the rows that can be in the overall best ``r``
+    (:func:`select_across`), so a k = 1000 search over 7 shards reads 1,000-odd rows, not
+    7,000. An engine runs the same three steps where its shards are."""
+    scans = list(pool.map(lambda s: s.scan_many(q, lists, r), shards))
+    kept = select_across(scans, r)
+    return list(pool.map(lambda n: shards[n].take_many(q, kept[n], r), range(len(shards))))
 
 
 class ListShard(Shard):
@@ -568,13 +565,7 @@ class ListShard(Shard):
         if lists is None:
             probe = int(max(1, min(nprobe or self.nlist, self.nlist)))
             _, lists = self._quantizer.search(q, probe)
-        scores = np.full((len(q), r), -np.inf, np.float32)
-        ids = np.full((len(q), r), -1, np.int64)
-        for j in range(len(q)):
-            s, i = self._one(q[j], lists[j][lists[j] >= 0], r)
-            scores[j, :len(s)], ids[j, :len(s)] = s, i
-            self._bound_mapped()  # after each query: a batch must not map the whole store
-        return scores, ids
+        return self.take_many(q, self.scan_many(q, lists, r), r)
 
     def _opened(self) -> tuple[list[_TileLists], np.ndarray]:
         """The shard's non-empty tiles, opened, and their (tiles, nlist + 1) list starts."""
@@ -584,10 +575,6 @@ class ListShard(Shard):
             table = np.asarray(self._table)[keep] if keep else np.zeros((0, self.nlist + 1), np.int64)
             self._all = (tiles, np.ascontiguousarray(table))
         return self._all
-
-    def _one(self, q: np.ndarray, lists: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-        found = self.scan(q, lists, r)
-        return self.take(q, found, None, r)
 
     def scan(self, q: np.ndarray, lists: np.ndarray, r: int) -> _Found:
         """The kernel's best ``r`` rows of the probed ``lists`` for unit query ``q``, and
@@ -619,10 +606,26 @@ class ListShard(Shard):
         pos, seg = _positions(rown, st, en)
         return _Found(sc, pos, tile_of[seg])
 
-    def take(self, q: np.ndarray, found: _Found, keep: np.ndarray | None, r: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosines and pixel IDs of the best ``r`` of ``found`` (its rows where
-        ``keep``, else all), read from the store."""
-        pos, which = (found.pos, found.tile) if keep is None else (found.pos[keep], found.tile[keep])
+    def scan_many(self, q: np.ndarray, lists: np.ndarray, r: int) -> list[_Found]:
+        """:meth:`scan` for each of (m, 128) unit queries ``q``, probing ``lists[j]``."""
+        r = int(min(r, self.n_vectors))
+        return [self.scan(q[j], lists[j][lists[j] >= 0], r) for j in range(len(q))]
+
+    def take_many(self, q: np.ndarray, found: list[_Found], r: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`take` for each query: ((m, r') float32 cosines, (m, r') int64 pixel IDs;
+        -1 pads), r' = min(r, shard size), as :meth:`search` returns them."""
+        r = int(min(r, self.n_vectors))
+        scores = np.full((len(q), r), -np.inf, np.float32)
+        ids = np.full((len(q), r), -1, np.int64)
+        for j in range(len(q)):
+            s, i = self.take(q[j], found[j], r)
+            scores[j, :len(s)], ids[j, :len(s)] = s, i
+            self._bound_mapped()  # after each query: a batch must not map the whole store
+        return scores, ids
+
+    def take(self, q: np.ndarray, found: _Found, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosines and pixel IDs of the best ``r`` rows of ``found``, read from the store."""
+        pos, which = found.pos, found.tile
         if not len(pos):
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         tiles, _ = self._opened()
