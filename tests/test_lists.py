@@ -475,6 +475,24 @@ def test_a_read_across_tiles_releases_mapped_pages_tile_by_tile(built, monkeypat
     assert len(seen) >= len(NAIROBI_TILES) and max(seen) - base <= 1.5 * tile_bytes
 
 
+def test_the_mapped_bound_counts_only_what_a_release_can_drop(built, monkeypatch):
+    """File pages a release cannot drop (libraries, other maps) do not count against the
+    bound: with them alone above it, the files are released once, not at every check."""
+    from tessera_search.index import rerank
+
+    home, region, rep = built
+    vec = open_index(rep.name, home=home).vectors
+    ids = np.concatenate([open_index(rep.name, home=home).tile_rows(Tile.from_name(t))[1][::50]
+                          for t in NAIROBI_TILES])
+    vec.read(ids)  # every tile opened
+    released = []
+    monkeypatch.setattr(rerank, "mapped_bytes", lambda unknown=0: 10 << 30)  # 10 GiB of other maps
+    monkeypatch.setattr(rerank._TileFile, "release", lambda self: released.append(self.tile.name))
+    for _ in range(3):
+        assert np.array_equal(vec.read(ids), vec.read(ids[::-1])[::-1])
+    assert sorted(released) == sorted(vec._files[k].tile.name for k in vec._files)  # one round
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 8192), st.integers(1, 8192), st.integers(1, 100_000))
 def test_each_k_probes_for_its_own_target(p1000, p10, k):

@@ -643,11 +643,14 @@ class ListShard(Shard):
 
     def _bound_mapped(self) -> None:
         """Unmap the scanned rows from this process once mapped store pages pass
-        ``MAX_MAPPED`` (they stay in the page cache): resident memory stays bounded."""
-        if mapped_bytes() > MAX_MAPPED:
+        ``MAX_MAPPED`` beyond what the last release left mapped (libraries are file pages
+        too), as :class:`~.rerank.StoreVectors` does; they stay in the page cache."""
+        floor = getattr(self, "_floor", 0)
+        if mapped_bytes(floor + MAX_MAPPED + 1) - floor > MAX_MAPPED:
             for t in list(self._open.values()):
                 release_pages(t.rows)
                 release_pages(t.order)
+            self._floor = mapped_bytes(0)
 
 
 # -- tuning --------------------------------------------------------------------------

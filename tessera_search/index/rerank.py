@@ -106,9 +106,11 @@ class _TileFile:
             rows = self.clustered[0]
             if self.at is None:  # the store's inverse of the order, else computed (kept until released)
                 self.at = self.store.clustered_rowof(self.tile, self.year, compute=True)
-            pos = self.at[r * self.width + c].astype(np.int64)
+            flat = r * self.width + c
+            pos = (self._pread(self.at, np.sort(flat), 4)[np.argsort(np.argsort(flat))]
+                   if isinstance(self.at, np.memmap) else self.at[flat]).astype(np.int64)
             srt = np.argsort(pos)
-            out[srt] = rows[pos[srt]]
+            out[srt] = self._pread(rows, pos[srt], DIMS)
             return out
         if self.rows is None:
             if len(r):
@@ -124,6 +126,41 @@ class _TileFile:
             order = ok[np.argsort(row[ok])]
             out[order] = self.rows[row[order]]
         return out
+
+    def _pread(self, arr, at: np.ndarray, item: int) -> np.ndarray:
+        """``arr[at]`` for sorted ``at``, read with ``pread`` where ``arr`` maps a whole file
+        (random reads then map no pages: a fault maps 64 KiB or more, and a read of
+        k = 1000 results across 90 tiles faulted 2,000 windows, 40 ms), else indexed."""
+        from .lists import _kernel, _open_fd
+
+        fds = self.__dict__.setdefault("_fds", {})
+        fd = fds.get(id(arr))
+        if fd is None:
+            fd = fds[id(arr)] = _open_fd(arr)
+        lib, _ = _kernel()
+        if fd < 0 or lib is None or not len(at):
+            return np.asarray(arr[at])
+        import ctypes
+
+        at = np.ascontiguousarray(at, np.int64)
+        out = np.empty((len(at),) + arr.shape[1:], arr.dtype)
+        each = np.full(len(at), fd, np.int32)
+        p = ctypes.c_void_p
+        e = lib.ts_gather(p(each.ctypes.data), p(at.ctypes.data), ctypes.c_int64(len(at)), ctypes.c_int64(item),
+                          p(out.ctypes.data))
+        if e < 0:
+            from ..errors import StoreError
+
+            raise StoreError(f"reading tile {self.tile.name}'s clustered rows failed: {os.strerror(-int(e))}")
+        return out
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def release(self) -> None:
         if self.clustered is not None:
@@ -233,6 +270,10 @@ class StoreVectors:
         """Unmap every file's pages from this process once the mapped store pages exceed
         ``max_mapped`` bytes (they stay in the page cache): resident memory stays bounded
         whatever the index size, and most reads between releases find their page mapped."""
-        if mapped_bytes(self.max_mapped + 1) > self.max_mapped:
+        # Counted above the floor a release leaves (libraries and other maps are file pages
+        # too: a floor over the bound would otherwise release every file at every check).
+        floor = getattr(self, "_floor", 0)
+        if mapped_bytes(floor + self.max_mapped + 1) - floor > self.max_mapped:
             for f in list(self._files.values()):
                 f.release()
+            self._floor = mapped_bytes(0)
