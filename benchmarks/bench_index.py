@@ -267,12 +267,9 @@ def _evict(paths) -> None:
 
 def _unmap(idx) -> None:
     """Unmap the store pages an index's shards hold mapped (so eviction can drop them)."""
-    from tessera_search.index.shards import release_pages
-
     for shard in idx.shards:
-        for t in getattr(shard, "_open", {}).values():
-            release_pages(t.rows)
-            release_pages(t.order)
+        if hasattr(shard, "release"):
+            shard.release()
 
 
 def phase_ours(home: Path, name: str, **_) -> dict:

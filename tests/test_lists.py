@@ -509,3 +509,71 @@ def test_each_k_probes_for_its_own_target(p1000, p10, k):
     else:
         assert got >= p1000
     assert lists.probe_for({"nprobe": p1000}, k) == lists.probe_for({"nprobe": p1000, "nprobe10": p1000}, k)
+
+
+def test_gather_reads_runs_of_close_items_once_and_gives_every_item(tmp_path):
+    """ts_gather reads items of one file lying close together with one pread (runs), and
+    still returns each item at its place: repeats, gaps, files interleaved, long runs."""
+    import os
+
+    rng = np.random.default_rng(31)
+    arrays, fds = [], []
+    for n in range(2):
+        a = rng.integers(-127, 128, size=(5000, 128), dtype=np.int8)
+        a.tofile(tmp_path / f"rows{n}.bin")
+        arrays.append(a)
+        fds.append(os.open(tmp_path / f"rows{n}.bin", os.O_RDONLY))
+    try:
+        pos = np.sort(np.concatenate([rng.integers(0, 5000, 400), np.arange(1000, 3100), [7, 7, 7, 4999]]))
+        which = rng.integers(0, 2, len(pos))
+        by = np.lexsort((pos, which))
+        pos, which = pos[by], which[by]
+        got = lists.gather(np.array(fds, np.int32)[which], pos, np.empty((len(pos), 128), np.int8), "rows")
+        want = np.stack([arrays[w][p] for w, p in zip(which, pos)])
+        assert np.array_equal(got, want)
+        back = pos[::-1].copy()  # out of order: every item on its own, the same answer
+        got = lists.gather(np.full(len(back), fds[0], np.int32), back, np.empty((len(back), 128), np.int8), "rows")
+        assert np.array_equal(got, arrays[0][back])
+        with pytest.raises(lists.StoreError, match="rows"):
+            lists.gather(np.full(2, fds[0], np.int32), np.array([4999, 5000]), np.empty((2, 128), np.int8), "rows")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_scanned_lists_are_kept_in_memory_and_read_once(built, monkeypatch):
+    """A scan keeps the rows of the lists it read in memory (within ROW_CACHE's budget): a
+    second search of the same lists reads nothing from the store (its descriptors are
+    closed here) and answers the same; lists never scanned are still read; release gives
+    the memory back, and the budget caps what is kept."""
+    import os
+
+    home, region, rep = built
+    monkeypatch.setattr(lists, "ROW_CACHE", lists.RowCache(64 << 20))
+    idx = open_index(rep.name, home=home)
+    _, qs = _queries(home, region, 2, seed=41)
+    first = idx.search(qs[0], k=200, nprobe=8)
+    kept = lists.ROW_CACHE.used
+    assert 0 < kept <= 8 * 64 * 60 * 64 * 128  # about 8 lists of every tile
+    shards = idx.shards
+    saved = {}
+    for s in shards:
+        for n, t in enumerate(s._opened()[0]):
+            saved[(id(s), n)] = t.fd
+            bad = os.dup(t.fd)
+            os.close(bad)
+            t.fd = bad  # a closed descriptor: any read now fails with EBADF
+    again = idx.search(qs[0], k=200, nprobe=8)
+    assert np.array_equal(again.ids, first.ids) and np.array_equal(again.similarity, first.similarity)
+    with pytest.raises(lists.StoreError):
+        idx.search(qs[0], k=200, nprobe=64)  # other lists: read from the store, which fails here
+    for s in shards:
+        for n, t in enumerate(s._opened()[0]):
+            t.fd = saved[(id(s), n)]
+        s.release()
+    assert lists.ROW_CACHE.used == 0
+    full = idx.search(qs[1], k=200, nprobe=64)
+    assert np.array_equal(full.ids, open_index(rep.name, home=home).search(qs[1], k=200, nprobe=64).ids)
+    monkeypatch.setattr(lists, "ROW_CACHE", lists.RowCache(1000))  # too small for any scan's lists
+    small = open_index(rep.name, home=home)
+    assert np.array_equal(small.search(qs[1], k=200, nprobe=64).ids, full.ids) and lists.ROW_CACHE.used == 0

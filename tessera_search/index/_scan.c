@@ -12,6 +12,8 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define DIMS 128
 
@@ -71,7 +73,7 @@ static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) 
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 10; }
+int ts_abi(void) { return 11; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -138,13 +140,36 @@ static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; 
 #endif
 
 /* Items of `item` bytes: out[i] = item pos[i] of file fds[i] (positions counted in items).
- * Returns 0 or -errno. */
+ * Items of one file that lie close together (in increasing order, gaps of at most GAP
+ * bytes) are read with one pread into a scratch buffer: a read costs ~1 us whatever its
+ * size up to a few KiB, so callers pass positions sorted within each file. Returns 0 or
+ * -errno. */
+#define GAP 4096
+#define RUN (256 * 1024)
 int64_t ts_gather(const int32_t *fds, const int64_t *pos, int64_t n, int64_t item, uint8_t *out) {
-    for (int64_t i = 0; i < n; i++) {
-        int64_t e = read_at(fds[i], out + i * item, item, pos[i] * item);
-        if (e) return e;
+    uint8_t *run = NULL;
+    int64_t i = 0, e = 0;
+    while (i < n && !e) {
+        int64_t j = i + 1;
+        while (j < n && fds[j] == fds[i] && pos[j] >= pos[j - 1] && (pos[j] - pos[j - 1] - 1) * item <= GAP &&
+               (pos[j] - pos[i] + 1) * item <= RUN)
+            j++;
+        if (j == i + 1) {
+            e = read_at(fds[i], out + i * item, item, pos[i] * item);
+        } else {
+            if (!run && !(run = (uint8_t *)malloc(RUN))) return -12; /* ENOMEM */
+            e = read_at(fds[i], run, (pos[j - 1] - pos[i] + 1) * item, pos[i] * item);
+            for (int64_t m = i; m < j && !e; m++) memcpy(out + m * item, run + (pos[m] - pos[i]) * item, (size_t)item);
+        }
+        i = j;
     }
-    return 0;
+    free(run);
+    return e;
+}
+
+/* Items of `item` bytes already in memory: out[i] = the item at address addrs[i]. */
+void ts_copy(const int64_t *addrs, int64_t n, int64_t item, uint8_t *out) {
+    for (int64_t i = 0; i < n; i++) memcpy(out + i * item, (const void *)(intptr_t)addrs[i], (size_t)item);
 }
 
 #define BUF_ROWS 2048 /* rows read at a time by pread: 256 KiB, in the core's cache */
@@ -232,7 +257,10 @@ static inline void offer(cands *c, const float *s, int64_t n, int64_t first) {
  * the r-th best, unordered: scores into hs, row numbers (counted over the ranges' rows one
  * after another, from `first`) into hi. Range g is rows [starts[g], ends[g]) of an int8
  * array: read with pread from file fds[g] (row 0 at byte 0) in BUF_ROWS rows at a time
- * where fds is given and fds[g] >= 0, else at address bases[g]. Where skips[g] is not 0 it
+ * where fds is given and fds[g] >= 0, else at address bases[g]. Where dests is given and
+ * dests[g] is not 0, it is the address of room for the range's rows (row starts[g] first):
+ * a read goes there instead of the small buffer (to be kept: a cache of rows), and with
+ * fds[g] < 0 the rows are already there. Where skips[g] is not 0 it
  * is the address of that array's uint8 flags, one a row, and a flagged row scores -inf.
  * The scores are kept only while they can still qualify (a rising threshold), so the cost
  * is the scoring, whatever the rows. `work`: TS_WORK(cap) floats (see below). Returns how
@@ -242,9 +270,9 @@ static inline void offer(cands *c, const float *s, int64_t n, int64_t first) {
 #define ROOM(cap) (2 * (cap) + BUF_ROWS)
 int64_t ts_work(int64_t cap) { return (int64_t)BUF_ROWS * DIMS / 4 + BUF_ROWS + 4 * ROOM(cap); }
 
-int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *skips, const int64_t *starts,
-                    const int64_t *ends, int64_t nr, const int16_t *q, int64_t r, float band, int64_t cap, float *hs,
-                    int64_t *hi, int64_t first, int simd, float *work) {
+int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *dests, const int64_t *skips,
+                    const int64_t *starts, const int64_t *ends, int64_t nr, const int16_t *q, int64_t r, float band,
+                    int64_t cap, float *hs, int64_t *hi, int64_t first, int simd, float *work) {
     if (r <= 0 || cap <= 0) return 0;
     int8_t *buf = (int8_t *)work;
     float *sc = work + BUF_ROWS * DIMS / 4;
@@ -259,10 +287,13 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *ski
         for (int64_t a = 0; a < n; a += BUF_ROWS) {
             int64_t m = n - a < BUF_ROWS ? n - a : BUF_ROWS;
             const int8_t *x;
+            int8_t *dest = dests && dests[g] ? (int8_t *)(intptr_t)dests[g] + a * DIMS : NULL;
             if (fds && fds[g] >= 0) {
-                int64_t e = read_at(fds[g], buf, m * DIMS, (starts[g] + a) * DIMS);
+                int64_t e = read_at(fds[g], dest ? dest : buf, m * DIMS, (starts[g] + a) * DIMS);
                 if (e) return e;
-                x = buf;
+                x = dest ? dest : buf;
+            } else if (dest) {
+                x = dest;
             } else {
                 x = (const int8_t *)(intptr_t)bases[g] + (starts[g] + a) * DIMS;
             }

@@ -33,6 +33,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ _Q16 = 32767.0
 _TIE = 2e-4  # rows scoring this close to the r-th best are scored exactly too (the kernel's
 # scores are within ~7e-5 of the cosine at worst: the query's int16 rounding)
 MAX_MAPPED = 1 << 30  # store pages mapped by a process's scans before they are released
+CACHE_BYTES = 768 << 20  # rows of scanned lists a process keeps in memory (RowCache), all shards together
 LISTS_SHARD_VECTORS = 16_000_000  # vectors per shard (whole tiles): the unit of parallel builds and searches
 
 _lib_lock = threading.Lock()
@@ -115,13 +117,14 @@ def _kernel():
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 10:
+                if lib.ts_abi() != 11:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
                 lib.ts_prefetch.restype = ctypes.c_int64
                 simd = bool(lib.ts_simd()) and os.environ.get("TESSERA_SEARCH_SCAN", "") != "plain"
                 lib.ts_gather.restype = ctypes.c_int64
                 lib.ts_work.restype = ctypes.c_int64
+                lib.ts_copy.restype = None
             except (ImportError, OSError, AttributeError) as exc:
                 lib = None
                 warnings.warn(f"the compiled int8 scan kernel is unavailable ({exc}); scanning with NumPy, "
@@ -173,7 +176,8 @@ def _band(s: np.ndarray, i: np.ndarray, r: int, band: float, cap: int) -> tuple[
 
 def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, q16: np.ndarray, r: int,
              band: float = 0.0, cap: int | None = None, lib=None, first: int = 0,
-             skips: list | None = None, fds: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+             skips: list | None = None, fds: list | None = None, dests: np.ndarray | None = None,
+             filled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The best ``r`` rows by the kernel's approximate cosine over ranges of int8 arrays,
     and every row within ``band`` of the r-th best: range ``g`` is rows
     ``starts[g]:ends[g]`` of ``arrays[tile_of[g]]`` ((n, 128) int8, C-contiguous).
@@ -185,7 +189,10 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
     array, None or an open file descriptor of the file whose bytes it maps: the kernel then
     reads those rows with ``pread`` into a small buffer instead of through the mapping, so
     a scan maps no pages (resident memory stays flat whatever it reads, and there is no
-    page-table work: Linux maps a 64 KiB window on every fault)."""
+    page-table work: Linux maps a 64 KiB window on every fault). ``dests``: per range, 0
+    or the address of room for its rows (a :class:`RowCache` slot): a read goes there,
+    and where ``filled`` (per range) says so, the rows are there already and nothing is
+    read (with the kernel only)."""
     tile_of = np.asarray(tile_of, np.int64)
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
@@ -208,8 +215,12 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
     fd = None
     if fds is not None and any(f is not None and f >= 0 for f in fds):
         fd = np.array([-1 if f is None else f for f in fds], np.int32)[tile_of]
+    if dests is not None:
+        filled = np.zeros(len(tile_of), np.bool_) if filled is None else np.asarray(filled, np.bool_)
+        fd = np.where(filled, -1, fd if fd is not None else -1).astype(np.int32)
+        dests = np.ascontiguousarray(np.where(filled | (fd >= 0), dests, 0), np.int64)
     found = lib.ts_scan_top(p(bases.ctypes.data), p(fd.ctypes.data) if fd is not None else None,
-                            p(flags.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
+                            p(dests.ctypes.data) if dests is not None else None, p(flags.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
                             ctypes.c_int64(len(starts)), p(q16.ctypes.data), ctypes.c_int64(r), ctypes.c_float(band),
                             ctypes.c_int64(cap), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
                             int(simd), p(work.ctypes.data))
@@ -248,7 +259,8 @@ _POOL = None
 
 
 def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap: int | None = None,
-                   skips: list | None = None, fds: list | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                   skips: list | None = None, fds: list | None = None, dests: np.ndarray | None = None,
+                   filled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`scan_top` split over the cores by rows (the same answer: each part keeps
     its best ``r`` and their band, a superset of the whole's; the parts then merge)."""
     global _POOL
@@ -256,7 +268,8 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     total = int(lens.sum())
     parts = min(os.cpu_count() or 1, 4, max(1, total // _SPLIT))
     if parts == 1:
-        return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips, fds=fds)
+        return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips, fds=fds, dests=dests,
+                        filled=filled)
     with _pool_lock:
         if _POOL is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -268,7 +281,8 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     got = list(_POOL.map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
                                                  q16, r, band, cap, first=int(cum[ab[0]]), skips=skips,
-                                                 fds=fds), jobs))
+                                                 fds=fds, dests=None if dests is None else dests[ab[0]:ab[1]],
+                                                 filled=None if filled is None else filled[ab[0]:ab[1]]), jobs))
     cap = int(max(r, cap if cap is not None else r + 64 + r // 4))
     s, i, found = _band(np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), r, band, cap)
     if any(g[2] > len(g[0]) for g in got):  # a part was cut short: its band may be missing
@@ -362,6 +376,38 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
 # -- searching a shard ---------------------------------------------------------------
 
 
+class RowCache:
+    """The budget of rows of scanned lists that a process keeps in memory (``CACHE_BYTES``
+    for all its shards together): a scan reads a list's rows into room it takes here
+    (the read it makes anyway) and later scans of that list read nothing, so lists
+    probed again and again (queries of one kind of place, a batch, a map's clicks) cost
+    their arithmetic alone. First come, first kept; a shard's ``release`` gives its room
+    back. The rows are a copy in memory only: the store stays the one copy on disk."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = int(budget), 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        with self._lock:
+            if nbytes <= 0 or self.used + nbytes > self.budget:
+                return False
+            self.used += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - int(nbytes))
+
+
+ROW_CACHE = RowCache(CACHE_BYTES)
+
+
+def _give_back(held: list) -> None:
+    ROW_CACHE.give(held[0])
+    held[0] = 0
+
+
 def _open_fd(arr) -> int:
     """A read-only descriptor of the file a whole-file memory map ``arr`` shows, or -1."""
     name = getattr(arr, "filename", None)
@@ -371,6 +417,21 @@ def _open_fd(arr) -> int:
         return os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return -1
+
+
+def gather(fds: np.ndarray, pos: np.ndarray, out: np.ndarray, what: str) -> np.ndarray:
+    """``out`` filled with item ``pos[i]`` of the file open as ``fds[i]`` (items of
+    ``out``'s row size, counted from byte 0), read with ``pread`` by the kernel (no pages
+    mapped); a failed read raises StoreError naming ``what``. Needs the kernel."""
+    lib, _ = _kernel()
+    fds, pos = np.ascontiguousarray(fds, np.int32), np.ascontiguousarray(pos, np.int64)
+    item = out.itemsize * (int(np.prod(out.shape[1:])) if out.ndim > 1 else 1)
+    p = ctypes.c_void_p
+    e = lib.ts_gather(p(fds.ctypes.data), p(pos.ctypes.data), ctypes.c_int64(len(pos)), ctypes.c_int64(item),
+                      p(out.ctypes.data))
+    if e < 0:
+        raise StoreError(f"reading {what} failed: {os.strerror(-int(e))}")
+    return out
 
 
 class _TileLists:
@@ -389,15 +450,9 @@ class _TileLists:
         lib, _ = _kernel()
         if lib is None or self.fd < 0 or self.order_fd < 0:
             return np.asarray(self.rows[pos]), np.asarray(self.order[pos]).astype(np.int64)
-        pos = np.ascontiguousarray(pos, np.int64)
-        rows, pix = np.empty((len(pos), DIMS), np.int8), np.empty(len(pos), "<i4")
-        p = ctypes.c_void_p
-        for fd, out, item in ((self.fd, rows, DIMS), (self.order_fd, pix, 4)):
-            fds = np.full(len(pos), fd, np.int32)
-            e = lib.ts_gather(p(fds.ctypes.data), p(pos.ctypes.data), ctypes.c_int64(len(pos)), ctypes.c_int64(item),
-                              p(out.ctypes.data))
-            if e < 0:
-                raise StoreError(f"reading tile {self.tile.name}'s clustered rows failed: {os.strerror(-int(e))}")
+        what = f"tile {self.tile.name}'s clustered rows"
+        rows = gather(np.full(len(pos), self.fd, np.int32), pos, np.empty((len(pos), DIMS), np.int8), what)
+        pix = gather(np.full(len(pos), self.order_fd, np.int32), pos, np.empty(len(pos), "<i4"), what)
         return rows, pix.astype(np.int64)
 
     def __del__(self) -> None:
@@ -409,10 +464,12 @@ class _TileLists:
                     pass
 
 
-def _take_rows(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _take_rows(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray, addr: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The rows at positions ``pos`` of tiles ``tiles[which]`` and their row-major pixel
     numbers: one ``pread`` gather over all the tiles where every file is open (no pages
-    mapped), else tile by tile."""
+    mapped), else tile by tile. ``addr``: per row, 0 or where a scan kept it in memory
+    (:meth:`ListShard._kept_at`), copied from there instead."""
     lib, _ = _kernel()
     if lib is None or any(t.fd < 0 or t.order_fd < 0 for t in tiles):
         rows, pix = np.empty((len(pos), DIMS), np.int8), np.empty(len(pos), np.int64)
@@ -420,16 +477,19 @@ def _take_rows(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray) -> t
             at = np.flatnonzero(which == i)
             rows[at], pix[at] = tiles[i].take(pos[at])
         return rows, pix
-    pos = np.ascontiguousarray(pos, np.int64)
-    rows, pix = np.empty((len(pos), DIMS), np.int8), np.empty(len(pos), "<i4")
-    p = ctypes.c_void_p
-    for fds, out, item in ((np.array([t.fd for t in tiles], np.int32)[which], rows, DIMS),
-                           (np.array([t.order_fd for t in tiles], np.int32)[which], pix, 4)):
-        fds = np.ascontiguousarray(fds)
-        e = lib.ts_gather(p(fds.ctypes.data), p(pos.ctypes.data), ctypes.c_int64(len(pos)), ctypes.c_int64(item),
-                          p(out.ctypes.data))
-        if e < 0:
-            raise StoreError(f"reading the store's clustered rows failed: {os.strerror(-int(e))}")
+    what = "the store's clustered rows"
+    rows = np.empty((len(pos), DIMS), np.int8)
+    read = np.flatnonzero(addr == 0) if addr is not None else slice(None)
+    if addr is not None and len(read) < len(pos):
+        kept = np.flatnonzero(addr != 0)
+        got, at = np.empty((len(kept), DIMS), np.int8), np.ascontiguousarray(addr[kept], np.int64)
+        lib.ts_copy(ctypes.c_void_p(at.ctypes.data), ctypes.c_int64(len(kept)),
+                    ctypes.c_int64(DIMS), ctypes.c_void_p(got.ctypes.data))
+        rows[kept] = got
+    if addr is None or len(read):
+        rows[read] = gather(np.array([t.fd for t in tiles], np.int32)[which[read]], pos[read],
+                            np.empty((len(pos[read]), DIMS), np.int8), what)
+    pix = gather(np.array([t.order_fd for t in tiles], np.int32)[which], pos, np.empty(len(pos), "<i4"), what)
     return rows, pix.astype(np.int64)
 
 
@@ -507,7 +567,13 @@ class ListShard(Shard):
         self.nlist = int(self._table.shape[1] - 1)
         self._open: dict[int, _TileLists] = {}
         self._all: tuple | None = None
+        self._slot: np.ndarray | None = None  # (tiles, nlist): address of a list's rows in memory, or 0
+        self._ready: np.ndarray | None = None  # (tiles, nlist): those rows are read in
+        self._blocks: list[np.ndarray] = []  # the memory those addresses are in (ROW_CACHE's)
+        self._held = [0]  # bytes of ROW_CACHE's budget those blocks hold (given back when the shard goes)
+        weakref.finalize(self, _give_back, self._held)
         self._lock = threading.Lock()
+        self._floor = mapped_bytes(0)  # file pages mapped before any scan (libraries)
 
     def _tile(self, i: int) -> _TileLists:
         got = self._open.get(i)
@@ -573,8 +639,73 @@ class ListShard(Shard):
             keep = [i for i in range(len(self.tiles)) if self._layout[self.tiles[i]][3] > 0]
             tiles = [self._tile(i) for i in keep]
             table = np.asarray(self._table)[keep] if keep else np.zeros((0, self.nlist + 1), np.int64)
+            self._slot = np.zeros((len(tiles), self.nlist), np.int64)
+            self._ready = np.zeros((len(tiles), self.nlist), np.bool_)
             self._all = (tiles, np.ascontiguousarray(table))
         return self._all
+
+    def _slots(self, tile_of: np.ndarray, list_of: np.ndarray, st: np.ndarray, en: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """Where a scan of these ranges (list ``list_of[g]`` of tile ``tile_of[g]``) finds
+        or keeps their rows in memory: (dests, filled, filling, blocks) for
+        :func:`scan_top`: the address of each range's rows (0: not kept), whether they are
+        there already, which ranges this scan reads in (room for them was just taken from
+        :data:`ROW_CACHE`; marked filled by :meth:`_filled` once the scan has read them),
+        and the memory those addresses point into (held by the scan, so a
+        :meth:`release` meanwhile frees nothing under it)."""
+        with self._lock:
+            addr = self._slot[tile_of, list_of]
+            filled = self._ready[tile_of, list_of]
+            new = addr == 0
+            filling = np.zeros(len(addr), np.bool_)
+            if new.any():
+                size = (en[new] - st[new]) * DIMS
+                total = int(size.sum())
+                if ROW_CACHE.take(total):
+                    self._held[0] += total
+                    block = np.empty(total, np.int8)
+                    self._blocks.append(block)
+                    at = block.ctypes.data + np.concatenate([[0], np.cumsum(size)[:-1]])
+                    self._slot[tile_of[new], list_of[new]] = at
+                    addr = addr.copy()
+                    addr[new] = at
+                    filling = new
+            dests = np.where(filled | filling, addr, 0)
+            return dests, filled, filling, list(self._blocks)
+
+    def _kept_at(self, which: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray | None, list]:
+        """Where rows ``pos`` of opened tiles ``which`` are kept in memory by a scan (0: not
+        kept), and the blocks holding them (None, [] when nothing is kept)."""
+        with self._lock:
+            if not self._blocks or self._ready is None:
+                return None, []
+            _, table = self._opened()
+            addr = np.zeros(len(pos), np.int64)
+            for i in np.unique(which):
+                at = np.flatnonzero(which == i)
+                lst = np.searchsorted(table[i], pos[at], side="right") - 1
+                ok = self._ready[i, lst]
+                addr[at[ok]] = self._slot[i, lst[ok]] + (pos[at[ok]] - table[i, lst[ok]]) * DIMS
+            return addr, list(self._blocks)
+
+    def _filled(self, tile_of: np.ndarray, list_of: np.ndarray, filling: np.ndarray) -> None:
+        with self._lock:
+            if self._blocks:  # not released meanwhile
+                self._ready[tile_of[filling], list_of[filling]] = True
+
+    def release(self) -> None:
+        """Unmap the store pages the shard's reads mapped (they stay in the page cache)
+        and drop the rows its scans kept in memory (the next scans read them again)."""
+        with self._lock:
+            for t in list(self._open.values()):
+                release_pages(t.rows)
+                release_pages(t.order)
+            _give_back(self._held)
+            self._blocks = []
+            if self._slot is not None:
+                self._slot[:] = 0
+                self._ready[:] = False
+            self._floor = mapped_bytes(0)
 
     def scan(self, q: np.ndarray, lists: np.ndarray, r: int) -> _Found:
         """The kernel's best ``r`` rows of the probed ``lists`` for unit query ``q``, and
@@ -587,8 +718,9 @@ class ListShard(Shard):
         lists = np.sort(lists)  # each tile's ranges in file order
         st, en = table[:, lists].ravel(), table[:, lists + 1].ravel()
         tile_of = np.repeat(np.arange(len(tiles)), len(lists))
+        list_of = np.tile(lists, len(tiles))
         keep = en > st
-        st, en, tile_of = st[keep], en[keep], tile_of[keep]
+        st, en, tile_of, list_of = st[keep], en[keep], tile_of[keep], list_of[keep]
         total = int(np.sum(en - st))
         if total == 0:
             return _Found.none()
@@ -597,9 +729,15 @@ class ListShard(Shard):
         rows = [t.rows for t in tiles]
         fds = [t.fd for t in tiles]
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
-        prefetch(rows, tile_of, st, en)
+        kept = all(f >= 0 for f in fds) and _kernel()[0] is not None
+        dests, filled, filling, _blocks = self._slots(tile_of, list_of, st, en) if kept else (None, None, None, [])
+        if filled is None or not filled.all():
+            prefetch(rows, tile_of, st, en)
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
-            sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds)
+            sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds, dests, filled)
+            if filling is not None and filling.any():  # read in now: a second pass reads nothing
+                self._filled(tile_of, list_of, filling)
+                filled, filling = filled | filling, None
             if found <= cap:
                 break
             cap = found  # more rows tie within the band at the cut than room was kept for
@@ -632,7 +770,8 @@ class ListShard(Shard):
         prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
         by = np.lexsort((pos, which))  # tile by tile, in file order
         pos, which = pos[by], which[by]
-        x, flat = _take_rows(tiles, which, pos)
+        addr, _blocks = self._kept_at(which, pos)  # the blocks stay alive while the rows are copied
+        x, flat = _take_rows(tiles, which, pos, addr)
         sims = exact_cosine(q, x)
         ix = np.array([t.tile.ix for t in tiles], np.int64)[which]
         iy = np.array([t.tile.iy for t in tiles], np.int64)[which]
@@ -642,15 +781,11 @@ class ListShard(Shard):
         return sims[best].astype(np.float32), ids[best]
 
     def _bound_mapped(self) -> None:
-        """Unmap the scanned rows from this process once mapped store pages pass
-        ``MAX_MAPPED`` beyond what the last release left mapped (libraries are file pages
-        too), as :class:`~.rerank.StoreVectors` does; they stay in the page cache."""
-        floor = getattr(self, "_floor", 0)
-        if mapped_bytes(floor + MAX_MAPPED + 1) - floor > MAX_MAPPED:
-            for t in list(self._open.values()):
-                release_pages(t.rows)
-                release_pages(t.order)
-            self._floor = mapped_bytes(0)
+        """:meth:`release` once mapped file pages pass ``MAX_MAPPED`` beyond what the last
+        release left mapped (libraries are file pages too), as
+        :class:`~.rerank.StoreVectors` does."""
+        if mapped_bytes(self._floor + MAX_MAPPED + 1) - self._floor > MAX_MAPPED:
+            self.release()
 
 
 # -- tuning --------------------------------------------------------------------------

@@ -107,10 +107,10 @@ class _TileFile:
             if self.at is None:  # the store's inverse of the order, else computed (kept until released)
                 self.at = self.store.clustered_rowof(self.tile, self.year, compute=True)
             flat = r * self.width + c
-            pos = (self._pread(self.at, np.sort(flat), 4)[np.argsort(np.argsort(flat))]
+            pos = (self._pread(self.at, np.sort(flat))[np.argsort(np.argsort(flat))]
                    if isinstance(self.at, np.memmap) else self.at[flat]).astype(np.int64)
             srt = np.argsort(pos)
-            out[srt] = self._pread(rows, pos[srt], DIMS)
+            out[srt] = self._pread(rows, pos[srt])
             return out
         if self.rows is None:
             if len(r):
@@ -127,11 +127,11 @@ class _TileFile:
             out[order] = self.rows[row[order]]
         return out
 
-    def _pread(self, arr, at: np.ndarray, item: int) -> np.ndarray:
+    def _pread(self, arr, at: np.ndarray) -> np.ndarray:
         """``arr[at]`` for sorted ``at``, read with ``pread`` where ``arr`` maps a whole file
         (random reads then map no pages: a fault maps 64 KiB or more, and a read of
         k = 1000 results across 90 tiles faulted 2,000 windows, 40 ms), else indexed."""
-        from .lists import _kernel, _open_fd
+        from .lists import _kernel, _open_fd, gather
 
         fds = self.__dict__.setdefault("_fds", {})
         fd = fds.get(id(arr))
@@ -140,19 +140,8 @@ class _TileFile:
         lib, _ = _kernel()
         if fd < 0 or lib is None or not len(at):
             return np.asarray(arr[at])
-        import ctypes
-
-        at = np.ascontiguousarray(at, np.int64)
         out = np.empty((len(at),) + arr.shape[1:], arr.dtype)
-        each = np.full(len(at), fd, np.int32)
-        p = ctypes.c_void_p
-        e = lib.ts_gather(p(each.ctypes.data), p(at.ctypes.data), ctypes.c_int64(len(at)), ctypes.c_int64(item),
-                          p(out.ctypes.data))
-        if e < 0:
-            from ..errors import StoreError
-
-            raise StoreError(f"reading tile {self.tile.name}'s clustered rows failed: {os.strerror(-int(e))}")
-        return out
+        return gather(np.full(len(at), fd, np.int32), at, out, f"tile {self.tile.name}'s clustered rows")
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
