@@ -638,9 +638,10 @@ def kenya(results: list[dict]) -> str:
             f"log(nlist), so the larger nlist at Kenya scale changes this little; measured at nlist "
             f"{b['params']['nlist']}). Peak RSS of the build process {b['peak_rss'] / 2**30:.2f} GiB (default "
             f"`--max-memory` 2 GiB; the issue's bound is that + 512 MiB) and of the query process "
-            f"{r['ours']['peak_rss'] / 2**30:.2f} GiB (bound 2 GiB). A query keeps nothing per pixel in RAM: the "
-            f"lists are the store's rows, read with `pread` into a small buffer per core (none stay mapped), so its "
-            f"memory does not grow with the index; its time grows with the rows of the probed lists.")
+            f"{r['ours']['peak_rss'] / 2**30:.2f} GiB (bound 2 GiB). A query process keeps at most 768 MiB of "
+            f"scanned lists' rows in memory (the row cache; the lists are the store's rows, read with `pread`, none "
+            f"stay mapped), so its memory does not grow with the index; its time grows with the rows of the probed "
+            f"lists that are not in the cache.")
 
 
 def write_docs(results: list[dict]) -> None:
