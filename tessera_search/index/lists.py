@@ -644,7 +644,7 @@ class ListShard(Shard):
             self._all = (tiles, np.ascontiguousarray(table))
         return self._all
 
-    def _slots(self, tile_of: np.ndarray, list_of: np.ndarray, st: np.ndarray, en: np.ndarray
+    def _slots(self, tile_of: np.ndarray, list_of: np.ndarray, st: np.ndarray, en: np.ndarray, admit: bool = True
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
         """Where a scan of these ranges (list ``list_of[g]`` of tile ``tile_of[g]``) finds
         or keeps their rows in memory: (dests, filled, filling, blocks) for
@@ -652,13 +652,15 @@ class ListShard(Shard):
         there already, which ranges this scan reads in (room for them was just taken from
         :data:`ROW_CACHE`; marked filled by :meth:`_filled` once the scan has read them),
         and the memory those addresses point into (held by the scan, so a
-        :meth:`release` meanwhile frees nothing under it)."""
+        :meth:`release` meanwhile frees nothing under it). ``admit``: False keeps no new
+        lists (a cold scan waits for the disk; writing its rows into fresh memory as well,
+        a page fault per 4 KiB, would only add to that)."""
         with self._lock:
             addr = self._slot[tile_of, list_of]
             filled = self._ready[tile_of, list_of]
             new = addr == 0
             filling = np.zeros(len(addr), np.bool_)
-            if new.any():
+            if admit and new.any():
                 size = (en[new] - st[new]) * DIMS
                 total = int(size.sum())
                 if ROW_CACHE.take(total):
@@ -729,10 +731,10 @@ class ListShard(Shard):
         rows = [t.rows for t in tiles]
         fds = [t.fd for t in tiles]
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
+        cold = prefetch(rows, tile_of, st, en) > 0
         kept = all(f >= 0 for f in fds) and _kernel()[0] is not None
-        dests, filled, filling, _blocks = self._slots(tile_of, list_of, st, en) if kept else (None, None, None, [])
-        if filled is None or not filled.all():
-            prefetch(rows, tile_of, st, en)
+        dests, filled, filling, _blocks = (self._slots(tile_of, list_of, st, en, admit=not cold) if kept
+                                           else (None, None, None, []))
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
             sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds, dests, filled)
             if filling is not None and filling.any():  # read in now: a second pass reads nothing
