@@ -220,7 +220,8 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
         fd = np.where(filled, -1, fd if fd is not None else -1).astype(np.int32)
         dests = np.ascontiguousarray(np.where(filled | (fd >= 0), dests, 0), np.int64)
     found = lib.ts_scan_top(p(bases.ctypes.data), p(fd.ctypes.data) if fd is not None else None,
-                            p(dests.ctypes.data) if dests is not None else None, p(flags.ctypes.data), p(starts.ctypes.data), p(ends.ctypes.data),
+                            p(dests.ctypes.data) if dests is not None else None, p(flags.ctypes.data),
+                            p(starts.ctypes.data), p(ends.ctypes.data),
                             ctypes.c_int64(len(starts)), p(q16.ctypes.data), ctypes.c_int64(r), ctypes.c_float(band),
                             ctypes.c_int64(cap), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
                             int(simd), p(work.ctypes.data))
@@ -681,7 +682,7 @@ class ListShard(Shard):
         with self._lock:
             if not self._blocks or self._ready is None:
                 return None, []
-            _, table = self._opened()
+            table = self._all[1]  # opened (by the caller's scan)
             addr = np.zeros(len(pos), np.int64)
             for i in np.unique(which):
                 at = np.flatnonzero(which == i)
@@ -690,10 +691,11 @@ class ListShard(Shard):
                 addr[at[ok]] = self._slot[i, lst[ok]] + (pos[at[ok]] - table[i, lst[ok]]) * DIMS
             return addr, list(self._blocks)
 
-    def _filled(self, tile_of: np.ndarray, list_of: np.ndarray, filling: np.ndarray) -> None:
-        with self._lock:
-            if self._blocks:  # not released meanwhile
-                self._ready[tile_of[filling], list_of[filling]] = True
+    def _filled(self, tile_of: np.ndarray, list_of: np.ndarray, filling: np.ndarray, dests: np.ndarray) -> None:
+        with self._lock:  # only the slots still theirs (a release meanwhile took them back)
+            t, l = tile_of[filling], list_of[filling]
+            ours = self._slot[t, l] == dests[filling]
+            self._ready[t[ours], l[ours]] = True
 
     def release(self) -> None:
         """Unmap the store pages the shard's reads mapped (they stay in the page cache)
@@ -738,7 +740,7 @@ class ListShard(Shard):
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
             sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds, dests, filled)
             if filling is not None and filling.any():  # read in now: a second pass reads nothing
-                self._filled(tile_of, list_of, filling)
+                self._filled(tile_of, list_of, filling, dests)
                 filled, filling = filled | filling, None
             if found <= cap:
                 break
