@@ -701,15 +701,18 @@ class ListShard(Shard):
         """Unmap the store pages the shard's reads mapped (they stay in the page cache)
         and drop the rows its scans kept in memory (the next scans read them again)."""
         with self._lock:
-            for t in list(self._open.values()):
-                release_pages(t.rows)
-                release_pages(t.order)
+            self._unmap()
             _give_back(self._held)
             self._blocks = []
             if self._slot is not None:
                 self._slot[:] = 0
                 self._ready[:] = False
-            self._floor = mapped_bytes(0)
+
+    def _unmap(self) -> None:
+        for t in list(self._open.values()):
+            release_pages(t.rows)
+            release_pages(t.order)
+        self._floor = mapped_bytes(0)
 
     def scan(self, q: np.ndarray, lists: np.ndarray, r: int) -> _Found:
         """The kernel's best ``r`` rows of the probed ``lists`` for unit query ``q``, and
@@ -785,11 +788,11 @@ class ListShard(Shard):
         return sims[best].astype(np.float32), ids[best]
 
     def _bound_mapped(self) -> None:
-        """:meth:`release` once mapped file pages pass ``MAX_MAPPED`` beyond what the last
-        release left mapped (libraries are file pages too), as
-        :class:`~.rerank.StoreVectors` does."""
+        """Unmap the shard's store pages once mapped file pages pass ``MAX_MAPPED`` beyond
+        what the last release left mapped (libraries are file pages too), as
+        :class:`~.rerank.StoreVectors` does; the row cache (not file pages) stays."""
         if mapped_bytes(self._floor + MAX_MAPPED + 1) - self._floor > MAX_MAPPED:
-            self.release()
+            self._unmap()
 
 
 # -- tuning --------------------------------------------------------------------------
