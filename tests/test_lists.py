@@ -38,6 +38,7 @@ def test_kernel_is_compiled_and_matches_numpy_bit_for_bit():
     rng = np.random.default_rng(3)
     rows = rng.integers(-127, 128, size=(5000, 128), dtype=np.int8)
     rows[17] = 0  # the zero row scores -inf
+    rows[18], rows[19, :64] = -128, -128  # the int8 extremes
     q = rng.normal(size=128).astype(np.float32)
     q /= np.linalg.norm(q)
     q16 = query16(q)

@@ -43,21 +43,41 @@ __attribute__((target("avx2"))) static inline __m128i sum2(__m256i a, __m256i b)
     return _mm_hadd_epi32(x, x);
 }
 
+/* One row's (dot with q, dot with itself) as 8 int32 lanes each, to be summed. */
+__attribute__((target("avx2"))) static inline __m256i row_sums(const int8_t *x, const __m256i *w, __m256i *xx) {
+    __m256i ip = _mm256_setzero_si256(), nn = _mm256_setzero_si256();
+    for (int d = 0; d < DIMS / 16; d++) {
+        __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * d)));
+        ip = _mm256_add_epi32(ip, _mm256_madd_epi16(v, w[d]));
+        nn = _mm256_add_epi32(nn, _mm256_madd_epi16(v, v));
+    }
+    *xx = nn;
+    return ip;
+}
+
+/* Four rows at a time: their eight sums reduced together and finished as one vector
+ * (IEEE division and square root round the same in SIMD as in scalar code, and the
+ * int32 -> float conversion too, so the scores are those of rows_plain bit for bit). */
 __attribute__((target("avx2"))) static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) {
     __m256i w[DIMS / 16];
     for (int d = 0; d < DIMS / 16; d++) w[d] = _mm256_loadu_si256((const __m256i *)(q + 16 * d));
-    for (int64_t i = 0; i < n; i++, x += DIMS) {
-        __m256i ip0 = _mm256_setzero_si256(), ip1 = _mm256_setzero_si256();
-        __m256i xx0 = _mm256_setzero_si256(), xx1 = _mm256_setzero_si256();
-        for (int d = 0; d < DIMS / 16; d += 2) {
-            __m256i v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * d)));
-            __m256i v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16 * d + 16)));
-            ip0 = _mm256_add_epi32(ip0, _mm256_madd_epi16(v0, w[d]));
-            ip1 = _mm256_add_epi32(ip1, _mm256_madd_epi16(v1, w[d + 1]));
-            xx0 = _mm256_add_epi32(xx0, _mm256_madd_epi16(v0, v0));
-            xx1 = _mm256_add_epi32(xx1, _mm256_madd_epi16(v1, v1));
-        }
-        __m128i r = sum2(_mm256_add_epi32(ip0, ip1), _mm256_add_epi32(xx0, xx1));
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4, x += 4 * DIMS) {
+        __m256i n0, n1, n2, n3;
+        __m256i a0 = row_sums(x, w, &n0), a1 = row_sums(x + DIMS, w, &n1);
+        __m256i a2 = row_sums(x + 2 * DIMS, w, &n2), a3 = row_sums(x + 3 * DIMS, w, &n3);
+        /* each 128-bit half of s: partial sums of rows 0..3; the halves added give the rows' sums */
+        __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+        __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(n0, n1), _mm256_hadd_epi32(n2, n3));
+        __m128i si = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        __m128i ti = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        __m128 r = _mm_div_ps(_mm_cvtepi32_ps(si), _mm_sqrt_ps(_mm_cvtepi32_ps(ti)));
+        __m128 live = _mm_castsi128_ps(_mm_cmpgt_epi32(ti, _mm_setzero_si128()));
+        _mm_storeu_ps(out + i, _mm_blendv_ps(_mm_set1_ps(-INFINITY), r, live));
+    }
+    for (; i < n; i++, x += DIMS) {
+        __m256i nn, ip = row_sums(x, w, &nn);
+        __m128i r = sum2(ip, nn);
         out[i] = finish(_mm_cvtsi128_si32(r), _mm_extract_epi32(r, 1));
     }
 }

@@ -60,6 +60,7 @@ MAX_MAPPED = 1 << 30  # store pages mapped by a process's scans before they are 
 CACHE_BYTES = 768 << 20  # rows of scanned lists a process keeps in memory (RowCache), all shards together
 LISTS_SHARD_VECTORS = 16_000_000  # vectors per shard (whole tiles): the unit of parallel builds and searches
 
+_CORES = os.cpu_count() or 1  # asked once: each call reads /sys (tens of microseconds a query)
 _lib_lock = threading.Lock()
 _LIB: tuple | None = None
 
@@ -267,7 +268,7 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     global _POOL
     lens = ends - starts
     total = int(lens.sum())
-    parts = min(os.cpu_count() or 1, 4, max(1, total // _SPLIT))
+    parts = min(_CORES, 4, max(1, total // _SPLIT))
     if parts == 1:
         return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips, fds=fds, dests=dests,
                         filled=filled)
@@ -275,7 +276,7 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
         if _POOL is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _POOL = ThreadPoolExecutor(min(os.cpu_count() or 1, 4), thread_name_prefix="int8-scan")
+            _POOL = ThreadPoolExecutor(min(_CORES, 4), thread_name_prefix="int8-scan")
     cum = np.concatenate([[0], np.cumsum(lens)])
     cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
     bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
@@ -506,19 +507,20 @@ def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[
 @dataclass
 class _Found:
     """A shard's scan for one query: the kernel's scores of the rows it kept, their
-    positions in their tiles' clustered arrays and those tiles (indices into the shard's
-    opened tiles)."""
+    positions in their tiles' clustered arrays, those tiles (indices into the shard's
+    opened tiles) and the lists they are in."""
 
     scores: np.ndarray
     pos: np.ndarray
     tile: np.ndarray
+    lists: np.ndarray
 
     @classmethod
     def none(cls) -> _Found:
-        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def subset(self, keep: np.ndarray) -> _Found:
-        return _Found(self.scores[keep], self.pos[keep], self.tile[keep])
+        return _Found(self.scores[keep], self.pos[keep], self.tile[keep], self.lists[keep])
 
 
 def select_across(scans: list[list[_Found]], r: int) -> list[list[_Found]]:
@@ -575,6 +577,8 @@ class ListShard(Shard):
         weakref.finalize(self, _give_back, self._held)
         self._lock = threading.Lock()
         self._floor = mapped_bytes(0)  # file pages mapped before any scan (libraries)
+        self._direct = True  # set by _opened
+        self._mapped = False  # a read went through the maps since the last unmap
 
     def _tile(self, i: int) -> _TileLists:
         got = self._open.get(i)
@@ -642,6 +646,8 @@ class ListShard(Shard):
             table = np.asarray(self._table)[keep] if keep else np.zeros((0, self.nlist + 1), np.int64)
             self._slot = np.zeros((len(tiles), self.nlist), np.int64)
             self._ready = np.zeros((len(tiles), self.nlist), np.bool_)
+            # every read with pread (nothing mapped, rows kept in the row cache), or through the maps
+            self._direct = all(t.fd >= 0 and t.order_fd >= 0 for t in tiles) and _kernel()[0] is not None
             self._all = (tiles, np.ascontiguousarray(table))
         return self._all
 
@@ -676,19 +682,16 @@ class ListShard(Shard):
             dests = np.where(filled | filling, addr, 0)
             return dests, filled, filling, list(self._blocks)
 
-    def _kept_at(self, which: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray | None, list]:
-        """Where rows ``pos`` of opened tiles ``which`` are kept in memory by a scan (0: not
-        kept), and the blocks holding them (None, [] when nothing is kept)."""
+    def _kept_at(self, which: np.ndarray, lst: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray | None, list]:
+        """Where rows ``pos`` (in lists ``lst``) of opened tiles ``which`` are kept in
+        memory by a scan (0: not kept), and the blocks holding them (None, [] when nothing
+        is kept)."""
         with self._lock:
             if not self._blocks or self._ready is None:
                 return None, []
             table = self._all[1]  # opened (by the caller's scan)
-            addr = np.zeros(len(pos), np.int64)
-            for i in np.unique(which):
-                at = np.flatnonzero(which == i)
-                lst = np.searchsorted(table[i], pos[at], side="right") - 1
-                ok = self._ready[i, lst]
-                addr[at[ok]] = self._slot[i, lst[ok]] + (pos[at[ok]] - table[i, lst[ok]]) * DIMS
+            ok = self._ready[which, lst]
+            addr = np.where(ok, self._slot[which, lst] + (pos - table[which, lst]) * DIMS, 0)
             return addr, list(self._blocks)
 
     def _filled(self, tile_of: np.ndarray, list_of: np.ndarray, filling: np.ndarray, dests: np.ndarray) -> None:
@@ -713,6 +716,7 @@ class ListShard(Shard):
             release_pages(t.rows)
             release_pages(t.order)
         self._floor = mapped_bytes(0)
+        self._mapped = False
 
     def scan(self, q: np.ndarray, lists: np.ndarray, r: int) -> _Found:
         """The kernel's best ``r`` rows of the probed ``lists`` for unit query ``q``, and
@@ -737,7 +741,8 @@ class ListShard(Shard):
         fds = [t.fd for t in tiles]
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
         cold = prefetch(rows, tile_of, st, en) > 0
-        kept = all(f >= 0 for f in fds) and _kernel()[0] is not None
+        kept = self._direct
+        self._mapped |= not kept
         dests, filled, filling, _blocks = (self._slots(tile_of, list_of, st, en, admit=not cold) if kept
                                            else (None, None, None, []))
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
@@ -749,7 +754,7 @@ class ListShard(Shard):
                 break
             cap = found  # more rows tie within the band at the cut than room was kept for
         pos, seg = _positions(rown, st, en)
-        return _Found(sc, pos, tile_of[seg])
+        return _Found(sc, pos, tile_of[seg], list_of[seg])
 
     def scan_many(self, q: np.ndarray, lists: np.ndarray, r: int) -> list[_Found]:
         """:meth:`scan` for each of (m, 128) unit queries ``q``, probing ``lists[j]``."""
@@ -770,14 +775,15 @@ class ListShard(Shard):
 
     def take(self, q: np.ndarray, found: _Found, r: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosines and pixel IDs of the best ``r`` rows of ``found``, read from the store."""
-        pos, which = found.pos, found.tile
+        pos, which, lst = found.pos, found.tile, found.lists
         if not len(pos):
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         tiles, _ = self._opened()
+        self._mapped |= not self._direct
         prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
         by = np.lexsort((pos, which))  # tile by tile, in file order
-        pos, which = pos[by], which[by]
-        addr, _blocks = self._kept_at(which, pos)  # the blocks stay alive while the rows are copied
+        pos, which, lst = pos[by], which[by], lst[by]
+        addr, _blocks = self._kept_at(which, lst, pos)  # the blocks stay alive while the rows are copied
         x, flat = _take_rows(tiles, which, pos, addr)
         sims = exact_cosine(q, x)
         ix = np.array([t.tile.ix for t in tiles], np.int64)[which]
@@ -790,8 +796,10 @@ class ListShard(Shard):
     def _bound_mapped(self) -> None:
         """Unmap the shard's store pages once mapped file pages pass ``MAX_MAPPED`` beyond
         what the last release left mapped (libraries are file pages too), as
-        :class:`~.rerank.StoreVectors` does; the row cache (not file pages) stays."""
-        if mapped_bytes(self._floor + MAX_MAPPED + 1) - self._floor > MAX_MAPPED:
+        :class:`~.rerank.StoreVectors` does; the row cache (not file pages) stays. Only
+        reads through the maps map pages (``pread``, ``mincore`` and ``madvise`` map none),
+        so the check is skipped when there were none."""
+        if self._mapped and mapped_bytes(self._floor + MAX_MAPPED + 1) - self._floor > MAX_MAPPED:
             self._unmap()
 
 
