@@ -293,6 +293,21 @@ def test_every_list_probed_is_exact_search(built):
         idx.search(qs[0], k=idx.n_vectors + 1)
 
 
+def test_one_shard_merges_as_many_do(built):
+    """exact_merge takes one shard's rows as they come (sorted by take); with a second,
+    empty part it sorts them itself: the same answers."""
+    from tessera_search.index.search import exact_merge
+
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    _, qs = _queries(home, region, 3, seed=4)
+    shard = idx.shards[0]
+    part = shard.search(qs, 50, 8)
+    empty = (np.full((3, 4), -np.inf, np.float32), np.full((3, 4), -1, np.int64))
+    for a, b in zip(exact_merge([part], 40), exact_merge([part, empty], 40)):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
 def test_rebuild_keeps_the_clustering_and_a_pq_index_shares_the_store(built):
     home, region, rep = built
     again = build_index(region, 2023, home=home, progress=False, shard_size=7500, factory=FACTORY, name="lists",

@@ -235,7 +235,15 @@ def merge(parts: list[tuple[np.ndarray, np.ndarray]], r: int) -> tuple[np.ndarra
 
 
 def exact_merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """The top ``k`` per query of shards that scored exactly: [(ids, sims, candidates)]."""
+    """The top ``k`` per query of shards that scored exactly: [(ids, sims, candidates)].
+    Each part's rows come in that order already (best first, ties by ID, -1 pads last),
+    so one part needs no sorting."""
+    if len(parts) == 1:
+        out = []
+        for s, i in zip(*parts[0]):
+            n = int(np.count_nonzero(i >= 0))
+            out.append((i[:min(n, k)], s[:min(n, k)], n))
+        return out
     scores = np.concatenate([p[0] for p in parts], axis=1)
     ids = np.concatenate([p[1] for p in parts], axis=1)
     out = []
