@@ -395,6 +395,26 @@ def test_prefetch_reads_ahead_only_what_is_not_in_memory(tmp_path):
     assert len(i) >= 10
 
 
+def test_a_cold_scan_reads_ahead_the_pixel_numbers_of_its_ranges_too(built, monkeypatch):
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    _, qs = _queries(home, region, 1, seed=6)
+    warm = idx.search(qs[0], k=20)
+    calls, real = [], lists.prefetch
+
+    def cold(arrays, tile_of, starts, ends, sample=8):
+        calls.append((arrays[0].itemsize, np.array(starts), np.array(ends)))
+        real(arrays, tile_of, starts, ends, sample)
+        return len(starts)  # as if nothing were in memory
+
+    monkeypatch.setattr(lists, "prefetch", cold)
+    got = idx.search(qs[0], k=20)
+    assert np.array_equal(got.ids, warm.ids)
+    rows, order = calls[0], calls[1]
+    assert rows[0] == 1 and order[0] == 4  # the int8 rows, then the int32 pixel numbers
+    assert np.array_equal(rows[1], order[1]) and np.array_equal(rows[2], order[2])
+
+
 def test_an_hnsw_coarse_quantizer_still_searches_every_list_asked_for(tmp_path):
     """The HNSW graph assigns at build time; a search ranks the centroids exhaustively, so
     probing every list is exact search (the graph alone returned only some of them)."""

@@ -741,6 +741,8 @@ class ListShard(Shard):
         fds = [t.fd for t in tiles]
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
         cold = prefetch(rows, tile_of, st, en) > 0
+        if cold:  # the kept rows' pixel numbers are in these ranges of the order files: read them in the same wait
+            prefetch([t.order for t in tiles], tile_of, st, en, sample=0)
         kept = self._direct
         self._mapped |= not kept
         dests, filled, filling, _blocks = (self._slots(tile_of, list_of, st, en, admit=not cold) if kept
