@@ -59,15 +59,11 @@ def _search(held: _Held, q: np.ndarray, r: int, nprobe: int | None) -> list:
     return list(zip(numbers, parts))
 
 
-def _scan(held: _Held, q: np.ndarray, r: int, nprobe: int) -> list:
+def _scan(held: _Held, q: np.ndarray, r: int, lists: np.ndarray) -> list:
     """[(number, scans)] for the held shards of an int8-lists index: the kernel's
-    candidates of each query (:meth:`~tessera_search.index.lists.ListShard.scan_many`)."""
-    numbers = sorted(held.shards)
-    if not numbers:
-        return []
-    first = held.shards[numbers[0]]
-    _, lists = first._quantizer.search(q, int(min(nprobe, first.nlist)))
-    return [(n, held.shards[n].scan_many(q, lists, r)) for n in numbers]
+    candidates of each query in its ``lists`` (-1 for none;
+    :meth:`~tessera_search.index.lists.ListShard.scan_many`)."""
+    return [(n, held.shards[n].scan_many(q, lists, r)) for n in sorted(held.shards)]
 
 
 def _take(held: _Held, q: np.ndarray, kept: dict, r: int) -> list:
@@ -115,17 +111,26 @@ def held_shards(index):
     return index._held
 
 
-def search_held(index, q: np.ndarray, r: int, nprobe: int | None) -> list:
+def search_held(index, q: np.ndarray, r: int, nprobe: int | None, stop: tuple | None = None) -> list:
     """:func:`~tessera_search.index.search.search_shard` on every shard, where its holder
-    is; the parts in shard order, as the local dispatch returns them."""
+    is; the parts in shard order, as the local dispatch returns them. ``stop``: as
+    :meth:`~tessera_search.index.search.Index._search_shards`."""
     held = held_shards(index)
     if index.kind == "int8-lists" and nprobe:
-        # As the local search: the kernel's candidates of every shard merge first, so only
-        # the rows that can be in the overall best r are read back (lists.select_across).
-        from ..index.lists import select_across
+        # As the local search: the lists come from the one quantizer (here), the rounds of
+        # scans (lists.scan_rounds) run on the holders, and the kernel's candidates of every
+        # shard merge first, so only the rows that can be in the overall best r are read
+        # back (lists.select_across).
+        from ..index.lists import scan_rounds, select_across
 
-        scans = {n: found for group in held.holders.call(_scan, q, r, nprobe) for n, found in group}
-        kept = dict(zip(held.order, select_across([scans[n] for n in held.order], r)))
+        scores, lists = index.quantizer().search(q, int(min(nprobe, index.params["nlist"])))
+
+        def scan(ls):
+            got = {n: found for group in held.holders.call(_scan, q, r, ls) for n, found in group}
+            return [got[n] for n in held.order]
+
+        margin, first = stop if stop is not None else (None, 0)
+        kept = dict(zip(held.order, select_across(scan_rounds(scan, r, lists, scores, margin, first), r)))
         by_number = {n: part for group in held.holders.call(_take, q, kept, r) for n, part in group}
     else:
         by_number = {n: part for group in held.holders.call(_search, q, r, nprobe) for n, part in group}

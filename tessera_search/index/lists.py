@@ -48,7 +48,8 @@ from .search import Shard
 from .shards import DIMS, file_sizes, read_faiss_index, release_pages
 
 __all__ = ["KIND", "LISTS_SHARD_VECTORS", "ListShard", "build_lists_shard", "faiss_factory", "is_lists_factory",
-           "cluster_order", "prefetch", "probe_for", "quantizer_key", "scan_top", "tune_lists"]
+           "cluster_order", "prefetch", "probe_for", "quantizer_key", "scan_rounds", "scan_top", "stop_for",
+           "tune_lists"]
 
 KIND = "int8-lists"
 TOKEN = "Int8"
@@ -522,6 +523,11 @@ class _Found:
     def subset(self, keep: np.ndarray) -> _Found:
         return _Found(self.scores[keep], self.pos[keep], self.tile[keep], self.lists[keep])
 
+    def join(self, other: _Found) -> _Found:
+        """Both scans' rows (of disjoint lists)."""
+        return _Found(*(np.concatenate([a, b]) for a, b in ((self.scores, other.scores), (self.pos, other.pos),
+                                                            (self.tile, other.tile), (self.lists, other.lists))))
+
 
 def select_across(scans: list[list[_Found]], r: int) -> list[list[_Found]]:
     """Of every shard's scans (``scans[shard][query]``), the rows that can be in the
@@ -538,13 +544,73 @@ def select_across(scans: list[list[_Found]], r: int) -> list[list[_Found]]:
     return out
 
 
-def search_across(shards: list, q: np.ndarray, r: int, lists: np.ndarray, pool) -> list[tuple[np.ndarray, np.ndarray]]:
+def scan_rounds(scan: Callable, r: int, lists: np.ndarray, scores: np.ndarray, margin: float | None,
+                first: int) -> list[list[_Found]]:
+    """The shards' scans (``scan(lists)`` -> ``[shard][query]`` :class:`_Found`, for
+    (m, n) lists to probe, -1 for none) of the (m, cap) ``lists`` the quantizer gave, best
+    first, whose centroid scores are ``scores``. ``margin`` None: every list, in one
+    round. Else the adaptive stop: the first ``first`` lists, then, round after round
+    (each as large as all before it), only the next lists whose centroid score plus
+    ``margin`` reaches the r-th best row found so far (over all the shards): a list
+    whose centroid scores that far below it rarely holds a row above it, and the
+    rounds stop where none is left. ``margin`` is tuned at build time to the recall
+    target (:func:`tune_lists`)."""
+    m, cap = lists.shape
+    lists = np.where(scores > -np.inf, lists, -1)  # past the end of a small index
+    if margin is None or cap <= first:
+        return scan(lists)
+    got = scan(np.ascontiguousarray(lists[:, :first]))
+    at = np.full(m, first)
+    while True:
+        grow = int(at.max())
+        nxt = np.full((m, grow), -1, np.int64)
+        for j in range(m):
+            sc = np.concatenate([f[j].scores for f in got])
+            kth = np.partition(sc, len(sc) - r)[len(sc) - r] if len(sc) >= r else -np.inf
+            rest = scores[j, at[j]:at[j] + grow]
+            n = int(np.searchsorted(-(rest + np.float32(margin)), -kth, side="right"))  # rest is best first
+            nxt[j, :n] = lists[j, at[j]:at[j] + n]
+            at[j] = at[j] + n if n == len(rest) else cap  # a list below the bar: the rest are lower still
+        if not np.any(nxt >= 0):
+            return got
+        more = scan(nxt)
+        got = [[a.join(b) for a, b in zip(fa, fb)] for fa, fb in zip(got, more)]
+
+
+def stop_for(params: dict, k: int) -> tuple[float | None, int, int]:
+    """(margin, first, cap) of the adaptive stop (:func:`scan_rounds`) for a search of
+    ``k`` with the tuned ``params``, or (None, 0, 0) when the index has none: for k <= 10
+    the one tuned for recall@10, from k = 1000 the one tuned for recall@1000 (its lists
+    growing with the square root of k beyond, as :func:`probe_for`), between the larger
+    of the two."""
+    a = (params.get("margin"), int(params.get("first") or 0), int(params.get("cap") or 0))
+    b = (params.get("margin10"), int(params.get("first10") or 0), int(params.get("cap10") or 0))
+    if k <= 10:
+        pick = b
+    elif k >= 1000:
+        grow = float(np.sqrt(k / 1000))
+        pick = (a[0], int(np.ceil(a[1] * grow)), int(np.ceil(a[2] * grow)))
+    elif a[0] is None or b[0] is None:
+        pick = (None, 0, 0)
+    else:
+        pick = tuple(max(x, y) for x, y in zip(a, b))
+    return (None, 0, 0) if pick[0] is None else (float(pick[0]), max(1, pick[1]), max(1, pick[2]))
+
+
+def search_across(shards: list, q: np.ndarray, r: int, lists: np.ndarray, pool, scores: np.ndarray | None = None,
+                  margin: float | None = None, first: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every shard's part of the exact best ``r`` for (m, 128) unit queries ``q`` probing
     ``lists`` (m, nprobe), as :meth:`ListShard.search` gives them, but the store's rows are
     read back only for the rows that can be in the overall best ``r``
     (:func:`select_across`), so a k = 1000 search over 7 shards reads 1,000-odd rows, not
-    7,000. An engine runs the same three steps where its shards are."""
-    scans = list(pool.map(lambda s: s.scan_many(q, lists, r), shards))
+    7,000. With ``margin`` (and the lists' centroid ``scores``), the lists are probed in
+    rounds that stop early (:func:`scan_rounds`). An engine runs the same steps where its
+    shards are."""
+    def scan(ls):
+        return list(pool.map(lambda s: s.scan_many(q, ls, r), shards))
+
+    scans = scan_rounds(scan, r, lists, scores if scores is not None else np.zeros(lists.shape, np.float32),
+                        margin, first)
     kept = select_across(scans, r)
     return list(pool.map(lambda n: shards[n].take_many(q, kept[n], r), range(len(shards))))
 
@@ -882,7 +948,56 @@ def tune_lists(index, q: np.ndarray, truth: np.ndarray, target_recall: float, re
     last = tried[-1]
     n1000, n10 = n1000 or last, n10 or last
     at = max(n1000, n10, key=lambda m: m["nprobe"])
-    return {"target_recall": float(target_recall), "kind": KIND, "nprobe": int(n1000["nprobe"]),
-            "nprobe10": int(n10["nprobe"]), "recall1000": at["recall1000"], "recall10": at["recall10"],
-            "median_s": at["median_s"], "median10_s": at["median10_s"], "n_queries": int(len(q)),
-            "reached": bool(at["recall1000"] >= target_recall and at["recall10"] >= recall10), "tried": tried}
+    out = {"target_recall": float(target_recall), "kind": KIND, "nprobe": int(n1000["nprobe"]),
+           "nprobe10": int(n10["nprobe"]), "recall1000": at["recall1000"], "recall10": at["recall10"],
+           "median_s": at["median_s"], "median10_s": at["median10_s"], "n_queries": int(len(q)),
+           "reached": bool(at["recall1000"] >= target_recall and at["recall10"] >= recall10), "tried": tried}
+    # The adaptive stop, for each target where it is surely as good and faster than the fixed count.
+    out["stop_tried"] = []
+    for k_, fixed, target, suffix, col, base in ((k, n1000, target_recall, "", 0, n1000["median_s"]),
+                                                  (min(10, k), n10, recall10, "10", 1, n10["median10_s"])):
+        got = _tune_stop(index, q, kth[:, col], k_, int(fixed["nprobe"]), nlist, target, suffix)
+        out["stop_tried"] += got["tried"]
+        if got["pick"] is not None and got["pick"]["median_s"] < _FASTER * base:
+            out.update({f"margin{suffix}": got["pick"]["margin"], f"first{suffix}": got["pick"]["first"],
+                        f"cap{suffix}": got["pick"]["cap"]})
+    return out
+
+
+MARGINS = (0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08)  # tried in turn: recall grows with the margin
+_FASTER = 0.9  # the adaptive stop is kept only when its median latency is at most this times the fixed count's
+
+
+def _tune_stop(index, q: np.ndarray, kth: np.ndarray, k: int, fixed: int, nlist: int, target: float,
+               suffix: str) -> dict:
+    """The smallest margin of :data:`MARGINS` whose adaptive stop (:func:`scan_rounds`:
+    the first quarter of the ``fixed`` lists tuned for this ``k``, then rounds up to
+    twice them) surely reaches ``target`` recall@k on the sample queries ``q`` (true
+    neighbours: as similar as ``kth``), with its median latency; pick None when none does
+    or the stop cannot skip anything (the fixed count is a single list or all of them)."""
+    first, cap = max(1, -(-fixed // 4)), min(nlist, 2 * fixed)
+    tried: list[dict] = []
+    if cap <= first:
+        return {"pick": None, "tried": tried}
+    saved = {key: index.params.get(key) for key in ("margin" + suffix, "first" + suffix, "cap" + suffix)}
+    try:
+        for margin in MARGINS:
+            index.params.update({"margin" + suffix: margin, "first" + suffix: first, "cap" + suffix: cap})
+            lat, rec = [], []
+            for j in range(len(q)):
+                t0 = time.perf_counter()
+                res = index.search(q[j], k=k)
+                lat.append(time.perf_counter() - t0)
+                rec.append(float(np.sum(res.similarity >= kth[j])) / k)
+            m = {"k": k, "margin": margin, "first": first, "cap": cap, "recall": float(np.mean(rec)),
+                 "median_s": float(np.median(lat))}
+            tried.append(m)
+            if _sure(rec, target):
+                return {"pick": m, "tried": tried}
+        return {"pick": None, "tried": tried}
+    finally:
+        for key, v in saved.items():
+            if v is None:
+                index.params.pop(key, None)
+            else:
+                index.params[key] = v

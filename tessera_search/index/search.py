@@ -285,7 +285,8 @@ class Index:
         self.dataset_version = manifest["dataset_version"]
         self.region = manifest["region"]
         self.kind = manifest.get("kind", "faiss")
-        tuned = ("nprobe", "nprobe10") if self.kind == "int8-lists" else ("refine_factor", "list_factor", "min_candidates")
+        tuned = (("nprobe", "nprobe10", "margin", "first", "cap", "margin10", "first10", "cap10")
+                 if self.kind == "int8-lists" else ("refine_factor", "list_factor", "min_candidates"))
         self.params = {**manifest["params"], **{k: v for k, v in (manifest.get("search") or {}).items() if k in tuned}}
         self.synthetic = bool(manifest.get("synthetic", False))
         self.tiles = list(manifest["tiles"])
@@ -295,6 +296,7 @@ class Index:
         self.vectors = StoreVectors(TileStore(self.home), self.year, checks)
         self._shards: list[Shard] | None = None
         self._trained = None
+        self._coarse = None  # quantizer(), made on first use
         self._pool: ThreadPoolExecutor | None = None
         self.engine = None  # where the shards are searched: None / "local" here, "ray" (tessera_search.engine)
         self._held = None  # the engine's holders of the shards, made on the first search
@@ -313,6 +315,18 @@ class Index:
                 for k, s in sorted(self.manifest["shards"].items(), key=lambda kv: int(kv[0]))
             ]
         return self._shards
+
+    def quantizer(self):
+        """The coarse quantizer an int8-lists search asks for its lists (the trained
+        centroids, searched exhaustively: :func:`~.lists.exact_quantizer`), made once;
+        without opening the shards (an engine's holders hold them)."""
+        if self._coarse is None:
+            from .lists import exact_quantizer
+
+            if self._trained is None:
+                self._trained = read_faiss_index(self.generation / TRAINED, mmap=False)
+            self._coarse = exact_quantizer(self._trained)
+        return self._coarse
 
     def grid(self, tile: Tile) -> TileGrid:
         """The stored UTM grid of one of the index's tiles (recorded at build time)."""
@@ -389,12 +403,16 @@ class Index:
         exact = self.kind == "int8-lists"  # the shards scan exactly: k from each is enough
         r = k if exact else int(min(max(int(np.ceil(k * refine)), least), self.n_vectors))
         nlist = self.params.get("nlist")
+        stop = None
         if nlist:
             probe = int(nprobe or self.params.get("nprobe", 16))
             if nprobe is None and exact:
-                from .lists import probe_for
+                from .lists import probe_for, stop_for
 
                 probe = probe_for(self.params, k)
+                margin, first, cap = stop_for(self.params, k)
+                if margin is not None:  # the adaptive stop: up to cap lists, in rounds
+                    stop, probe = (margin, min(first, nlist)), cap
             if nprobe is None and not exact:
                 probe = max(probe, int(np.ceil(lf * r * nlist / max(self.n_vectors, 1))))
             probe = max(1, min(probe, nlist))
@@ -403,7 +421,7 @@ class Index:
         results: list[SearchResult | None] = [None] * len(q)
         todo = np.arange(len(q))
         while len(todo):
-            parts = self._search_shards(q[todo], r, probe)
+            parts = self._search_shards(q[todo], r, probe, stop)
             again = []
             found = exact_merge(parts, k) if exact else rerank(self.vectors, q[todo], merge(parts, r)[1], k)
             for j, (ids, sims, n_cand) in zip(todo, found):
@@ -414,25 +432,29 @@ class Index:
                                           candidates=n_cand)
             todo = np.array(again, dtype=np.int64)
             if len(todo):
-                probe = min(probe * 2, nlist)
+                probe, stop = min(probe * 2, nlist), None  # too few rows: every list of twice as many
         return results
 
-    def _search_shards(self, q: np.ndarray, r: int, nprobe: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The dispatch point: :func:`search_shard` on every shard (threads here)."""
+    def _search_shards(self, q: np.ndarray, r: int, nprobe: int | None, stop: tuple | None = None
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The dispatch point: :func:`search_shard` on every shard (threads here).
+        ``stop``: (margin, first lists) of an int8-lists index's adaptive stop
+        (:func:`~.lists.scan_rounds`), probing at most ``nprobe`` lists."""
         if (getattr(self.engine, "name", self.engine) or "local") != "local":
             from ..engine._index import search_held
 
-            return search_held(self, q, r, nprobe)  # on the engine's holders, one per node
+            return search_held(self, q, r, nprobe, stop)  # on the engine's holders, one per node
         shards = self.shards
-        if len(shards) == 1:
+        if len(shards) == 1 and stop is None:
             return [search_shard(shards[0], q, r, nprobe)]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1))
         if self.kind == "int8-lists" and nprobe:  # one quantizer: ask it once for every shard
             from .lists import search_across
 
-            _, lists = shards[0]._quantizer.search(q, int(min(nprobe, shards[0].nlist)))
-            return search_across(shards, q, r, lists, self._pool)
+            scores, lists = self.quantizer().search(q, int(min(nprobe, shards[0].nlist)))
+            margin, first = stop if stop is not None else (None, 0)
+            return search_across(shards, q, r, lists, self._pool, scores, margin, first)
         return list(self._pool.map(lambda s: search_shard(s, q, r, nprobe), shards))
 
     def close(self) -> None:
@@ -445,6 +467,7 @@ class Index:
             self._held = None
         self._shards = None
         self._trained = None
+        self._coarse = None
 
     def __enter__(self) -> Index:
         return self
