@@ -293,6 +293,61 @@ def test_every_list_probed_is_exact_search(built):
         idx.search(qs[0], k=idx.n_vectors + 1)
 
 
+def test_scans_report_cosines_and_keep_the_exact_top(built):
+    """A shard's scan gives the kernel's scores as cosines (within 1e-4 of the exact ones,
+    so the tie band and the adaptive stop compare like with like), and what it keeps holds
+    the exact best r of the lists it scanned."""
+    from tessera_search.index.rerank import exact_cosine
+
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    _, qs = _queries(home, region, 3, seed=12)
+    checked = 0
+    for shard, q in ((s, q) for s in idx.shards for q in qs):
+        tiles, table = shard._opened()
+        _, lists_ = shard._quantizer.search(q[None], 6)
+        found = shard.scan(q, lists_[0], 40)
+        if not len(found.scores):
+            continue
+        checked += 1
+        exact = np.array([exact_cosine(q, tiles[t].rows[p][None])[0] for t, p in zip(found.tile, found.pos)])
+        assert np.max(np.abs(found.scores - exact)) < 1e-4
+        every = [(t, p) for t in range(len(tiles)) for l in lists_[0] for p in range(table[t, l], table[t, l + 1])]
+        sims = np.array([exact_cosine(q, tiles[t].rows[p][None])[0] for t, p in every])
+        best = {every[i] for i in np.argsort(-sims)[:40]}
+        assert best <= set(zip(found.tile.tolist(), found.pos.tolist()))
+    assert checked
+
+
+def test_adaptive_rounds_stop_early_and_widen_with_the_margin(built):
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    _, qs = _queries(home, region, 4, seed=13)
+    seen = []
+    real = lists.ListShard.scan_many
+
+    def counting(self, q, ls, r):
+        seen.append(int(np.sum(ls >= 0)))
+        return real(self, q, ls, r)
+
+    lists.ListShard.scan_many = counting
+    try:
+        n = {}
+        for margin in (0.0, 1.0):
+            seen.clear()
+            idx.params.update({"margin": margin, "first": 2, "cap": 32, "margin10": margin, "first10": 2, "cap10": 32})
+            res = [idx.search(q, k=200) for q in qs]
+            n[margin] = sum(seen)
+            assert all(len(r.ids) == 200 and np.all(np.diff(r.similarity) <= 0) for r in res)
+        full = [idx.search(q, k=200, nprobe=32) for q in qs]  # a fixed count: every list
+    finally:
+        lists.ListShard.scan_many = real
+    assert n[1.0] == 4 * 32 * len(idx.shards)  # a margin of 1 never stops before the cap
+    assert n[0.0] < n[1.0]
+    for a, b in zip(res, full):
+        assert np.array_equal(a.ids, b.ids)  # the cap's lists, all scanned: the same answer
+
+
 def test_one_shard_merges_as_many_do(built):
     """exact_merge takes one shard's rows as they come (sorted by take); with a second,
     empty part it sorts them itself: the same answers."""

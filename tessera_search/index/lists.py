@@ -507,7 +507,8 @@ def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[
 
 @dataclass
 class _Found:
-    """A shard's scan for one query: the kernel's scores of the rows it kept, their
+    """A shard's scan for one query: the kernel's scores of the rows it kept (as cosines:
+    within ~7e-5 of the exact ones, the query's int16 rounding), their
     positions in their tiles' clustered arrays, those tiles (indices into the shard's
     opened tiles) and the lists they are in."""
 
@@ -813,8 +814,10 @@ class ListShard(Shard):
         self._mapped |= not kept
         dests, filled, filling, _blocks = (self._slots(tile_of, list_of, st, en, admit=not cold) if kept
                                            else (None, None, None, []))
+        per_cos = _Q16 / (float(np.abs(np.asarray(q, np.float32)).max()) or 1.0)  # kernel units per unit of cosine
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
-            sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE, cap, skips, fds, dests, filled)
+            sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE * per_cos, cap, skips, fds,
+                                             dests, filled)
             if filling is not None and filling.any():  # read in now: a second pass reads nothing
                 self._filled(tile_of, list_of, filling, dests)
                 filled, filling = filled | filling, None
@@ -822,7 +825,7 @@ class ListShard(Shard):
                 break
             cap = found  # more rows tie within the band at the cut than room was kept for
         pos, seg = _positions(rown, st, en)
-        return _Found(sc, pos, tile_of[seg], list_of[seg])
+        return _Found((sc / np.float32(per_cos)).astype(np.float32), pos, tile_of[seg], list_of[seg])
 
     def scan_many(self, q: np.ndarray, lists: np.ndarray, r: int) -> list[_Found]:
         """:meth:`scan` for each of (m, 128) unit queries ``q``, probing ``lists[j]``."""
