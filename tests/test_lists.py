@@ -326,9 +326,9 @@ def test_adaptive_rounds_stop_early_and_widen_with_the_margin(built):
     seen = []
     real = lists.ListShard.scan_many
 
-    def counting(self, q, ls, r):
+    def counting(self, q, ls, r, cand=None):
         seen.append(int(np.sum(ls >= 0)))
-        return real(self, q, ls, r)
+        return real(self, q, ls, r, cand)
 
     lists.ListShard.scan_many = counting
     try:

@@ -59,11 +59,11 @@ def _search(held: _Held, q: np.ndarray, r: int, nprobe: int | None) -> list:
     return list(zip(numbers, parts))
 
 
-def _scan(held: _Held, q: np.ndarray, r: int, lists: np.ndarray) -> list:
+def _scan(held: _Held, q: np.ndarray, r: int, lists: np.ndarray, cand: int | None = None) -> list:
     """[(number, scans)] for the held shards of an int8-lists index: the kernel's
-    candidates of each query in its ``lists`` (-1 for none;
-    :meth:`~tessera_search.index.lists.ListShard.scan_many`)."""
-    return [(n, held.shards[n].scan_many(q, lists, r)) for n in sorted(held.shards)]
+    candidates of each query in its ``lists`` (-1 for none), or the first pass's ``cand``
+    best (:meth:`~tessera_search.index.lists.ListShard.scan_many`)."""
+    return [(n, held.shards[n].scan_many(q, lists, r, cand)) for n in sorted(held.shards)]
 
 
 def _take(held: _Held, q: np.ndarray, kept: dict, r: int) -> list:
@@ -111,7 +111,8 @@ def held_shards(index):
     return index._held
 
 
-def search_held(index, q: np.ndarray, r: int, nprobe: int | None, stop: tuple | None = None) -> list:
+def search_held(index, q: np.ndarray, r: int, nprobe: int | None, stop: tuple | None = None,
+                cand: int | None = None) -> list:
     """:func:`~tessera_search.index.search.search_shard` on every shard, where its holder
     is; the parts in shard order, as the local dispatch returns them. ``stop``: as
     :meth:`~tessera_search.index.search.Index._search_shards`."""
@@ -126,11 +127,12 @@ def search_held(index, q: np.ndarray, r: int, nprobe: int | None, stop: tuple | 
         scores, lists = index.quantizer().search(q, int(min(nprobe, index.params["nlist"])))
 
         def scan(ls):
-            got = {n: found for group in held.holders.call(_scan, q, r, ls) for n, found in group}
+            got = {n: found for group in held.holders.call(_scan, q, r, ls, cand) for n, found in group}
             return [got[n] for n in held.order]
 
-        margin, first = stop if stop is not None else (None, 0)
-        kept = dict(zip(held.order, select_across(scan_rounds(scan, r, lists, scores, margin, first), r)))
+        margin, first = stop if stop is not None and not cand else (None, 0)
+        kept = dict(zip(held.order, select_across(scan_rounds(scan, cand or r, lists, scores, margin, first),
+                                                  cand or r)))
         by_number = {n: part for group in held.holders.call(_take, q, kept, r) for n, part in group}
     else:
         by_number = {n: part for group in held.holders.call(_search, q, r, nprobe) for n, part in group}

@@ -93,7 +93,7 @@ static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) 
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 11; }
+int ts_abi(void) { return 12; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -337,6 +337,67 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *des
         if (c.cs[i] <= top && c.cs[i] >= t) hs[kept] = c.cs[i], hi[kept++] = c.ci[i];
     if (c.over && found <= cap) found = 2 * cap; /* rows were dropped: ask again with twice the room */
     return found;
+}
+
+/* The first pass of an index with PQ codes (lists.py, the "codes" of a shard): each row
+ * has M bytes, its product-quantized residual from its list's centroid, and
+ *
+ *   estimate(x) = bias[g] + sum_m lut[m * 256 + code_m(x)]
+ *
+ * (bias: the query's dot with the list's centroid; lut: its dots with the sub-codebooks'
+ * centroids). Float sums in a fixed order, no SIMD: every CPU gives the same estimates.
+ * Range g is rows [starts[g], ends[g]) of the code array at address bases[g]; skips as in
+ * ts_scan_top. Keeps the best r estimates (no band), unordered, into hs / hi (row numbers
+ * counted over the ranges from `first`); `work`: ts_work(r) floats. Returns how many were
+ * kept (at most r). */
+int64_t ts_adc_top(const int64_t *bases, const int64_t *skips, const float *bias, const int64_t *starts,
+                   const int64_t *ends, int64_t nr, const float *lut, int64_t M, int64_t r, float *hs, int64_t *hi,
+                   int64_t first, float *work) {
+    if (r <= 0) return 0;
+    float *sc = work + BUF_ROWS * DIMS / 4;
+    cands c = {.cs = sc + BUF_ROWS, .room = ROOM(r), .r = r, .thr = -INFINITY, .band = 0.0f};
+    c.tmp = c.cs + c.room;
+    c.ci = (int64_t *)(c.tmp + c.room);
+    int64_t at = first;
+    for (int64_t g = 0; g < nr; g++) {
+        int64_t n = ends[g] - starts[g];
+        if (n <= 0) continue;
+        const uint8_t *skip = skips && skips[g] ? (const uint8_t *)(intptr_t)skips[g] + starts[g] : NULL;
+        const uint8_t *codes = (const uint8_t *)(intptr_t)bases[g] + starts[g] * M;
+        for (int64_t a = 0; a < n; a += BUF_ROWS) {
+            int64_t m = n - a < BUF_ROWS ? n - a : BUF_ROWS;
+            const uint8_t *x = codes + a * M;
+            for (int64_t i = 0; i < m; i++, x += M) {
+                /* four partial sums: independent chains, in a fixed order */
+                float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+                int64_t j = 0;
+                for (; j + 4 <= M; j += 4) {
+                    s0 += lut[j * 256 + x[j]];
+                    s1 += lut[(j + 1) * 256 + x[j + 1]];
+                    s2 += lut[(j + 2) * 256 + x[j + 2]];
+                    s3 += lut[(j + 3) * 256 + x[j + 3]];
+                }
+                for (; j < M; j++) s0 += lut[j * 256 + x[j]];
+                sc[i] = bias[g] + ((s0 + s1) + (s2 + s3));
+            }
+            if (skip)
+                for (int64_t i = 0; i < m; i++)
+                    if (skip[a + i]) sc[i] = -INFINITY;
+            offer(&c, sc, m, at + a);
+        }
+        at += n;
+    }
+    if (c.m > r) {
+        float t = cut(&c);
+        int64_t above = 0;
+        for (int64_t i = 0; i < c.m; i++) above += c.cs[i] > t;
+        int64_t ties = r - above, k = 0;
+        for (int64_t i = 0; i < c.m; i++)
+            if (c.cs[i] > t || (c.cs[i] == t && ties-- > 0)) hs[k] = c.cs[i], hi[k++] = c.ci[i];
+        return k;
+    }
+    for (int64_t i = 0; i < c.m; i++) hs[i] = c.cs[i], hi[i] = c.ci[i];
+    return c.m;
 }
 
 /* Importable as a module (so the build and the import system can find this library);

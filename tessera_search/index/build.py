@@ -559,7 +559,7 @@ def _take_over(src_gen: Path, src_man: dict, gen: Path, manifest: dict) -> None:
         if shard_problems(src, info):
             continue
         for kind, path in src.paths.items():
-            _link(path, dst.paths[kind])
+            _link(path, dst.path(kind))
         manifest["shards"][key] = info
     write_manifest(gen, manifest)
 

@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import importlib.util
 import os
+import re
 import threading
 import time
 import warnings
@@ -47,12 +48,14 @@ from .rerank import exact_cosine, mapped_bytes, tile_check, top_k
 from .search import Shard
 from .shards import DIMS, file_sizes, read_faiss_index, release_pages
 
-__all__ = ["KIND", "LISTS_SHARD_VECTORS", "ListShard", "build_lists_shard", "faiss_factory", "is_lists_factory",
+__all__ = ["KIND", "LISTS_SHARD_VECTORS", "ListShard", "adc_top", "build_lists_shard", "codes_m", "encode_rows",
+           "faiss_factory", "first_pass_for", "is_lists_factory", "pq_of",
            "cluster_order", "prefetch", "probe_for", "quantizer_key", "scan_rounds", "scan_top", "stop_for",
            "tune_lists"]
 
 KIND = "int8-lists"
 TOKEN = "Int8"
+_PQ_RE = re.compile(r"PQ(\d+)")
 BATCH = 65536
 _Q16 = 32767.0
 _TIE = 2e-4  # rows scoring this close to the r-th best are scored exactly too (the kernel's
@@ -66,15 +69,31 @@ _lib_lock = threading.Lock()
 _LIB: tuple | None = None
 
 
+def _parts(factory: str | None) -> list[str]:
+    return (factory or "").replace(" ", "").split(",")
+
+
+def codes_m(factory: str | None) -> int:
+    """Bytes of the first-pass PQ code a row of an int8-lists ``factory`` has (``...,Int8,PQm``),
+    0 when it has none."""
+    parts = _parts(factory)
+    if len(parts) >= 3 and parts[-2] == TOKEN and _PQ_RE.fullmatch(parts[-1]):
+        return int(_PQ_RE.fullmatch(parts[-1]).group(1))
+    return 0
+
+
 def is_lists_factory(factory: str | None) -> bool:
-    """Whether ``factory`` names the int8-lists index (last component ``Int8``)."""
-    return bool(factory) and factory.replace(" ", "").split(",")[-1] == TOKEN
+    """Whether ``factory`` names the int8-lists index (last component ``Int8``, or ``Int8``
+    then the first pass's ``PQm``)."""
+    return bool(factory) and (_parts(factory)[-1] == TOKEN or codes_m(factory) > 0)
 
 
 def faiss_factory(factory: str) -> str:
-    """The faiss factory that trains the coarse quantizer of an int8-lists ``factory``."""
-    parts = factory.replace(" ", "").split(",")
-    return ",".join(parts[:-1] + ["Flat"])
+    """The faiss factory that trains an int8-lists ``factory``: its coarse quantizer (a
+    ``Flat`` IVF), and with a first pass the PQ of the residuals too (an IVF-PQ, whose
+    codebooks encode each row's residual from its list's centroid)."""
+    parts, m = _parts(factory), codes_m(factory)
+    return ",".join(parts[:-2] + [f"PQ{m}"]) if m else ",".join(parts[:-1] + ["Flat"])
 
 
 def exact_quantizer(trained):
@@ -119,7 +138,7 @@ def _kernel():
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 11:
+                if lib.ts_abi() != 12:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
                 lib.ts_prefetch.restype = ctypes.c_int64
@@ -127,6 +146,7 @@ def _kernel():
                 lib.ts_gather.restype = ctypes.c_int64
                 lib.ts_work.restype = ctypes.c_int64
                 lib.ts_copy.restype = None
+                lib.ts_adc_top.restype = ctypes.c_int64
             except (ImportError, OSError, AttributeError) as exc:
                 lib = None
                 warnings.warn(f"the compiled int8 scan kernel is unavailable ({exc}); scanning with NumPy, "
@@ -261,28 +281,33 @@ _pool_lock = threading.Lock()
 _POOL = None
 
 
+def _pool():
+    """The scan threads (one pool a process: a query's scan split over the cores)."""
+    global _POOL
+    with _pool_lock:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(min(_CORES, 4), thread_name_prefix="int8-scan")
+    return _POOL
+
+
 def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap: int | None = None,
                    skips: list | None = None, fds: list | None = None, dests: np.ndarray | None = None,
                    filled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`scan_top` split over the cores by rows (the same answer: each part keeps
     its best ``r`` and their band, a superset of the whole's; the parts then merge)."""
-    global _POOL
     lens = ends - starts
     total = int(lens.sum())
     parts = min(_CORES, 4, max(1, total // _SPLIT))
     if parts == 1:
         return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips, fds=fds, dests=dests,
                         filled=filled)
-    with _pool_lock:
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(min(_CORES, 4), thread_name_prefix="int8-scan")
     cum = np.concatenate([[0], np.cumsum(lens)])
     cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
     bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
     jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    got = list(_POOL.map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
+    got = list(_pool().map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
                                                  q16, r, band, cap, first=int(cum[ab[0]]), skips=skips,
                                                  fds=fds, dests=None if dests is None else dests[ab[0]:ab[1]],
                                                  filled=None if filled is None else filled[ab[0]:ab[1]]), jobs))
@@ -291,6 +316,91 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     if any(g[2] > len(g[0]) for g in got):  # a part was cut short: its band may be missing
         found = max(found, cap + 1)
     return s, i, found
+
+
+def _adc_numpy(views: list, tile_of, starts, ends, bias, lut) -> np.ndarray:
+    """The kernel's first-pass estimates, bit for bit, in NumPy (the same float32 sums in
+    the same order)."""
+    parts = [np.asarray(views[t][a:b]) for t, a, b in zip(tile_of, starts, ends)]
+    if not parts:
+        return np.zeros(0, np.float32)
+    x = np.concatenate(parts)
+    m = x.shape[1]
+    acc = [np.zeros(len(x), np.float32) for _ in range(4)]
+    for j in range(m - m % 4):
+        acc[j % 4] += lut[j][x[:, j]]
+    for j in range(m - m % 4, m):
+        acc[0] += lut[j][x[:, j]]
+    return np.repeat(bias, ends - starts) + ((acc[0] + acc[1]) + (acc[2] + acc[3]))
+
+
+def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, bias: np.ndarray,
+            lut: np.ndarray, r: int, skips: list | None = None, first: int = 0, lib=None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``r`` rows by first-pass estimate (``bias[g]`` plus the sum of ``lut``'s
+    entries for the row's code bytes) over ranges of code arrays: range ``g`` is rows
+    ``starts[g]:ends[g]`` of ``views[tile_of[g]]`` ((n, M) uint8, C-contiguous). Returns
+    ((m,) float32 estimates, (m,) int64 row numbers counted over the ranges from
+    ``first``), unordered; flagged rows (``skips``, as :func:`scan_top`) are never kept.
+    ``lib``: the library to use instead of the default, False for NumPy."""
+    tile_of = np.asarray(tile_of, np.int64)
+    starts = np.ascontiguousarray(starts, np.int64)
+    ends = np.ascontiguousarray(ends, np.int64)
+    lib = lib if lib is not None else _kernel()[0]
+    r = int(max(0, r))
+    if not lib or r == 0:
+        s = _adc_numpy(views, tile_of, starts, ends, bias, lut)
+        if skips is not None and any(k is not None for k in skips):
+            flags = np.concatenate([np.asarray(skips[t][a:b]) if skips[t] is not None else np.zeros(b - a, np.uint8)
+                                    for t, a, b in zip(tile_of, starts, ends)])
+            s[flags != 0] = -np.inf
+        keep = np.flatnonzero(np.isfinite(s))
+        if len(keep) > r:
+            keep = keep[np.lexsort((keep, -s[keep]))[:r]]
+        return s[keep], keep.astype(np.int64) + first
+    m = int(lut.shape[0])
+    bases = np.array([v.ctypes.data for v in views], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
+    flags = np.zeros(len(tile_of), np.int64)
+    if skips is not None:
+        addr = np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)
+        flags = addr[tile_of] if len(tile_of) else flags
+    bias = np.ascontiguousarray(bias, np.float32)
+    lut = np.ascontiguousarray(lut, np.float32)
+    hs, hi = np.empty(r, np.float32), np.empty(r, np.int64)
+    work = np.empty(int(lib.ts_work(ctypes.c_int64(r))), np.float32)
+    p = ctypes.c_void_p
+    n = lib.ts_adc_top(p(bases.ctypes.data), p(flags.ctypes.data), p(bias.ctypes.data), p(starts.ctypes.data),
+                       p(ends.ctypes.data), ctypes.c_int64(len(starts)), p(lut.ctypes.data), ctypes.c_int64(m),
+                       ctypes.c_int64(r), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
+                       p(work.ctypes.data))
+    hs, hi = hs[:n], hi[:n]
+    keep = np.isfinite(hs)
+    return (hs, hi) if keep.all() else (hs[keep], hi[keep])
+
+
+_ADC_SPLIT = 1 << 17  # rows from which one query's first pass is split over the cores
+
+
+def _adc_parallel(views, tile_of, starts, ends, bias, lut, r: int, skips: list | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`adc_top` split over the cores by ranges (each part keeps its best ``r``: a
+    superset of the whole's best, which the merge then takes)."""
+    lens = ends - starts
+    total = int(lens.sum())
+    parts = min(_CORES, 4, max(1, total // _ADC_SPLIT))
+    if parts == 1:
+        return adc_top(views, tile_of, starts, ends, bias, lut, r, skips)
+    cum = np.concatenate([[0], np.cumsum(lens)])
+    cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
+    bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
+    jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    got = list(_pool().map(lambda ab: adc_top(views, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
+                                              bias[ab[0]:ab[1]], lut, r, skips, first=int(cum[ab[0]])), jobs))
+    s, i = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+    if len(s) > r:
+        keep = np.lexsort((i, -s))[:r]
+        s, i = s[keep], i[keep]
+    return s, i
 
 
 # -- building a shard ----------------------------------------------------------------
@@ -320,10 +430,35 @@ def cluster_order(quantizer, data, nlist: int) -> tuple[np.ndarray, np.ndarray, 
     return order, np.searchsorted(lists[srt], np.arange(nlist + 1)), usable
 
 
+def pq_of(trained):
+    """The trained first-pass product quantizer of an int8-lists index with codes (its
+    IVF-PQ's), or None."""
+    import faiss
+
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(trained))
+    return ivf.pq if isinstance(ivf, faiss.IndexIVFPQ) else None
+
+
+def encode_rows(pq, cent: np.ndarray, rows: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """(n, M) uint8 first-pass codes of int8 ``rows`` in ``lists``: the PQ code of each
+    unit row's residual from its list's centroid (``cent``: (nlist, 128) float32)."""
+    from .shard_build import normalise
+
+    out = np.empty((len(rows), int(pq.M)), np.uint8)
+    for s in range(0, len(rows), BATCH):
+        res = normalise(rows[s:s + BATCH]) - cent[lists[s:s + BATCH]]
+        out[s:s + BATCH] = pq.compute_codes(np.ascontiguousarray(res, np.float32))
+    return out
+
+
 def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dict:
     """:func:`~.shard_build.build_shard` for an int8-lists index: cluster each tile of
     ``job`` in the store by the trained quantizer (skipped where it already is, in the
-    same order) and write the shard's list table and pixel bitmap atomically."""
+    same order) and write the shard's list table and pixel bitmap atomically; with a
+    first pass, also each usable row's PQ code (``shard-NNNNN.codes``: tile after tile,
+    rows in their clustered order, M bytes each)."""
+    import contextlib
+
     import faiss
 
     from ..store import TileStore
@@ -335,12 +470,20 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
     trained = read_faiss_index(Path(job.trained), mmap=False)
     ivf = faiss.extract_index_ivf(trained)
     quantizer, nlist = ivf.quantizer, int(ivf.nlist)
+    pq = pq_of(trained)
+    cent = quantizer.reconstruct_n(0, nlist) if pq is not None else None
     key = quantizer_key(trained)
     table = np.zeros((len(tiles), nlist + 1), np.int64)
     n, offset, pixels, checks, partial, rewritten = 0, 0, {}, {}, [], 0
     what = f"index shard {files.stem}"
-    with writing(what, files.gen_dir), atomic_path(files.pixels, what) as tmp_pix, \
-            atomic_path(files.index, what) as tmp_idx, open(tmp_pix, "wb") as f_pix:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(writing(what, files.gen_dir))
+        tmp_pix = stack.enter_context(atomic_path(files.pixels, what))
+        tmp_idx = stack.enter_context(atomic_path(files.index, what))
+        f_pix = stack.enter_context(open(tmp_pix, "wb"))
+        f_codes = None
+        if pq is not None:
+            f_codes = stack.enter_context(open(stack.enter_context(atomic_path(files.codes, what)), "wb"))
         for i, tile in enumerate(tiles):
             data = store.read(tile, year)
             h, w, _ = data.embeddings.shape
@@ -351,6 +494,13 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
                 del cur
                 store.cluster(tile, year, order, key)
                 rewritten += 1
+            if f_codes is not None:
+                flat = data.embeddings.reshape(h * w, DIMS)
+                nu = int(table[i, nlist])
+                lst = np.repeat(np.arange(nlist), np.diff(table[i]))
+                for s in range(0, nu, BATCH * 4):
+                    f_codes.write(encode_rows(pq, cent, flat[order[s:min(nu, s + BATCH * 4)]], lst[s:s + BATCH * 4])
+                                  .tobytes())
             mask = usable.reshape(h, w) & region.mask(data.grid)
             if not np.array_equal(mask.ravel(), usable):
                 partial.append(tile.name)
@@ -365,14 +515,17 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
             del data
             if progress:
                 progress(1)
-        f_pix.flush()
-        os.fsync(f_pix.fileno())
+        for f in (f_pix, f_codes):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
         with open(tmp_idx, "wb") as f:
             np.save(f, table)
             f.flush()
             os.fsync(f.fileno())
     return {"shard": files.number, "tiles": list(job.tiles), "n_vectors": int(n), "kind": KIND, "key": key,
             "partial": partial, "clustered": rewritten, "bytes": file_sizes(files), "bytes_resident": int(table.nbytes),
+            "codes": int(pq.M) if pq is not None else 0,
             "seconds": round(time.monotonic() - t0, 3), "pixels": pixels, "checks": checks}
 
 
@@ -598,21 +751,42 @@ def stop_for(params: dict, k: int) -> tuple[float | None, int, int]:
     return (None, 0, 0) if pick[0] is None else (float(pick[0]), max(1, pick[1]), max(1, pick[2]))
 
 
+def first_pass_for(params: dict, k: int) -> tuple[int, int] | None:
+    """(candidates, lists to probe) of the first pass for a search of ``k`` with the tuned
+    ``params``, or None where the build kept none (the lists are then scanned exactly):
+    for k <= 10 the pair tuned for recall@10, from k = 1000 the one tuned for
+    recall@1000 (candidates growing with k beyond, lists with its square root, as
+    :func:`probe_for`), between the larger of the two."""
+    c1, p1 = params.get("cand"), params.get("cand_nprobe")
+    c10, p10 = params.get("cand10"), params.get("cand_nprobe10")
+    if k >= 1000 and c1:
+        grow = k / 1000
+        return max(k, int(np.ceil(c1 * grow))), int(np.ceil(p1 * np.sqrt(grow)))
+    if k <= 10 and c10:
+        return max(k, int(c10)), int(p10)
+    if c1 and c10 and 10 < k < 1000:
+        return max(k, int(c10), int(np.ceil(c1 * k / 1000))), max(int(p10), int(p1))
+    return None
+
+
 def search_across(shards: list, q: np.ndarray, r: int, lists: np.ndarray, pool, scores: np.ndarray | None = None,
-                  margin: float | None = None, first: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+                  margin: float | None = None, first: int = 0, cand: int | None = None
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every shard's part of the exact best ``r`` for (m, 128) unit queries ``q`` probing
     ``lists`` (m, nprobe), as :meth:`ListShard.search` gives them, but the store's rows are
     read back only for the rows that can be in the overall best ``r``
     (:func:`select_across`), so a k = 1000 search over 7 shards reads 1,000-odd rows, not
     7,000. With ``margin`` (and the lists' centroid ``scores``), the lists are probed in
-    rounds that stop early (:func:`scan_rounds`). An engine runs the same steps where its
-    shards are."""
+    rounds that stop early (:func:`scan_rounds`). With ``cand``, the shards' first pass
+    (:meth:`ListShard.scan_codes`) gives the best ``cand`` of all the shards by their
+    codes, whose rows are then read and scored exactly. An engine runs the same steps
+    where its shards are."""
     def scan(ls):
-        return list(pool.map(lambda s: s.scan_many(q, ls, r), shards))
+        return list(pool.map(lambda s: s.scan_many(q, ls, r, cand), shards))
 
-    scans = scan_rounds(scan, r, lists, scores if scores is not None else np.zeros(lists.shape, np.float32),
-                        margin, first)
-    kept = select_across(scans, r)
+    scans = scan_rounds(scan, cand or r, lists, scores if scores is not None else np.zeros(lists.shape, np.float32),
+                        None if cand else margin, first)
+    kept = select_across(scans, cand or r)
     return list(pool.map(lambda n: shards[n].take_many(q, kept[n], r), range(len(shards))))
 
 
@@ -635,6 +809,8 @@ class ListShard(Shard):
             raise IndexCorruptError(f"list table {files.index} is unreadable: {exc}; rebuild the index") from exc
         self._quantizer = exact_quantizer(trained)
         self.nlist = int(self._table.shape[1] - 1)
+        self._codes = self._open_codes(files, info, trained)
+        self._views: list[np.ndarray] = []  # each opened tile's codes (rows in clustered order)
         self._open: dict[int, _TileLists] = {}
         self._all: tuple | None = None
         self._slot: np.ndarray | None = None  # (tiles, nlist): address of a list's rows in memory, or 0
@@ -646,6 +822,33 @@ class ListShard(Shard):
         self._floor = mapped_bytes(0)  # file pages mapped before any scan (libraries)
         self._direct = True  # set by _opened
         self._mapped = False  # a read went through the maps since the last unmap
+
+    def _open_codes(self, files, info: dict, trained) -> np.ndarray | None:
+        """The shard's first-pass codes ((usable rows of all its tiles, M) uint8,
+        memory-mapped), with the codebooks and centroids that score them; None without."""
+        m = int(info.get("codes") or 0)
+        pq = pq_of(trained) if m else None
+        if pq is None:
+            return None
+        import faiss
+
+        want = int(np.asarray(self._table)[:, -1].sum())
+        try:
+            size = files.codes.stat().st_size
+            codes = (np.memmap(files.codes, np.uint8, "r").reshape(-1, m) if size else np.zeros((0, m), np.uint8))
+        except (OSError, ValueError) as exc:
+            raise IndexCorruptError(f"first-pass codes {files.codes} are unreadable: {exc}; rebuild the index") from exc
+        if len(codes) != want or int(pq.M) != m:
+            raise IndexCorruptError(f"first-pass codes {files.codes} hold {len(codes):,} rows of {m} bytes, the "
+                                    f"shard has {want:,} rows and the trained codebooks {int(pq.M)} bytes; rebuild "
+                                    "the index")
+        self._pq = faiss.vector_to_array(pq.centroids).reshape(int(pq.M), int(pq.ksub), int(pq.dsub)).astype(np.float32)
+        self._cent = np.ascontiguousarray(self._quantizer.reconstruct_n(0, self.nlist), np.float32)
+        return codes
+
+    @property
+    def has_codes(self) -> bool:
+        return self._codes is not None
 
     def _tile(self, i: int) -> _TileLists:
         got = self._open.get(i)
@@ -711,6 +914,9 @@ class ListShard(Shard):
             keep = [i for i in range(len(self.tiles)) if self._layout[self.tiles[i]][3] > 0]
             tiles = [self._tile(i) for i in keep]
             table = np.asarray(self._table)[keep] if keep else np.zeros((0, self.nlist + 1), np.int64)
+            if self._codes is not None:
+                at = np.concatenate([[0], np.cumsum(np.asarray(self._table)[:, -1])])
+                self._views = [self._codes[at[i]:at[i + 1]] for i in keep]
             self._slot = np.zeros((len(tiles), self.nlist), np.int64)
             self._ready = np.zeros((len(tiles), self.nlist), np.bool_)
             # every read with pread (nothing mapped, rows kept in the row cache), or through the maps
@@ -782,13 +988,49 @@ class ListShard(Shard):
         for t in list(self._open.values()):
             release_pages(t.rows)
             release_pages(t.order)
+        if self._codes is not None:
+            release_pages(self._codes)
         self._floor = mapped_bytes(0)
         self._mapped = False
 
-    def scan(self, q: np.ndarray, lists: np.ndarray, r: int) -> _Found:
+    def _ranges(self, lists: np.ndarray):
+        """The opened tiles, and the non-empty row ranges of ``lists`` in them: (starts,
+        ends, tile, list) per range, each tile's in file order."""
+        tiles, table = self._opened()
+        lists = np.sort(lists)
+        st, en = table[:, lists].ravel(), table[:, lists + 1].ravel()
+        tile_of = np.repeat(np.arange(len(tiles)), len(lists))
+        list_of = np.tile(lists, len(tiles))
+        keep = en > st
+        return tiles, st[keep], en[keep], tile_of[keep], list_of[keep]
+
+    def scan_codes(self, q: np.ndarray, lists: np.ndarray, cand: int) -> _Found:
+        """The first pass: the ``cand`` rows of the probed ``lists`` whose PQ codes
+        estimate the highest cosine with unit query ``q`` (scores: the estimates; the
+        exact order is settled by :meth:`take`, which reads their rows)."""
+        tiles, st, en, tile_of, list_of = self._ranges(lists)
+        total = int(np.sum(en - st))
+        if not tiles or total == 0:
+            return _Found.none()
+        q = np.asarray(q, np.float32).reshape(-1)
+        m, _, dsub = self._pq.shape
+        lut = np.ascontiguousarray(np.einsum("md,mkd->mk", q.reshape(m, dsub), self._pq), np.float32)
+        bias = np.ascontiguousarray(self._cent[list_of] @ q, np.float32)
+        skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
+        if prefetch(self._views, tile_of, st, en) > 0:  # cold: the candidates' pixel numbers, in the same wait
+            prefetch([t.order for t in tiles], tile_of, st, en, sample=0)
+        self._mapped = True  # the codes are read through their map
+        sc, rown = _adc_parallel(self._views, tile_of, st, en, bias, lut, min(int(cand), total), skips)
+        pos, seg = _positions(rown, st, en)
+        return _Found(sc, pos, tile_of[seg], list_of[seg])
+
+    def scan(self, q: np.ndarray, lists: np.ndarray, r: int, cand: int | None = None) -> _Found:
         """The kernel's best ``r`` rows of the probed ``lists`` for unit query ``q``, and
         every row within ``_TIE`` of the r-th (their exact order is settled by
-        :meth:`take`)."""
+        :meth:`take`). ``cand``: with first-pass codes, the best ``cand`` by them instead
+        (:meth:`scan_codes`)."""
+        if cand is not None and self._codes is not None:
+            return self.scan_codes(q, lists, cand)
         tiles, table = self._opened()
         if not tiles or not len(lists):
             return _Found.none()
@@ -827,10 +1069,10 @@ class ListShard(Shard):
         pos, seg = _positions(rown, st, en)
         return _Found((sc / np.float32(per_cos)).astype(np.float32), pos, tile_of[seg], list_of[seg])
 
-    def scan_many(self, q: np.ndarray, lists: np.ndarray, r: int) -> list[_Found]:
+    def scan_many(self, q: np.ndarray, lists: np.ndarray, r: int, cand: int | None = None) -> list[_Found]:
         """:meth:`scan` for each of (m, 128) unit queries ``q``, probing ``lists[j]``."""
         r = int(min(r, self.n_vectors))
-        return [self.scan(q[j], lists[j][lists[j] >= 0], r) for j in range(len(q))]
+        return [self.scan(q[j], lists[j][lists[j] >= 0], r, cand) for j in range(len(q))]
 
     def take_many(self, q: np.ndarray, found: list[_Found], r: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`take` for each query: ((m, r') float32 cosines, (m, r') int64 pixel IDs;
@@ -964,7 +1206,61 @@ def tune_lists(index, q: np.ndarray, truth: np.ndarray, target_recall: float, re
         if got["pick"] is not None and got["pick"]["median_s"] < _FASTER * base:
             out.update({f"margin{suffix}": got["pick"]["margin"], f"first{suffix}": got["pick"]["first"],
                         f"cap{suffix}": got["pick"]["cap"]})
+    # The first pass, for each target where it is surely as good and faster than the best so far.
+    if codes_m(index.params.get("factory")):
+        out["codes_tried"] = []
+        for k_, fixed, target, suffix, col, base in ((k, n1000, target_recall, "", 0, n1000["median_s"]),
+                                                      (min(10, k), n10, recall10, "10", 1, n10["median10_s"])):
+            stop = [m for m in out["stop_tried"] if m["k"] == k_ and out.get("margin" + suffix) == m["margin"]]
+            best = min([base] + [m["median_s"] for m in stop[-1:]])
+            got = _tune_codes(index, q, kth[:, col], k_, int(fixed["nprobe"]), nlist, target, suffix, best)
+            out["codes_tried"] += got["tried"]
+            if got["pick"] is not None:
+                out.update({f"cand{suffix}": got["pick"]["cand"], f"cand_nprobe{suffix}": got["pick"]["nprobe"]})
     return out
+
+
+CAND_FACTORS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # first-pass candidates tried, in max(k, 100)s
+
+
+def _tune_codes(index, q: np.ndarray, kth: np.ndarray, k: int, fixed: int, nlist: int, target: float,
+                suffix: str, best: float) -> dict:
+    """The fastest first pass (lists to probe, candidates re-ranked) that surely reaches
+    ``target`` recall@k on the sample queries ``q`` (true neighbours: as similar as
+    ``kth``): for the ``fixed`` lists the exact scan needed and the next two counts of
+    :func:`_probes` (the codes' estimates lose a little of what the lists hold, which
+    more lists or more candidates win back), the fewest candidates of
+    :data:`CAND_FACTORS` that reach it; a count is left as soon as it is not
+    ``_FASTER`` times ``best`` (the search without the first pass), which no more
+    candidates would mend."""
+    probes = [p for p in _probes(nlist) if p >= fixed][:3]
+    tried: list[dict] = []
+    keys = ("cand" + suffix, "cand_nprobe" + suffix)
+    saved = {key: index.params.get(key) for key in keys}
+    try:
+        for probe in probes:
+            for f in CAND_FACTORS:
+                cand = int(np.ceil(max(k, 100) * f))
+                index.params.update({keys[0]: cand, keys[1]: probe})
+                lat, rec = [], []
+                for j in range(len(q)):
+                    t0 = time.perf_counter()
+                    res = index.search(q[j], k=k)
+                    lat.append(time.perf_counter() - t0)
+                    rec.append(float(np.sum(res.similarity >= kth[j])) / k)
+                m = {"k": k, "nprobe": probe, "cand": cand, "recall": float(np.mean(rec)),
+                     "median_s": float(np.median(lat)), "sure": _sure(rec, target)}
+                tried.append(m)
+                if m["sure"] or m["median_s"] >= _FASTER * best:  # more candidates only cost more
+                    break
+        ok = [m for m in tried if m["sure"] and m["median_s"] < _FASTER * best]
+        return {"pick": min(ok, key=lambda m: m["median_s"]) if ok else None, "tried": tried}
+    finally:
+        for key, v in saved.items():
+            if v is None:
+                index.params.pop(key, None)
+            else:
+                index.params[key] = v
 
 
 MARGINS = (0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08)  # tried in turn: recall grows with the margin

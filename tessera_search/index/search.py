@@ -285,7 +285,8 @@ class Index:
         self.dataset_version = manifest["dataset_version"]
         self.region = manifest["region"]
         self.kind = manifest.get("kind", "faiss")
-        tuned = (("nprobe", "nprobe10", "margin", "first", "cap", "margin10", "first10", "cap10")
+        tuned = (("nprobe", "nprobe10", "margin", "first", "cap", "margin10", "first10", "cap10",
+                  "cand", "cand_nprobe", "cand10", "cand_nprobe10")
                  if self.kind == "int8-lists" else ("refine_factor", "list_factor", "min_candidates"))
         self.params = {**manifest["params"], **{k: v for k, v in (manifest.get("search") or {}).items() if k in tuned}}
         self.synthetic = bool(manifest.get("synthetic", False))
@@ -403,15 +404,18 @@ class Index:
         exact = self.kind == "int8-lists"  # the shards scan exactly: k from each is enough
         r = k if exact else int(min(max(int(np.ceil(k * refine)), least), self.n_vectors))
         nlist = self.params.get("nlist")
-        stop = None
+        stop, cand = None, None
         if nlist:
             probe = int(nprobe or self.params.get("nprobe", 16))
             if nprobe is None and exact:
-                from .lists import probe_for, stop_for
+                from .lists import first_pass_for, probe_for, stop_for
 
                 probe = probe_for(self.params, k)
                 margin, first, cap = stop_for(self.params, k)
-                if margin is not None:  # the adaptive stop: up to cap lists, in rounds
+                fast = first_pass_for(self.params, k)
+                if fast is not None:  # the first pass: the best cand by the codes, re-ranked
+                    cand, probe = fast
+                elif margin is not None:  # the adaptive stop: up to cap lists, in rounds
                     stop, probe = (margin, min(first, nlist)), cap
             if nprobe is None and not exact:
                 probe = max(probe, int(np.ceil(lf * r * nlist / max(self.n_vectors, 1))))
@@ -421,7 +425,7 @@ class Index:
         results: list[SearchResult | None] = [None] * len(q)
         todo = np.arange(len(q))
         while len(todo):
-            parts = self._search_shards(q[todo], r, probe, stop)
+            parts = self._search_shards(q[todo], r, probe, stop, cand)
             again = []
             found = exact_merge(parts, k) if exact else rerank(self.vectors, q[todo], merge(parts, r)[1], k)
             for j, (ids, sims, n_cand) in zip(todo, found):
@@ -435,17 +439,18 @@ class Index:
                 probe, stop = min(probe * 2, nlist), None  # too few rows: every list of twice as many
         return results
 
-    def _search_shards(self, q: np.ndarray, r: int, nprobe: int | None, stop: tuple | None = None
-                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _search_shards(self, q: np.ndarray, r: int, nprobe: int | None, stop: tuple | None = None,
+                       cand: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """The dispatch point: :func:`search_shard` on every shard (threads here).
         ``stop``: (margin, first lists) of an int8-lists index's adaptive stop
-        (:func:`~.lists.scan_rounds`), probing at most ``nprobe`` lists."""
+        (:func:`~.lists.scan_rounds`), probing at most ``nprobe`` lists; ``cand``: its
+        first pass's candidates (:func:`~.lists.search_across`)."""
         if (getattr(self.engine, "name", self.engine) or "local") != "local":
             from ..engine._index import search_held
 
-            return search_held(self, q, r, nprobe, stop)  # on the engine's holders, one per node
+            return search_held(self, q, r, nprobe, stop, cand)  # on the engine's holders, one per node
         shards = self.shards
-        if len(shards) == 1 and stop is None:
+        if len(shards) == 1 and stop is None and cand is None:
             return [search_shard(shards[0], q, r, nprobe)]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(min(len(shards), os.cpu_count() or 1))
@@ -454,7 +459,7 @@ class Index:
 
             scores, lists = self.quantizer().search(q, int(min(nprobe, shards[0].nlist)))
             margin, first = stop if stop is not None else (None, 0)
-            return search_across(shards, q, r, lists, self._pool, scores, margin, first)
+            return search_across(shards, q, r, lists, self._pool, scores, margin, first, cand)
         return list(self._pool.map(lambda s: search_shard(s, q, r, nprobe), shards))
 
     def close(self) -> None:

@@ -84,7 +84,8 @@ def index_dir(home: str | os.PathLike[str], name: str) -> Path:
 
 @dataclass(frozen=True)
 class ShardFiles:
-    """The two files of shard ``number`` in generation directory ``gen_dir``."""
+    """The files of shard ``number`` in generation directory ``gen_dir``: its index and
+    pixel bitmap, and for an int8-lists index with a first pass its rows' PQ codes."""
 
     gen_dir: Path
     number: int
@@ -101,13 +102,24 @@ class ShardFiles:
     def pixels(self) -> Path:
         return self.gen_dir / f"{self.stem}.pixels"
 
+    @property
+    def codes(self) -> Path:
+        return self.gen_dir / f"{self.stem}.codes"
+
     def exist(self) -> bool:
         return self.index.exists() and self.pixels.exists()
 
+    def path(self, kind: str) -> Path:
+        return {"index": self.index, "pixels": self.pixels, "codes": self.codes}[kind]
+
     @property
     def paths(self) -> dict[str, Path]:
-        """``{"index": ..., "pixels": ...}``: the kinds a manifest records sizes for."""
-        return {"index": self.index, "pixels": self.pixels}
+        """``{"index": ..., "pixels": ...}``, and ``"codes"`` where that file is: the kinds
+        a manifest records sizes for."""
+        out = {"index": self.index, "pixels": self.pixels}
+        if self.codes.exists():
+            out["codes"] = self.codes
+        return out
 
 
 @dataclass(frozen=True)
@@ -268,7 +280,7 @@ def shard_problems(files: ShardFiles, info: dict) -> list[str]:
     Checks that each file exists and has the size the manifest records.
     """
     want = {k: int(v) for k, v in (info.get("bytes") or {}).items()}
-    problems = []
+    problems = [f"{files.path(kind).name} is missing" for kind in want if kind not in files.paths]
     for kind, path in files.paths.items():
         try:
             size = path.stat().st_size
