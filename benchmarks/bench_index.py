@@ -578,7 +578,18 @@ def fmt_table(results: list[dict]) -> str:
     def tuned(r):
         t = r["build"]["search"]
         if t.get("kind") == "int8-lists":
-            return f"nprobe {t['nprobe']} (recall@1000), {t['nprobe10']} (recall@10) of {r['build']['params']['nlist']:,} lists"
+            out = f"nprobe {t['nprobe']} (recall@1000), {t['nprobe10']} (recall@10) of {r['build']['params']['nlist']:,} lists"
+            fast = [f"{t['cand' + s]:,} candidates of {t['cand_nprobe' + s]} lists ({what})"
+                    for s, what in (("", "recall@1000"), ("10", "recall@10")) if t.get("cand" + s)]
+            stop = [f"margin {t['margin' + s]} ({what})" for s, what in (("", "recall@1000"), ("10", "recall@10"))
+                    if t.get("margin" + s) is not None]
+            if fast:
+                out += "; first pass: " + ", ".join(fast)
+            elif "codes_tried" in t:
+                out += "; first pass tuned, not kept (not faster)"
+            if stop:
+                out += "; adaptive stop: " + ", ".join(stop)
+            return out
         return (f"refine factor {t['refine_factor']}, list factor {t['list_factor']}, min candidates "
                 f"{t.get('min_candidates', 4096):,} (nprobe {k1(r)['nprobe']} at k=1000)")
 

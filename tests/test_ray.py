@@ -193,6 +193,26 @@ def test_ray_queries_equal_local_search(cluster, reference):
     assert remote._held is None  # closed with the index: the actors are gone
 
 
+def test_ray_first_pass_equals_local_search(cluster, tmp_path):
+    """An index with first-pass codes (``Int8,PQ16``): the holders' first passes, merged
+    on the driver and re-ranked where the rows are, give the local answers bit for bit."""
+    from tessera_search.index import open_index
+
+    _fill(tmp_path)
+    rep = build_index(resolve_region(tiles=NAIROBI_TILES), 2023, home=tmp_path, progress=False, shard_size=SHARD,
+                      max_memory=SMALL, factory="IVF64,Int8,PQ16", name="fp")
+    q = _queries(tmp_path)
+    forced = {"cand": 3000, "cand_nprobe": 32, "cand10": 1500, "cand_nprobe10": 32}
+    with open_index(rep.name, home=tmp_path) as local, \
+            open_index(rep.name, home=tmp_path, engine=RayEngine()) as remote:
+        for idx in (local, remote):
+            idx.params.update(forced)
+        for k in (10, 1000):
+            for ra, rb in zip(local.search_many(q, k=k), remote.search_many(q, k=k)):
+                assert len(ra.ids) == k
+                assert np.array_equal(ra.ids, rb.ids) and np.array_equal(ra.similarity, rb.similarity)
+
+
 def _examples(home: Path, path: Path) -> Path:
     """A GeoJSON of labelled example points: two pixels of each of the tiles' four patterns."""
     import json
