@@ -76,6 +76,30 @@ def test_adc_kernel_matches_numpy_bit_for_bit():
     assert sorted(i.tolist()) == [1000 + j for j in range(10) if j % 7]
 
 
+def test_codes_laid_list_by_list_are_read_where_their_offsets_say():
+    """A shard's codes lie list after list (code_offsets); the kernel and NumPy read a
+    range's codes at its offset and still number and flag its rows by tile position."""
+    from tessera_search.index.lists import code_offsets
+
+    table = np.array([[0, 3, 3, 7], [0, 0, 5, 6]])  # two tiles, three lists
+    at = code_offsets(table)
+    # list 0: tile 0's 3 rows; list 1: tile 1's 5; list 2: tile 0's 4 then tile 1's 1
+    assert at.tolist() == [[0, 3, 8], [3, 3, 12]]
+    rng = np.random.default_rng(13)
+    codes = rng.integers(0, 256, size=(13, 16), dtype=np.uint8)
+    lut = rng.normal(size=(16, 256)).astype(np.float32)
+    tile_of, lst = np.array([0, 1, 0, 1]), np.array([0, 1, 2, 2])
+    starts, ends = table[tile_of, lst], table[tile_of, lst + 1]
+    bias = np.zeros(4, np.float32)
+    flags = [np.zeros(7, np.uint8), np.array([0, 0, 0, 0, 0, 1], np.uint8)]  # tile 1's row 5 (list 2) flagged
+    offs = at[tile_of, lst]
+    for lib in (None, False):
+        s, i = adc_top([codes], tile_of, starts, ends, bias, lut, 13, flags, lib=lib, at=offs)
+        assert sorted(i.tolist()) == list(range(12))  # 13 rows, the flagged one (the last) never kept
+        want = lut[np.arange(16), codes[:12]].sum(axis=1)
+        assert np.allclose(s[np.argsort(i)], want, atol=1e-4)
+
+
 def test_split_first_pass_gives_the_same_answer(monkeypatch):
     rng = np.random.default_rng(12)
     views, tile_of, starts, ends, bias, lut, skips = _adc_case(rng)

@@ -31,6 +31,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import tempfile
 import threading
 import time
 import warnings
@@ -318,10 +319,13 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
     return s, i, found
 
 
-def _adc_numpy(views: list, tile_of, starts, ends, bias, lut) -> np.ndarray:
+def _adc_numpy(views: list, tile_of, starts, ends, bias, lut, at=None) -> np.ndarray:
     """The kernel's first-pass estimates, bit for bit, in NumPy (the same float32 sums in
     the same order)."""
-    parts = [np.asarray(views[t][a:b]) for t, a, b in zip(tile_of, starts, ends)]
+    if at is None:
+        parts = [np.asarray(views[t][a:b]) for t, a, b in zip(tile_of, starts, ends)]
+    else:
+        parts = [np.asarray(views[0][c:c + b - a]) for c, a, b in zip(at, starts, ends)]
     if not parts:
         return np.zeros(0, np.float32)
     x = np.concatenate(parts)
@@ -335,11 +339,13 @@ def _adc_numpy(views: list, tile_of, starts, ends, bias, lut) -> np.ndarray:
 
 
 def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, bias: np.ndarray,
-            lut: np.ndarray, r: int, skips: list | None = None, first: int = 0, lib=None
-            ) -> tuple[np.ndarray, np.ndarray]:
+            lut: np.ndarray, r: int, skips: list | None = None, first: int = 0, lib=None,
+            at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best ``r`` rows by first-pass estimate (``bias[g]`` plus the sum of ``lut``'s
     entries for the row's code bytes) over ranges of code arrays: range ``g`` is rows
-    ``starts[g]:ends[g]`` of ``views[tile_of[g]]`` ((n, M) uint8, C-contiguous). Returns
+    ``starts[g]:ends[g]`` of ``views[tile_of[g]]`` ((n, M) uint8, C-contiguous), or with
+    ``at``, rows ``at[g]:at[g] + ends[g] - starts[g]`` of ``views[0]`` (a shard's codes,
+    list by list; ``starts`` and ``tile_of`` then still place the rows' flags). Returns
     ((m,) float32 estimates, (m,) int64 row numbers counted over the ranges from
     ``first``), unordered; flagged rows (``skips``, as :func:`scan_top`) are never kept.
     ``lib``: the library to use instead of the default, False for NumPy."""
@@ -349,7 +355,7 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
     lib = lib if lib is not None else _kernel()[0]
     r = int(max(0, r))
     if not lib or r == 0:
-        s = _adc_numpy(views, tile_of, starts, ends, bias, lut)
+        s = _adc_numpy(views, tile_of, starts, ends, bias, lut, at)
         if skips is not None and any(k is not None for k in skips):
             flags = np.concatenate([np.asarray(skips[t][a:b]) if skips[t] is not None else np.zeros(b - a, np.uint8)
                                     for t, a, b in zip(tile_of, starts, ends)])
@@ -359,7 +365,11 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
             keep = keep[np.lexsort((keep, -s[keep]))[:r]]
         return s[keep], keep.astype(np.int64) + first
     m = int(lut.shape[0])
-    bases = np.array([v.ctypes.data for v in views], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
+    if at is not None:  # the kernel reads range g's codes at bases[g] + starts[g] * M
+        bases = views[0].ctypes.data + (np.asarray(at, np.int64) - starts) * m
+    else:
+        bases = np.array([v.ctypes.data for v in views], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
+    bases = np.ascontiguousarray(bases, np.int64)
     flags = np.zeros(len(tile_of), np.int64)
     if skips is not None:
         addr = np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)
@@ -381,21 +391,22 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
 _ADC_SPLIT = 1 << 17  # rows from which one query's first pass is split over the cores
 
 
-def _adc_parallel(views, tile_of, starts, ends, bias, lut, r: int, skips: list | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _adc_parallel(views, tile_of, starts, ends, bias, lut, r: int, skips: list | None = None,
+                  at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`adc_top` split over the cores by ranges (each part keeps its best ``r``: a
     superset of the whole's best, which the merge then takes)."""
     lens = ends - starts
     total = int(lens.sum())
     parts = min(_CORES, 4, max(1, total // _ADC_SPLIT))
     if parts == 1:
-        return adc_top(views, tile_of, starts, ends, bias, lut, r, skips)
+        return adc_top(views, tile_of, starts, ends, bias, lut, r, skips, at=at)
     cum = np.concatenate([[0], np.cumsum(lens)])
     cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
     bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
     jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     got = list(_pool().map(lambda ab: adc_top(views, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
-                                              bias[ab[0]:ab[1]], lut, r, skips, first=int(cum[ab[0]])), jobs))
+                                              bias[ab[0]:ab[1]], lut, r, skips, first=int(cum[ab[0]]),
+                                              at=None if at is None else at[ab[0]:ab[1]]), jobs))
     s, i = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
     if len(s) > r:
         keep = np.lexsort((i, -s))[:r]
@@ -451,12 +462,36 @@ def encode_rows(pq, cent: np.ndarray, rows: np.ndarray, lists: np.ndarray) -> np
     return out
 
 
+def code_offsets(table: np.ndarray) -> np.ndarray:
+    """(tiles, nlist) first code row of list ``l`` of tile ``t`` in a shard's codes, which
+    hold list after list, and within a list the shard's tiles in turn (so the lists a
+    query probes are a few long runs, not one short run a tile)."""
+    counts = np.diff(np.asarray(table, np.int64), axis=1)  # (tiles, nlist)
+    flat = counts.T.ravel()  # list-major
+    return (np.concatenate([[0], np.cumsum(flat)[:-1]]).reshape(counts.shape[1], counts.shape[0]).T
+            if flat.size else np.zeros(counts.shape, np.int64))
+
+
+def _codes_by_list(src_fd: int, dst: Path, table: np.ndarray, m: int) -> None:
+    """Write the codes of ``src_fd`` (tile after tile, each tile's usable rows in their
+    clustered order) to ``dst`` list after list (:func:`code_offsets`), fsynced."""
+    start = np.concatenate([[0], np.cumsum(table[:, -1])]) if len(table) else np.zeros(1, np.int64)
+    with open(dst, "wb") as out:
+        for lst in range(table.shape[1] - 1):
+            for t in range(len(table)):
+                a, b = int(table[t, lst]), int(table[t, lst + 1])
+                if b > a:
+                    out.write(os.pread(src_fd, (b - a) * m, int(start[t] + a) * m))
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dict:
     """:func:`~.shard_build.build_shard` for an int8-lists index: cluster each tile of
     ``job`` in the store by the trained quantizer (skipped where it already is, in the
     same order) and write the shard's list table and pixel bitmap atomically; with a
-    first pass, also each usable row's PQ code (``shard-NNNNN.codes``: tile after tile,
-    rows in their clustered order, M bytes each)."""
+    first pass, also each usable row's PQ code (``shard-NNNNN.codes``, M bytes a row,
+    list after list: :func:`code_offsets`)."""
     import contextlib
 
     import faiss
@@ -482,8 +517,9 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
         tmp_idx = stack.enter_context(atomic_path(files.index, what))
         f_pix = stack.enter_context(open(tmp_pix, "wb"))
         f_codes = None
-        if pq is not None:
-            f_codes = stack.enter_context(open(stack.enter_context(atomic_path(files.codes, what)), "wb"))
+        if pq is not None:  # tile by tile first, then list by list into the shard's codes (below)
+            tmp_codes = stack.enter_context(atomic_path(files.codes, what))
+            f_codes = stack.enter_context(tempfile.TemporaryFile(dir=files.gen_dir, prefix=f".{files.stem}.codes-"))
         for i, tile in enumerate(tiles):
             data = store.read(tile, year)
             h, w, _ = data.embeddings.shape
@@ -515,10 +551,11 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
             del data
             if progress:
                 progress(1)
-        for f in (f_pix, f_codes):
-            if f is not None:
-                f.flush()
-                os.fsync(f.fileno())
+        f_pix.flush()
+        os.fsync(f_pix.fileno())
+        if f_codes is not None:
+            f_codes.flush()
+            _codes_by_list(f_codes.fileno(), tmp_codes, table, int(pq.M))
         with open(tmp_idx, "wb") as f:
             np.save(f, table)
             f.flush()
@@ -810,7 +847,7 @@ class ListShard(Shard):
         self._quantizer = exact_quantizer(trained)
         self.nlist = int(self._table.shape[1] - 1)
         self._codes = self._open_codes(files, info, trained)
-        self._views: list[np.ndarray] = []  # each opened tile's codes (rows in clustered order)
+        self._code_at_open: np.ndarray | None = None  # code_offsets of the opened tiles
         self._open: dict[int, _TileLists] = {}
         self._all: tuple | None = None
         self._slot: np.ndarray | None = None  # (tiles, nlist): address of a list's rows in memory, or 0
@@ -842,6 +879,7 @@ class ListShard(Shard):
             raise IndexCorruptError(f"first-pass codes {files.codes} hold {len(codes):,} rows of {m} bytes, the "
                                     f"shard has {want:,} rows and the trained codebooks {int(pq.M)} bytes; rebuild "
                                     "the index")
+        self._code_at = code_offsets(self._table)
         self._pq = faiss.vector_to_array(pq.centroids).reshape(int(pq.M), int(pq.ksub), int(pq.dsub)).astype(np.float32)
         self._cent = np.ascontiguousarray(self._quantizer.reconstruct_n(0, self.nlist), np.float32)
         return codes
@@ -915,8 +953,7 @@ class ListShard(Shard):
             tiles = [self._tile(i) for i in keep]
             table = np.asarray(self._table)[keep] if keep else np.zeros((0, self.nlist + 1), np.int64)
             if self._codes is not None:
-                at = np.concatenate([[0], np.cumsum(np.asarray(self._table)[:, -1])])
-                self._views = [self._codes[at[i]:at[i + 1]] for i in keep]
+                self._code_at_open = self._code_at[keep] if keep else np.zeros((0, self.nlist), np.int64)
             self._slot = np.zeros((len(tiles), self.nlist), np.int64)
             self._ready = np.zeros((len(tiles), self.nlist), np.bool_)
             # every read with pread (nothing mapped, rows kept in the row cache), or through the maps
@@ -1012,15 +1049,19 @@ class ListShard(Shard):
         total = int(np.sum(en - st))
         if not tiles or total == 0:
             return _Found.none()
+        by = np.lexsort((tile_of, list_of))  # list by list, as the codes lie
+        st, en, tile_of, list_of = st[by], en[by], tile_of[by], list_of[by]
+        at = self._code_at_open[tile_of, list_of]
         q = np.asarray(q, np.float32).reshape(-1)
         m, _, dsub = self._pq.shape
         lut = np.ascontiguousarray(np.einsum("md,mkd->mk", q.reshape(m, dsub), self._pq), np.float32)
-        bias = np.ascontiguousarray(self._cent[list_of] @ q, np.float32)
+        ul = np.unique(list_of)
+        bias = np.ascontiguousarray((self._cent[ul] @ q)[np.searchsorted(ul, list_of)], np.float32)
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
-        if prefetch(self._views, tile_of, st, en) > 0:  # cold: the candidates' pixel numbers, in the same wait
-            prefetch([t.order for t in tiles], tile_of, st, en, sample=0)
+        codes = self._codes
+        prefetch([codes], np.zeros(len(at), np.int64), at, at + en - st)  # cold: wait for the disk once
         self._mapped = True  # the codes are read through their map
-        sc, rown = _adc_parallel(self._views, tile_of, st, en, bias, lut, min(int(cand), total), skips)
+        sc, rown = _adc_parallel([codes], tile_of, st, en, bias, lut, min(int(cand), total), skips, at=at)
         pos, seg = _positions(rown, st, en)
         return _Found(sc, pos, tile_of[seg], list_of[seg])
 
@@ -1094,6 +1135,7 @@ class ListShard(Shard):
         tiles, _ = self._opened()
         self._mapped |= not self._direct
         prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
+        prefetch([t.rows for t in tiles], which, pos, pos + 1)  # and the rows: a first pass read none of them
         by = np.lexsort((pos, which))  # tile by tile, in file order
         pos, which, lst = pos[by], which[by], lst[by]
         addr, _blocks = self._kept_at(which, lst, pos)  # the blocks stay alive while the rows are copied
