@@ -290,15 +290,21 @@ static inline void offer(cands *c, const float *s, int64_t n, int64_t first) {
 #define ROOM(cap) (2 * (cap) + BUF_ROWS)
 int64_t ts_work(int64_t cap) { return (int64_t)BUF_ROWS * DIMS / 4 + BUF_ROWS + 4 * ROOM(cap); }
 
+/* Candidates for the best r (room for cap's) in `mem`: 4 * ROOM(cap) floats. */
+static cands cands_in(float *mem, int64_t cap, int64_t r, float band) {
+    cands c = {.cs = mem, .room = ROOM(cap), .r = r, .thr = -INFINITY, .band = band};
+    c.tmp = c.cs + c.room;
+    c.ci = (int64_t *)(c.tmp + c.room);
+    return c;
+}
+
 int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *dests, const int64_t *skips,
                     const int64_t *starts, const int64_t *ends, int64_t nr, const int16_t *q, int64_t r, float band,
                     int64_t cap, float *hs, int64_t *hi, int64_t first, int simd, float *work) {
     if (r <= 0 || cap <= 0) return 0;
     int8_t *buf = (int8_t *)work;
     float *sc = work + BUF_ROWS * DIMS / 4;
-    cands c = {.cs = sc + BUF_ROWS, .room = ROOM(cap), .r = r, .thr = -INFINITY, .band = band};
-    c.tmp = c.cs + c.room;
-    c.ci = (int64_t *)(c.tmp + c.room);
+    cands c = cands_in(sc + BUF_ROWS, cap, r, band);
     int64_t at = first;
     for (int64_t g = 0; g < nr; g++) {
         int64_t n = ends[g] - starts[g];
@@ -355,9 +361,7 @@ int64_t ts_adc_top(const int64_t *bases, const int64_t *skips, const float *bias
                    int64_t first, float *work) {
     if (r <= 0) return 0;
     float *sc = work + BUF_ROWS * DIMS / 4;
-    cands c = {.cs = sc + BUF_ROWS, .room = ROOM(r), .r = r, .thr = -INFINITY, .band = 0.0f};
-    c.tmp = c.cs + c.room;
-    c.ci = (int64_t *)(c.tmp + c.room);
+    cands c = cands_in(sc + BUF_ROWS, r, r, 0.0f);
     int64_t at = first;
     for (int64_t g = 0; g < nr; g++) {
         int64_t n = ends[g] - starts[g];

@@ -26,6 +26,7 @@ refused with an IndexCorruptError that names the rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
@@ -36,7 +37,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -492,8 +493,6 @@ def build_lists_shard(job, progress: Callable[[int], None] | None = None) -> dic
     same order) and write the shard's list table and pixel bitmap atomically; with a
     first pass, also each usable row's PQ code (``shard-NNNNN.codes``, M bytes a row,
     list after list: :func:`code_offsets`)."""
-    import contextlib
-
     import faiss
 
     from ..store import TileStore
@@ -1278,18 +1277,12 @@ def _tune_codes(index, q: np.ndarray, kth: np.ndarray, k: int, fixed: int, nlist
     probes = [p for p in _probes(nlist) if p >= fixed][:3]
     tried: list[dict] = []
     keys = ("cand" + suffix, "cand_nprobe" + suffix)
-    saved = {key: index.params.get(key) for key in keys}
-    try:
+    with _trying(index.params, keys):
         for probe in probes:
             for f in CAND_FACTORS:
                 cand = int(np.ceil(max(k, 100) * f))
                 index.params.update({keys[0]: cand, keys[1]: probe})
-                lat, rec = [], []
-                for j in range(len(q)):
-                    t0 = time.perf_counter()
-                    res = index.search(q[j], k=k)
-                    lat.append(time.perf_counter() - t0)
-                    rec.append(float(np.sum(res.similarity >= kth[j])) / k)
+                lat, rec = _measure(index, q, kth, k)
                 m = {"k": k, "nprobe": probe, "cand": cand, "recall": float(np.mean(rec)),
                      "median_s": float(np.median(lat)), "sure": _sure(rec, target)}
                 tried.append(m)
@@ -1297,12 +1290,32 @@ def _tune_codes(index, q: np.ndarray, kth: np.ndarray, k: int, fixed: int, nlist
                     break
         ok = [m for m in tried if m["sure"] and m["median_s"] < _FASTER * best]
         return {"pick": min(ok, key=lambda m: m["median_s"]) if ok else None, "tried": tried}
+
+
+def _measure(index, q: np.ndarray, kth: np.ndarray, k: int) -> tuple[list[float], list[float]]:
+    """Each sample query's latency and recall@k at the index's current parameters (a
+    result counts when it is as similar as the k-th true neighbour, ``kth``)."""
+    lat, rec = [], []
+    for j in range(len(q)):
+        t0 = time.perf_counter()
+        res = index.search(q[j], k=k)
+        lat.append(time.perf_counter() - t0)
+        rec.append(float(np.sum(res.similarity >= kth[j])) / k)
+    return lat, rec
+
+
+@contextlib.contextmanager
+def _trying(params: dict, keys) -> Iterator[None]:
+    """Let a tuning set ``params[keys]`` to what it tries; put back what was there after."""
+    saved = {key: params.get(key) for key in keys}
+    try:
+        yield
     finally:
         for key, v in saved.items():
             if v is None:
-                index.params.pop(key, None)
+                params.pop(key, None)
             else:
-                index.params[key] = v
+                params[key] = v
 
 
 MARGINS = (0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08)  # tried in turn: recall grows with the margin
@@ -1320,25 +1333,13 @@ def _tune_stop(index, q: np.ndarray, kth: np.ndarray, k: int, fixed: int, nlist:
     tried: list[dict] = []
     if cap <= first:
         return {"pick": None, "tried": tried}
-    saved = {key: index.params.get(key) for key in ("margin" + suffix, "first" + suffix, "cap" + suffix)}
-    try:
+    with _trying(index.params, ("margin" + suffix, "first" + suffix, "cap" + suffix)):
         for margin in MARGINS:
             index.params.update({"margin" + suffix: margin, "first" + suffix: first, "cap" + suffix: cap})
-            lat, rec = [], []
-            for j in range(len(q)):
-                t0 = time.perf_counter()
-                res = index.search(q[j], k=k)
-                lat.append(time.perf_counter() - t0)
-                rec.append(float(np.sum(res.similarity >= kth[j])) / k)
+            lat, rec = _measure(index, q, kth, k)
             m = {"k": k, "margin": margin, "first": first, "cap": cap, "recall": float(np.mean(rec)),
                  "median_s": float(np.median(lat))}
             tried.append(m)
             if _sure(rec, target):
                 return {"pick": m, "tried": tried}
         return {"pick": None, "tried": tried}
-    finally:
-        for key, v in saved.items():
-            if v is None:
-                index.params.pop(key, None)
-            else:
-                index.params[key] = v
