@@ -175,6 +175,21 @@ def test_first_pass_search_recall_and_exact_scores(built, monkeypatch):
     assert np.mean(rec[10]) >= 0.97 and np.mean(rec[300]) >= 0.95
 
 
+def test_without_the_kernel_the_first_pass_gives_the_same_answers(built, monkeypatch):
+    home, region, rep = built
+    forced = {"cand": 5000, "cand_nprobe": 32, "cand10": 1500, "cand_nprobe10": 32}
+    _, qs = _queries(home, region, 3, seed=7)
+    with open_index(rep.name, home=home) as idx:
+        idx.params.update(forced)
+        want = [idx.search(q, k=k) for q in qs for k in (10, 300)]
+    monkeypatch.setattr(lists, "_LIB", (None, False))  # NumPy scans, reads through the maps
+    with open_index(rep.name, home=home) as idx:
+        idx.params.update(forced)
+        got = [idx.search(q, k=k) for q in qs for k in (10, 300)]
+    for a, b in zip(want, got):
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.similarity, b.similarity)
+
+
 def test_the_tuning_keeps_a_first_pass_only_when_it_is_faster_and_then_meets_the_target(tmp_path, monkeypatch):
     """The build tunes (lists, candidates) per target; kept where faster (here made so by
     the bar), and searches then reach the recall targets on fresh queries."""

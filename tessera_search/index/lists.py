@@ -656,14 +656,29 @@ class _TileLists:
                     pass
 
 
-def _take_rows(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray, addr: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _all_open(tiles: list[_TileLists]) -> bool:
+    """Whether every tile's files are open for the kernel's ``pread`` gathers."""
+    return _kernel()[0] is not None and all(t.fd >= 0 and t.order_fd >= 0 for t in tiles)
+
+
+def _take_pixels(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The row-major pixel numbers of the rows at positions ``pos`` of ``tiles[which]``."""
+    if not _all_open(tiles):
+        return _take_rows(tiles, which, pos)[1]
+    what = "the store's clustered rows"
+    return gather(np.array([t.order_fd for t in tiles], np.int32)[which], pos, np.empty(len(pos), "<i4"),
+                  what).astype(np.int64)
+
+
+def _take_rows(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray, addr: np.ndarray | None = None,
+               pixels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows at positions ``pos`` of tiles ``tiles[which]`` and their row-major pixel
-    numbers: one ``pread`` gather over all the tiles where every file is open (no pages
-    mapped), else tile by tile. ``addr``: per row, 0 or where a scan kept it in memory
-    (:meth:`ListShard._kept_at`), copied from there instead."""
+    numbers (None without ``pixels``, where the files are open): one ``pread`` gather over
+    all the tiles where every file is open (no pages mapped), else tile by tile.
+    ``addr``: per row, 0 or where a scan kept it in memory (:meth:`ListShard._kept_at`),
+    copied from there instead."""
     lib, _ = _kernel()
-    if lib is None or any(t.fd < 0 or t.order_fd < 0 for t in tiles):
+    if not _all_open(tiles):
         rows, pix = np.empty((len(pos), DIMS), np.int8), np.empty(len(pos), np.int64)
         for i in np.unique(which):
             at = np.flatnonzero(which == i)
@@ -681,8 +696,7 @@ def _take_rows(tiles: list[_TileLists], which: np.ndarray, pos: np.ndarray, addr
     if addr is None or len(read):
         rows[read] = gather(np.array([t.fd for t in tiles], np.int32)[which[read]], pos[read],
                             np.empty((len(pos[read]), DIMS), np.int8), what)
-    pix = gather(np.array([t.order_fd for t in tiles], np.int32)[which], pos, np.empty(len(pos), "<i4"), what)
-    return rows, pix.astype(np.int64)
+    return rows, _take_pixels(tiles, which, pos) if pixels else None
 
 
 def _positions(rown: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -956,7 +970,7 @@ class ListShard(Shard):
             self._slot = np.zeros((len(tiles), self.nlist), np.int64)
             self._ready = np.zeros((len(tiles), self.nlist), np.bool_)
             # every read with pread (nothing mapped, rows kept in the row cache), or through the maps
-            self._direct = all(t.fd >= 0 and t.order_fd >= 0 for t in tiles) and _kernel()[0] is not None
+            self._direct = _all_open(tiles)
             self._all = (tiles, np.ascontiguousarray(table))
         return self._all
 
@@ -1133,13 +1147,21 @@ class ListShard(Shard):
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         tiles, _ = self._opened()
         self._mapped |= not self._direct
-        prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
+        many = len(pos) > 2 * r  # a first pass's candidates: most are not kept
+        if not many:
+            prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
         prefetch([t.rows for t in tiles], which, pos, pos + 1)  # and the rows: a first pass read none of them
         by = np.lexsort((pos, which))  # tile by tile, in file order
         pos, which, lst = pos[by], which[by], lst[by]
         addr, _blocks = self._kept_at(which, lst, pos)  # the blocks stay alive while the rows are copied
-        x, flat = _take_rows(tiles, which, pos, addr)
+        x, flat = _take_rows(tiles, which, pos, addr, pixels=not many)
         sims = exact_cosine(q, x)
+        if flat is None:  # the pixels of the best r only (with every tie at the r-th: IDs break them)
+            if len(sims) > r:
+                keep = np.flatnonzero(sims >= np.partition(sims, len(sims) - r)[len(sims) - r])
+                sims, pos, which = sims[keep], pos[keep], which[keep]
+            prefetch([t.order for t in tiles], which, pos, pos + 1)
+            flat = _take_pixels(tiles, which, pos)
         ix = np.array([t.tile.ix for t in tiles], np.int64)[which]
         iy = np.array([t.tile.iy for t in tiles], np.int64)[which]
         width = np.array([t.width for t in tiles], np.int64)[which]
