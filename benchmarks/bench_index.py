@@ -653,8 +653,9 @@ def kenya(results: list[dict]) -> str:
             f"`--max-memory` 2 GiB; the issue's bound is that + 512 MiB) and of the query process "
             f"{r['ours']['peak_rss'] / 2**30:.2f} GiB (bound 2 GiB). A query process keeps at most 768 MiB of "
             f"scanned lists' rows in memory (the row cache; the lists are the store's rows, read with `pread`, none "
-            f"stay mapped), so its memory does not grow with the index; its time grows with the rows of the probed "
-            f"lists that are not in the cache.")
+            f"stay mapped)" + (", and the first pass's codes are read through their map, released past 1 GiB"
+                               if ",PQ" in b["factory"] else "") +
+            ", so its memory does not grow with the index.")
 
 
 def write_docs(results: list[dict]) -> None:

@@ -100,6 +100,51 @@ def test_codes_laid_list_by_list_are_read_where_their_offsets_say():
         assert np.allclose(s[np.argsort(i)], want, atol=1e-4)
 
 
+def test_codes_read_with_pread_equal_the_mapped_ones(tmp_path):
+    """The kernel reads a shard's codes file with pread, a window at a time (ranges past
+    the window, ranges behind it, the file's end): the same estimates as through the map;
+    a failed read is a StoreError."""
+    from tessera_search.errors import StoreError
+    from tessera_search.index.lists import _open_fd
+
+    rng = np.random.default_rng(14)
+    codes = rng.integers(0, 256, size=(40000, 16), dtype=np.uint8)  # longer than one window (16 Ki codes)
+    codes.tofile(tmp_path / "codes")
+    mapped = np.memmap(tmp_path / "codes", np.uint8, "r").reshape(-1, 16)
+    fd = _open_fd(mapped)
+    at = np.array([0, 30000, 100, 39990, 20000])
+    n = np.array([5000, 9000, 50, 10, 3])
+    starts = np.zeros(len(at), np.int64)
+    tile_of = np.zeros(len(at), np.int64)
+    bias = rng.normal(size=len(at)).astype(np.float32)
+    lut = rng.normal(size=(16, 256)).astype(np.float32)
+    want = adc_top([mapped], tile_of, starts, n, bias, lut, 20000, at=at)
+    got = adc_top([mapped], tile_of, starts, n, bias, lut, 20000, at=at, fd=fd)
+    assert np.array_equal(np.sort(want[1]), np.sort(got[1])) and len(got[1]) == n.sum()
+    assert np.array_equal(want[0][np.argsort(want[1])], got[0][np.argsort(got[1])])
+    with pytest.raises(StoreError, match="first-pass codes"):
+        adc_top([mapped], tile_of, starts, n, bias, lut, 10, at=at + 40000, fd=fd)  # past the end
+    import os
+
+    os.close(fd)
+
+
+def test_first_pass_searches_map_no_codes(built):
+    from tessera_search.index.rerank import mapped_bytes
+
+    home, region, rep = built
+    idx = open_index(rep.name, home=home)
+    idx.params.update({"cand": 5000, "cand_nprobe": 64, "cand10": 1500, "cand_nprobe10": 64})
+    _, qs = _queries(home, region, 3, seed=24)
+    idx.search(qs[0], k=10)  # opens everything
+    before = mapped_bytes()
+    for q in qs:
+        idx.search(q, k=1000)
+    codes = sum(ShardFiles(rep.path, n).codes.stat().st_size for n in range(rep.n_shards))
+    assert mapped_bytes() - before < 0.2 * codes  # every code was scanned
+    assert all(sh._codes_fd >= 0 for sh in idx.shards)
+
+
 def test_split_first_pass_gives_the_same_answer(monkeypatch):
     rng = np.random.default_rng(12)
     views, tile_of, starts, ends, bias, lut, skips = _adc_case(rng)

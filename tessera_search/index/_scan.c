@@ -93,7 +93,7 @@ static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) 
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 12; }
+int ts_abi(void) { return 13; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -157,7 +157,24 @@ static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) {
 }
 #else
 static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; }
+static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) { return -38; }
 #endif
+
+/* Up to n bytes of fd from off (fewer at the end of the file): how many, or -errno. */
+static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) {
+    char *p = (char *)buf;
+    int64_t done = 0;
+    while (done < n) {
+        ssize_t got = pread(fd, p + done, (size_t)(n - done), (off_t)(off + done));
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return -(int64_t)errno;
+        }
+        if (got == 0) break;
+        done += got;
+    }
+    return done;
+}
 
 /* Items of `item` bytes: out[i] = item pos[i] of file fds[i] (positions counted in items).
  * Items of one file that lie close together (in increasing order, gaps of at most GAP
@@ -352,7 +369,9 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *des
  *
  * (bias: the query's dot with the list's centroid; lut: its dots with the sub-codebooks'
  * centroids). Float sums in a fixed order, no SIMD: every CPU gives the same estimates.
- * Range g is rows [starts[g], ends[g]) of the code array at address bases[g]; skips as in
+ * Range g is rows [starts[g], ends[g]) of the code array at address bases[g] (row i at
+ * bases[g] + i * M), or with fd >= 0 at that byte offset of file fd, read with pread a
+ * window of BUF_ROWS * DIMS bytes at a time (a process maps no pages of it); skips as in
  * ts_scan_top. Keeps the best r estimates (no band), unordered, into hs / hi (row numbers
  * counted over the ranges from `first`); `work`: ts_work(r) floats. Returns how many were
  * kept (at most r). */
@@ -387,10 +406,13 @@ static void adc16(const uint8_t *x, int64_t n, const float *lut, float bias, flo
     }
 }
 
-int64_t ts_adc_top(const int64_t *bases, const int64_t *skips, const float *bias, const int64_t *starts,
+int64_t ts_adc_top(const int64_t *bases, int fd, const int64_t *skips, const float *bias, const int64_t *starts,
                    const int64_t *ends, int64_t nr, const float *lut, int64_t M, int64_t r, float *hs, int64_t *hi,
                    int64_t first, float *work) {
     if (r <= 0) return 0;
+    uint8_t *win = (uint8_t *)work; /* with fd: a window of the codes file, WIN bytes at most */
+    const int64_t WIN = (int64_t)BUF_ROWS * DIMS;
+    int64_t win_at = 0, win_len = 0;
     float *sc = work + BUF_ROWS * DIMS / 4;
     cands c = cands_in(sc + BUF_ROWS, r, r, 0.0f);
     int64_t at = first;
@@ -398,10 +420,22 @@ int64_t ts_adc_top(const int64_t *bases, const int64_t *skips, const float *bias
         int64_t n = ends[g] - starts[g];
         if (n <= 0) continue;
         const uint8_t *skip = skips && skips[g] ? (const uint8_t *)(intptr_t)skips[g] + starts[g] : NULL;
-        const uint8_t *codes = (const uint8_t *)(intptr_t)bases[g] + starts[g] * M;
         for (int64_t a = 0; a < n; a += BUF_ROWS) {
             int64_t m = n - a < BUF_ROWS ? n - a : BUF_ROWS;
-            const uint8_t *x = codes + a * M;
+            const uint8_t *x;
+            int64_t off = bases[g] + (starts[g] + a) * M;
+            if (fd >= 0) {
+                if (off < win_at || off + m * M > win_at + win_len) {
+                    /* read ahead a whole window: the next ranges (the next tiles of the list) follow */
+                    int64_t got = read_upto(fd, win, WIN, off);
+                    if (got < 0) return got;
+                    if (got < m * M) return -EIO;
+                    win_at = off, win_len = got;
+                }
+                x = win + (off - win_at);
+            } else {
+                x = (const uint8_t *)(intptr_t)off;
+            }
             if (M == 16 && LITTLE_ENDIAN_CODES) {
                 adc16(x, m, lut, bias[g], sc);
                 goto scored;

@@ -140,7 +140,7 @@ def _kernel():
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 12:
+                if lib.ts_abi() != 13:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
                 lib.ts_prefetch.restype = ctypes.c_int64
@@ -341,7 +341,7 @@ def _adc_numpy(views: list, tile_of, starts, ends, bias, lut, at=None) -> np.nda
 
 def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, bias: np.ndarray,
             lut: np.ndarray, r: int, skips: list | None = None, first: int = 0, lib=None,
-            at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            at: np.ndarray | None = None, fd: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """The best ``r`` rows by first-pass estimate (``bias[g]`` plus the sum of ``lut``'s
     entries for the row's code bytes) over ranges of code arrays: range ``g`` is rows
     ``starts[g]:ends[g]`` of ``views[tile_of[g]]`` ((n, M) uint8, C-contiguous), or with
@@ -349,7 +349,10 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
     list by list; ``starts`` and ``tile_of`` then still place the rows' flags). Returns
     ((m,) float32 estimates, (m,) int64 row numbers counted over the ranges from
     ``first``), unordered; flagged rows (``skips``, as :func:`scan_top`) are never kept.
-    ``lib``: the library to use instead of the default, False for NumPy."""
+    ``lib``: the library to use instead of the default, False for NumPy. ``fd``: with
+    ``at``, a descriptor open on the file ``views[0]`` maps (its rows from byte 0): the
+    kernel then reads the codes with ``pread``, a window at a time, so a process maps
+    none of them (its resident memory does not grow with the codes it reads)."""
     tile_of = np.asarray(tile_of, np.int64)
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
@@ -367,8 +370,10 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
         return s[keep], keep.astype(np.int64) + first
     m = int(lut.shape[0])
     if at is not None:  # the kernel reads range g's codes at bases[g] + starts[g] * M
-        bases = views[0].ctypes.data + (np.asarray(at, np.int64) - starts) * m
+        bases = (views[0].ctypes.data if fd < 0 else 0) + (np.asarray(at, np.int64) - starts) * m
     else:
+        fd = -1
+    if at is None:
         bases = np.array([v.ctypes.data for v in views], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
     bases = np.ascontiguousarray(bases, np.int64)
     flags = np.zeros(len(tile_of), np.int64)
@@ -380,10 +385,13 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
     hs, hi = np.empty(r, np.float32), np.empty(r, np.int64)
     work = np.empty(int(lib.ts_work(ctypes.c_int64(r))), np.float32)
     p = ctypes.c_void_p
-    n = lib.ts_adc_top(p(bases.ctypes.data), p(flags.ctypes.data), p(bias.ctypes.data), p(starts.ctypes.data),
+    n = lib.ts_adc_top(p(bases.ctypes.data), ctypes.c_int(int(fd)), p(flags.ctypes.data), p(bias.ctypes.data),
+                       p(starts.ctypes.data),
                        p(ends.ctypes.data), ctypes.c_int64(len(starts)), p(lut.ctypes.data), ctypes.c_int64(m),
                        ctypes.c_int64(r), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
                        p(work.ctypes.data))
+    if n < 0:
+        raise StoreError(f"reading first-pass codes failed: {os.strerror(-int(n))}")
     hs, hi = hs[:n], hi[:n]
     keep = np.isfinite(hs)
     return (hs, hi) if keep.all() else (hs[keep], hi[keep])
@@ -393,21 +401,21 @@ _ADC_SPLIT = 1 << 17  # rows from which one query's first pass is split over the
 
 
 def _adc_parallel(views, tile_of, starts, ends, bias, lut, r: int, skips: list | None = None,
-                  at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  at: np.ndarray | None = None, fd: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """:func:`adc_top` split over the cores by ranges (each part keeps its best ``r``: a
     superset of the whole's best, which the merge then takes)."""
     lens = ends - starts
     total = int(lens.sum())
     parts = min(_CORES, 4, max(1, total // _ADC_SPLIT))
     if parts == 1:
-        return adc_top(views, tile_of, starts, ends, bias, lut, r, skips, at=at)
+        return adc_top(views, tile_of, starts, ends, bias, lut, r, skips, at=at, fd=fd)
     cum = np.concatenate([[0], np.cumsum(lens)])
     cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
     bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
     jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     got = list(_pool().map(lambda ab: adc_top(views, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
                                               bias[ab[0]:ab[1]], lut, r, skips, first=int(cum[ab[0]]),
-                                              at=None if at is None else at[ab[0]:ab[1]]), jobs))
+                                              at=None if at is None else at[ab[0]:ab[1]], fd=fd), jobs))
     s, i = np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
     if len(s) > r:
         keep = np.lexsort((i, -s))[:r]
@@ -626,6 +634,14 @@ def gather(fds: np.ndarray, pos: np.ndarray, out: np.ndarray, what: str) -> np.n
     return out
 
 
+def _close_fd(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class _TileLists:
     """One tile of a shard, opened: its clustered rows and order (memory-mapped, and open
     for ``pread``: scans read through descriptors, so they map no pages), and for a tile
@@ -649,11 +665,7 @@ class _TileLists:
 
     def __del__(self) -> None:
         for fd in (getattr(self, "fd", -1), getattr(self, "order_fd", -1)):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            _close_fd(fd)
 
 
 def _all_open(tiles: list[_TileLists]) -> bool:
@@ -893,6 +905,8 @@ class ListShard(Shard):
                                     f"shard has {want:,} rows and the trained codebooks {int(pq.M)} bytes; rebuild "
                                     "the index")
         self._code_at = code_offsets(self._table)
+        self._codes_fd = _open_fd(codes) if size else -1  # read with pread: nothing of it mapped
+        weakref.finalize(self, _close_fd, self._codes_fd)
         self._pq = faiss.vector_to_array(pq.centroids).reshape(int(pq.M), int(pq.ksub), int(pq.dsub)).astype(np.float32)
         self._cent = np.ascontiguousarray(self._quantizer.reconstruct_n(0, self.nlist), np.float32)
         return codes
@@ -1073,8 +1087,9 @@ class ListShard(Shard):
         skips = [t.skip for t in tiles] if any(t.skip is not None for t in tiles) else None
         codes = self._codes
         prefetch([codes], np.zeros(len(at), np.int64), at, at + en - st)  # cold: wait for the disk once
-        self._mapped = True  # the codes are read through their map
-        sc, rown = _adc_parallel([codes], tile_of, st, en, bias, lut, min(int(cand), total), skips, at=at)
+        fd = self._codes_fd if _kernel()[0] is not None else -1
+        self._mapped |= fd < 0  # without a descriptor the codes are read through their map
+        sc, rown = _adc_parallel([codes], tile_of, st, en, bias, lut, min(int(cand), total), skips, at=at, fd=fd)
         pos, seg = _positions(rown, st, en)
         return _Found(sc, pos, tile_of[seg], list_of[seg])
 
