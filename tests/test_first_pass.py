@@ -14,7 +14,7 @@ from tessera_search.errors import IndexCorruptError
 from tessera_search.index import build_index, open_index
 from tessera_search.index import lists
 from tessera_search.index.lists import adc_top, codes_m, faiss_factory, first_pass_for, is_lists_factory
-from tessera_search.index.params import FIRST_PASS_MIN, choose_params
+from tessera_search.index.params import choose_params
 from tessera_search.index.shards import ShardFiles, generation_problems
 from tessera_search.regions import resolve_region
 
@@ -25,14 +25,13 @@ from test_lists import _queries
 FACTORY = "IVF64,Int8,PQ16"
 
 
-def test_factories_name_the_first_pass_and_large_indexes_get_one():
+def test_factories_name_the_first_pass_and_only_an_asking_factory_gets_one():
     assert codes_m(FACTORY) == 16 and is_lists_factory(FACTORY)
     assert faiss_factory(FACTORY) == "IVF64,PQ16"  # trains the coarse quantizer and the residuals' PQ
     assert codes_m("IVF64,Int8") == 0 and faiss_factory("IVF64,Int8") == "IVF64,Flat"
     assert not is_lists_factory("IVF64,PQ16") and codes_m("IVF64,PQ16") == 0
-    big = choose_params(FIRST_PASS_MIN, gpu=False).factory
-    assert big.endswith(",Int8,PQ16") and big.startswith("IVF4096_HNSW32")
-    assert choose_params(FIRST_PASS_MIN - 1, gpu=False).factory.endswith(",Int8")
+    assert choose_params(100_000_000, gpu=False).factory == "IVF8192_HNSW32,Int8"  # only when asked for
+    assert choose_params(100_000_000, factory="IVF8192_HNSW32,Int8,PQ16").factory.endswith(",Int8,PQ16")
 
 
 def _adc_case(rng, skip_some=True):

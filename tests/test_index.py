@@ -76,7 +76,7 @@ def test_choose_params_scales_with_vectors():
     assert small.factory == "IVF128,Int8" and small.nlist == 128  # int8 lists: the store's rows
     assert big.nlist == 4096 and big.factory == "IVF4096_HNSW32,Int8"  # HNSW coarse quantizer
     assert choose_params(1_000_000, gpu=False).factory == "IVF1024,Int8"
-    assert choose_params(200_000_000, gpu=False).factory == "IVF16384_HNSW32,Int8,PQ16"  # with a first pass
+    assert choose_params(200_000_000, gpu=False).factory == "IVF16384_HNSW32,Int8"  # no first pass unless asked
     assert big.train_size == 64 * 4096 and small.train_size == 20_000
     assert choose_params(10_000_000, gpu=True).factory == "IVF4096,PQ8"  # 8-bit codes: faiss-gpu's IVF-PQ
     tiny = choose_params(100)

@@ -18,10 +18,11 @@ DEFAULT_MAX_MEMORY = 2 << 30
 # From this many lists the coarse quantizer is an HNSW graph over the centroids: assigning
 # a vector then costs about log(nlist) distance computations instead of nlist.
 HNSW_MIN_LISTS = 4096
-# From this many vectors (more than one shard's worth) an int8-lists index also gives each
-# row a 16-byte PQ code of its residual (``Int8,PQ16``): a first pass that scans 16 bytes a
-# row instead of 128 and re-ranks its best candidates from the store's rows.
-FIRST_PASS_MIN = 16_000_000
+# The first pass (``Int8,PQ16``: each row's 16-byte PQ code of its residual, scanned before
+# the rows) is not a default at any size: on the product's landscape at 100 M pixels its
+# estimates held 58 % of the exact top 1000 in 12,000 candidates (docs/benchmarks.md), so
+# the build's tuning never kept it and it cost 16 bytes a pixel for nothing. A factory
+# asks for it where codes separate the neighbours better.
 SEED = 1234
 _IVF_RE = re.compile(r"IVF(\d+)")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -79,10 +80,10 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
       faiss' GPU IVF-PQ instead (``IVFn,PQ8``: 8-byte codes, re-ranked exactly from the
       store). Any faiss factory string still builds a faiss index (PQ codes re-ranked
       from the store, e.g. ``IVF4096_HNSW32,PQ16x4fsr``);
-    - first pass: from ``FIRST_PASS_MIN`` vectors the int8 lists also hold a 16-byte PQ
-      code a row (``Int8,PQ16``, 16 bytes a pixel more on disk), which a search scans
-      first, re-ranking its best candidates from the store (:mod:`.lists`); the build
-      keeps it only where it is faster at the recall target;
+    - first pass: only when the factory asks (``...,Int8,PQ16``): a 16-byte PQ code a row
+      (16 bytes a pixel more on disk), which a search scans first, re-ranking its best
+      candidates from the store (:mod:`.lists`); the build keeps it only where it is
+      faster at the recall target;
     - training sample: 64 per list, at least 65536 and at most 2 M vectors (or all of
       them), and at most a quarter of ``max_memory`` as float32;
     - nprobe: nlist / 128, at least 16: the floor; a search probes enough lists to hold
@@ -99,7 +100,7 @@ def choose_params(n_vectors: int, factory: str | None = None, max_memory: int | 
 
             gpu = gpu_count() > 0
         coarse = f"IVF{nlist}_HNSW32" if nlist >= HNSW_MIN_LISTS else f"IVF{nlist}"
-        factory = f"IVF{nlist},PQ8" if gpu else f"{coarse},Int8" + (",PQ16" if n >= FIRST_PASS_MIN else "")
+        factory = f"IVF{nlist},PQ8" if gpu else f"{coarse},Int8"
     else:
         factory = factory.strip()
         m = _IVF_RE.search(factory)
