@@ -177,11 +177,40 @@ def _scores_numpy(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: n
     with np.errstate(divide="ignore", invalid="ignore"):
         out = s / np.sqrt(nn)
     out[nn == 0] = -np.inf
-    if skips is not None and any(k is not None for k in skips):
-        flags = np.concatenate([np.asarray(skips[t][a:b]) if skips[t] is not None else np.zeros(b - a, np.uint8)
-                                for t, a, b in zip(tile_of, starts, ends) if b > a])
+    flags = _row_flags(skips, tile_of, starts, ends)
+    if flags is not None:
         out[flags != 0] = -np.inf
     return out.astype(np.float32)
+
+
+def _row_flags(skips: list | None, tile_of, starts, ends) -> np.ndarray | None:
+    """The ranges' rows' flags (``skips``: per array, None or a flag a row), one after
+    another, or None when no array has flags."""
+    if skips is None or all(k is None for k in skips):
+        return None
+    return np.concatenate([np.asarray(skips[t][a:b]) if skips[t] is not None else np.zeros(max(0, b - a), np.uint8)
+                           for t, a, b in zip(tile_of, starts, ends) if b > a] or [np.zeros(0, np.uint8)])
+
+
+def _flag_addresses(skips: list | None, tile_of: np.ndarray) -> np.ndarray:
+    """Per range, the address of its array's flags for the kernels (0: none)."""
+    if skips is None or not len(tile_of):
+        return np.zeros(len(tile_of), np.int64)
+    return np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)[tile_of]
+
+
+def _split_ranges(lens: np.ndarray, split: int) -> tuple[np.ndarray, list] | None:
+    """How a scan of ranges of ``lens`` rows splits over the cores: (row number each range
+    starts at, [(first range, end range)] a part), or None for one part (fewer than
+    ``split`` rows a core)."""
+    total = int(lens.sum())
+    parts = min(_CORES, 4, max(1, total // split))
+    if parts == 1:
+        return None
+    cum = np.concatenate([[0], np.cumsum(lens)])
+    cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
+    bounds = [0, *sorted(set(int(c) for c in cuts)), len(lens)]
+    return cum, [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _band(s: np.ndarray, i: np.ndarray, r: int, band: float, cap: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -229,10 +258,7 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
         keep = np.isfinite(s)  # flagged rows (-inf) are never kept
         return s[keep], i[keep], found - int(np.sum(~keep))
     bases = np.array([a.ctypes.data for a in arrays], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
-    flags = np.zeros(len(tile_of), np.int64)
-    if skips is not None:
-        addr = np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)
-        flags = addr[tile_of] if len(tile_of) else flags
+    flags = _flag_addresses(skips, tile_of)
     hs, hi = np.empty(cap, np.float32), np.empty(cap, np.int64)
     work = np.empty(int(lib.ts_work(ctypes.c_int64(cap))), np.float32)
     p = ctypes.c_void_p
@@ -299,16 +325,11 @@ def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap
                    filled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`scan_top` split over the cores by rows (the same answer: each part keeps
     its best ``r`` and their band, a superset of the whole's; the parts then merge)."""
-    lens = ends - starts
-    total = int(lens.sum())
-    parts = min(_CORES, 4, max(1, total // _SPLIT))
-    if parts == 1:
+    split = _split_ranges(ends - starts, _SPLIT)
+    if split is None:
         return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips, fds=fds, dests=dests,
                         filled=filled)
-    cum = np.concatenate([[0], np.cumsum(lens)])
-    cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
-    bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
-    jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    cum, jobs = split
     got = list(_pool().map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
                                                  q16, r, band, cap, first=int(cum[ab[0]]), skips=skips,
                                                  fds=fds, dests=None if dests is None else dests[ab[0]:ab[1]],
@@ -360,9 +381,8 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
     r = int(max(0, r))
     if not lib or r == 0:
         s = _adc_numpy(views, tile_of, starts, ends, bias, lut, at)
-        if skips is not None and any(k is not None for k in skips):
-            flags = np.concatenate([np.asarray(skips[t][a:b]) if skips[t] is not None else np.zeros(b - a, np.uint8)
-                                    for t, a, b in zip(tile_of, starts, ends)])
+        flags = _row_flags(skips, tile_of, starts, ends)
+        if flags is not None:
             s[flags != 0] = -np.inf
         keep = np.flatnonzero(np.isfinite(s))
         if len(keep) > r:
@@ -373,13 +393,9 @@ def adc_top(views: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarr
         bases = (views[0].ctypes.data if fd < 0 else 0) + (np.asarray(at, np.int64) - starts) * m
     else:
         fd = -1
-    if at is None:
         bases = np.array([v.ctypes.data for v in views], np.int64)[tile_of] if len(tile_of) else np.zeros(0, np.int64)
     bases = np.ascontiguousarray(bases, np.int64)
-    flags = np.zeros(len(tile_of), np.int64)
-    if skips is not None:
-        addr = np.array([k.ctypes.data if k is not None else 0 for k in skips], np.int64)
-        flags = addr[tile_of] if len(tile_of) else flags
+    flags = _flag_addresses(skips, tile_of)
     bias = np.ascontiguousarray(bias, np.float32)
     lut = np.ascontiguousarray(lut, np.float32)
     hs, hi = np.empty(r, np.float32), np.empty(r, np.int64)
@@ -404,15 +420,10 @@ def _adc_parallel(views, tile_of, starts, ends, bias, lut, r: int, skips: list |
                   at: np.ndarray | None = None, fd: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """:func:`adc_top` split over the cores by ranges (each part keeps its best ``r``: a
     superset of the whole's best, which the merge then takes)."""
-    lens = ends - starts
-    total = int(lens.sum())
-    parts = min(_CORES, 4, max(1, total // _ADC_SPLIT))
-    if parts == 1:
+    split = _split_ranges(ends - starts, _ADC_SPLIT)
+    if split is None:
         return adc_top(views, tile_of, starts, ends, bias, lut, r, skips, at=at, fd=fd)
-    cum = np.concatenate([[0], np.cumsum(lens)])
-    cuts = np.searchsorted(cum, np.linspace(0, total, parts + 1)[1:-1])
-    bounds = [0, *sorted(set(int(c) for c in cuts)), len(starts)]
-    jobs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    cum, jobs = split
     got = list(_pool().map(lambda ab: adc_top(views, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
                                               bias[ab[0]:ab[1]], lut, r, skips, first=int(cum[ab[0]]),
                                               at=None if at is None else at[ab[0]:ab[1]], fd=fd), jobs))
