@@ -4,6 +4,7 @@ search against exact answers with the same code and tuned parameters large index
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def test_kernel_is_compiled_and_matches_numpy_bit_for_bit():
     q16 = query16(q)
     starts, ends = _ranges(rng, 5000, 40)
     want = lists._scores_numpy([rows], np.zeros(len(starts), np.int64), starts, ends, q16)
-    for use_simd in {False, simd}:
+    assert simd == min(lib.ts_simd(), 2) or os.environ.get("TESSERA_SEARCH_SCAN")
+    for use_simd in range(lib.ts_simd() + 1):  # plain C, AVX2, AVX-512 VNNI: each the CPU has
         s, i, _ = scan_top([rows], np.zeros(len(starts), np.int64), starts, ends, q16, 300, lib=(lib, use_simd))
         ref = np.lexsort((np.arange(len(want)), -want))[:300]
         assert set(ref.tolist()) <= set(i.tolist()) and len(i) >= 300
@@ -65,6 +67,7 @@ def test_scans_through_file_descriptors_match_the_mapped_rows(tmp_path):
     lists it takes rows and pixels of; and a failed read is a StoreError, not garbage."""
     from tessera_search.errors import StoreError
     from tessera_search.index.lists import _open_fd, _TileLists
+    from tessera_search.index.shards import release_pages
 
     rng = np.random.default_rng(5)
     a = rng.integers(-127, 128, size=(6000, 128), dtype=np.int8)  # longer than the read buffer's runs
@@ -82,12 +85,25 @@ def test_scans_through_file_descriptors_match_the_mapped_rows(tmp_path):
         mapped = scan_top(maps, tile_of, starts, ends, q16, 400, band=0.001)
         read = scan_top(maps, tile_of, starts, ends, q16, 400, band=0.001, fds=fds)
         assert np.array_equal(mapped[0], read[0]) and np.array_equal(mapped[1], read[1]) and mapped[2] == read[2]
+        if os.path.exists("/proc/self/statm"):  # the maps' pages released array by array: the same bits
+            from tessera_search.index.rerank import mapped_bytes
+
+            for m in maps:
+                release_pages(m)
+            before = mapped_bytes()
+            kept = scan_top(maps, tile_of, starts, ends, q16, 400, band=0.001)
+            assert mapped_bytes() - before >= 0.5 * (a.nbytes + b.nbytes)  # without release_maps they stay
+            for m in maps:
+                release_pages(m)
+            before = mapped_bytes()
+            freed = scan_top(maps, tile_of, starts, ends, q16, 400, band=0.001, release_maps=True)
+            assert mapped_bytes() - before < 0.05 * (a.nbytes + b.nbytes)
+            assert all(np.array_equal(u, v) for u, v in zip(kept[:2], freed[:2])) and kept[2] == freed[2]
+            assert np.array_equal(freed[0], read[0]) and np.array_equal(freed[1], read[1])
         with pytest.raises(StoreError, match="failed"):
             scan_top(maps, tile_of, starts, ends + 10_000, q16, 400, fds=fds)  # past the end of the files
     finally:
         for fd in fds:
-            import os
-
             os.close(fd)
     order = rng.permutation(len(a)).astype("<i4")
     order.tofile(tmp_path / "order")
@@ -668,3 +684,40 @@ def test_scanned_lists_are_kept_in_memory_and_read_once(built, monkeypatch):
     monkeypatch.setattr(lists, "ROW_CACHE", lists.RowCache(1000))  # too small for any scan's lists
     small = open_index(rep.name, home=home)
     assert np.array_equal(small.search(qs[1], k=200, nprobe=64).ids, full.ids) and lists.ROW_CACHE.used == 0
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="mapped pages are read from /proc")
+def test_lists_the_row_cache_has_no_room_for_are_scanned_through_the_maps_within_the_bound(built, monkeypatch):
+    """With the row cache full, a scan reads the lists it cannot keep through the store's
+    maps instead of copying them (MAP_MISSES): the same answers as reading them, and the
+    pages it maps are unmapped again tile by tile as it goes, so a search leaves next to
+    nothing mapped."""
+    from tessera_search.index.rerank import mapped_bytes
+
+    home, region, rep = built
+    _, qs = _queries(home, region, 4, seed=43)
+    monkeypatch.setattr(lists, "ROW_CACHE", lists.RowCache(0))
+    monkeypatch.setattr(lists, "MAP_MISSES", False)
+    read = [open_index(rep.name, home=home).search(q, k=300, nprobe=48) for q in qs]
+    monkeypatch.setattr(lists, "MAP_MISSES", True)
+    idx = open_index(rep.name, home=home)
+    idx.search(qs[0], k=10, nprobe=1)  # opened
+    for s in idx.shards:
+        s.release()
+    calls, orig = [], lists.scan_top
+
+    def spy(*a, **kw):
+        calls.append((kw.get("through_map"), kw.get("release_maps")))
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(lists, "scan_top", spy)
+    before = mapped_bytes()
+    for q, want in zip(qs, read):
+        got = idx.search(q, k=300, nprobe=48)
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.similarity, want.similarity)
+    assert calls and all(c == (True, True) for c in calls)  # every scan went through the maps
+    tile_bytes = 64 * 60 * 64 * 128 // 3  # a third of a tile's rows
+    assert mapped_bytes() - before < tile_bytes
+    for s in idx.shards:
+        s.release()
+    assert not lists._MAPPING

@@ -82,18 +82,61 @@ __attribute__((target("avx2"))) static void rows_avx2(const int8_t *x, int64_t n
     }
 }
 
-/* 1 where the CPU has AVX2. (A 512-bit version of rows_avx2 measured no faster: the scan
- * is bound by memory bandwidth, not arithmetic.) */
+/* One row's (dot with q, dot with itself) in 512-bit registers, 16 int32 lanes each
+ * (AVX-512 VNNI: each vpdpwssd multiplies 32 int16 pairs and adds them into the lanes),
+ * folded to 8 lanes for the AVX2 reduction. The same integer sums, so the same bits. */
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx2"))) static inline __m256i row_sums512(
+    const int8_t *x, const __m512i *w, __m256i *xx) {
+    __m512i ip = _mm512_setzero_si512(), nn = _mm512_setzero_si512();
+    for (int d = 0; d < DIMS / 32; d++) {
+        __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(x + 32 * d)));
+        ip = _mm512_dpwssd_epi32(ip, v, w[d]);
+        nn = _mm512_dpwssd_epi32(nn, v, v);
+    }
+    *xx = _mm256_add_epi32(_mm512_castsi512_si256(nn), _mm512_extracti64x4_epi64(nn, 1));
+    return _mm256_add_epi32(_mm512_castsi512_si256(ip), _mm512_extracti64x4_epi64(ip, 1));
+}
+
+/* rows_avx2 with the sums of row_sums512. Ends with vzeroupper: dirty upper halves of
+ * the vector registers made the next pread's copy in the kernel ~20x slower here. */
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx2"))) static void rows_avx512(const int8_t *x, int64_t n,
+                                                                                   const int16_t *q, float *out) {
+    __m512i w[DIMS / 32];
+    for (int d = 0; d < DIMS / 32; d++) w[d] = _mm512_loadu_si512((const void *)(q + 32 * d));
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4, x += 4 * DIMS) {
+        __m256i n0, n1, n2, n3;
+        __m256i a0 = row_sums512(x, w, &n0), a1 = row_sums512(x + DIMS, w, &n1);
+        __m256i a2 = row_sums512(x + 2 * DIMS, w, &n2), a3 = row_sums512(x + 3 * DIMS, w, &n3);
+        __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+        __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(n0, n1), _mm256_hadd_epi32(n2, n3));
+        __m128i si = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        __m128i ti = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        __m128 r = _mm_div_ps(_mm_cvtepi32_ps(si), _mm_sqrt_ps(_mm_cvtepi32_ps(ti)));
+        __m128 live = _mm_castsi128_ps(_mm_cmpgt_epi32(ti, _mm_setzero_si128()));
+        _mm_storeu_ps(out + i, _mm_blendv_ps(_mm_set1_ps(-INFINITY), r, live));
+    }
+    for (; i < n; i++, x += DIMS) {
+        __m256i nn, ip = row_sums512(x, w, &nn);
+        __m128i r = sum2(ip, nn);
+        out[i] = finish(_mm_cvtsi128_si32(r), _mm_extract_epi32(r, 1));
+    }
+    _mm256_zeroupper();
+}
+
+/* The widest scan the CPU (and its OS) runs: 2 with AVX-512 VNNI, 1 with AVX2, else 0. */
 int ts_simd(void) {
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) return 2;
     return __builtin_cpu_supports("avx2") ? 1 : 0;
 }
 #else
 static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) { rows_plain(x, n, q, out); }
+static void rows_avx512(const int8_t *x, int64_t n, const int16_t *q, float *out) { rows_plain(x, n, q, out); }
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 13; }
+int ts_abi(void) { return 14; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -135,12 +178,33 @@ int64_t ts_prefetch(const int64_t *bases, const int64_t *starts, const int64_t *
 #endif
 
 static void rows(const int8_t *x, int64_t n, const int16_t *q, float *out, int simd) {
-    if (simd) rows_avx2(x, n, q, out);
+    if (simd >= 2) rows_avx512(x, n, q, out);
+    else if (simd == 1) rows_avx2(x, n, q, out);
     else rows_plain(x, n, q, out);
 }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <errno.h>
+/* Drop this process's page-table entries for the pages around [lo, hi) of a read-only
+ * file map that spans [start, end): the pages stay in the page cache, the next read is a
+ * minor fault. A fault maps more than the page it needs (a 64 KiB window, or a whole
+ * large folio, up to 2 MiB), so the span grows to 2 MiB boundaries, within the map. One
+ * call for a whole span costs a few microseconds; one a range would cost more than
+ * reading it. Only ever given read-only file maps: on private memory this would zero it. */
+#define FOLIO ((uintptr_t)2 << 20)
+static void unmap_span(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {
+    static long page = 0;
+    if (!page) page = sysconf(_SC_PAGESIZE);
+    if (hi <= lo || page <= 0) return;
+    uintptr_t pg = (uintptr_t)page;
+    start &= ~(pg - 1);
+    end = (end + pg - 1) & ~(pg - 1);
+    lo = lo & ~(FOLIO - 1);
+    hi = (hi + FOLIO - 1) & ~(FOLIO - 1);
+    if (lo < start) lo = start;
+    if (hi > end) hi = end;
+    if (hi > lo) madvise((void *)lo, (size_t)(hi - lo), MADV_DONTNEED);
+}
 /* All `n` bytes of file `fd` at `off` into buf: 0, or -errno (-EIO for a file too short). */
 static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) {
     char *p = (char *)buf;
@@ -156,6 +220,7 @@ static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) {
     return 0;
 }
 #else
+static void unmap_span(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {}
 static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; }
 static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) { return -38; }
 #endif
@@ -303,7 +368,12 @@ static inline void offer(cands *c, const float *s, int64_t n, int64_t first) {
  * is the scoring, whatever the rows. `work`: TS_WORK(cap) floats (see below). Returns how
  * many qualified, or -errno when a read failed; when that exceeds `cap` (>= r), only cap
  * are kept (the r best among them) and the caller asks again with a larger cap (when more
- * rows tie than the room holds, the count is a lower bound, at least twice cap). */
+ * rows tie than the room holds, the count is a lower bound, at least twice cap). Where
+ * `limits` is given and limits[g] is not 0, range g's array is a read-only file map
+ * ending at address limits[g]: the pages the scan maps reading it there are unmapped
+ * again (unmap_span) each time the scan moves to another array and at its end, so a scan
+ * keeps about one array's ranges mapped (Linux maps a 64 KiB window or more around each
+ * fault, whatever the range). */
 #define ROOM(cap) (2 * (cap) + BUF_ROWS)
 int64_t ts_work(int64_t cap) { return (int64_t)BUF_ROWS * DIMS / 4 + BUF_ROWS + 4 * ROOM(cap); }
 
@@ -317,8 +387,11 @@ static cands cands_in(float *mem, int64_t cap, int64_t r, float band) {
 
 int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *dests, const int64_t *skips,
                     const int64_t *starts, const int64_t *ends, int64_t nr, const int16_t *q, int64_t r, float band,
-                    int64_t cap, float *hs, int64_t *hi, int64_t first, int simd, float *work) {
+                    int64_t cap, float *hs, int64_t *hi, int64_t first, int simd, const int64_t *limits,
+                    float *work) {
     if (r <= 0 || cap <= 0) return 0;
+    uintptr_t span_lo = 0, span_hi = 0; /* the mapped pages read since the last unmap_span */
+    int64_t span_base = 0, span_end = 0;
     int8_t *buf = (int8_t *)work;
     float *sc = work + BUF_ROWS * DIMS / 4;
     cands c = cands_in(sc + BUF_ROWS, cap, r, band);
@@ -339,6 +412,16 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *des
                 x = dest;
             } else {
                 x = (const int8_t *)(intptr_t)bases[g] + (starts[g] + a) * DIMS;
+                if (limits && limits[g]) {
+                    uintptr_t lo = (uintptr_t)x, end = lo + (uintptr_t)m * DIMS;
+                    if (span_hi && bases[g] != span_base) { /* another array: this one's pages go */
+                        unmap_span(span_lo, span_hi, (uintptr_t)span_base, (uintptr_t)span_end);
+                        span_hi = 0;
+                    }
+                    if (!span_hi) span_lo = lo, span_base = bases[g], span_end = limits[g];
+                    if (lo < span_lo) span_lo = lo;
+                    if (end > span_hi) span_hi = end;
+                }
             }
             rows(x, m, q, sc, simd);
             if (skip)
@@ -348,6 +431,7 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *des
         }
         at += n;
     }
+    if (span_hi) unmap_span(span_lo, span_hi, (uintptr_t)span_base, (uintptr_t)span_end);
     if (c.m == 0) return 0;
     float t = cut(&c);
     /* The rows strictly above the r-th best come first, then the band, so a cap keeps the best. */

@@ -62,7 +62,8 @@ BATCH = 65536
 _Q16 = 32767.0
 _TIE = 2e-4  # rows scoring this close to the r-th best are scored exactly too (the kernel's
 # scores are within ~7e-5 of the cosine at worst: the query's int16 rounding)
-MAX_MAPPED = 1 << 30  # store pages mapped by a process's scans before they are released
+MAX_MAPPED = 256 << 20  # store pages a process's scans map (all shards together) before they are all released
+MAP_MISSES = True  # rows of lists the row cache has no room for are scanned through the maps, not read
 CACHE_BYTES = 768 << 20  # rows of scanned lists a process keeps in memory (RowCache), all shards together
 LISTS_SHARD_VECTORS = 16_000_000  # vectors per shard (whole tiles): the unit of parallel builds and searches
 
@@ -127,24 +128,28 @@ def quantizer_key(trained) -> str:
 # -- the kernel ----------------------------------------------------------------------
 
 
+_SIMD_CAP = {"plain": 0, "avx2": 1}  # TESSERA_SEARCH_SCAN: the widest scan to use (the answers are the same)
+
+
 def _kernel():
-    """(ctypes library, use SIMD) or (None, False) when the compiled kernel is missing."""
+    """(ctypes library, SIMD level: 0 plain C, 1 AVX2, 2 AVX-512 VNNI) or (None, 0) when
+    the compiled kernel is missing."""
     global _LIB
     if _LIB is not None:
         return _LIB
     with _lib_lock:
         if _LIB is None:
-            lib, simd = None, False
+            lib, simd = None, 0
             try:
                 spec = importlib.util.find_spec("tessera_search.index._scan")
                 if spec is None or not spec.origin or spec.origin.endswith(".c"):
                     raise OSError("not built")
                 lib = ctypes.CDLL(spec.origin)
-                if lib.ts_abi() != 13:
+                if lib.ts_abi() != 14:
                     raise OSError("an older build")
                 lib.ts_scan_top.restype = ctypes.c_int64
                 lib.ts_prefetch.restype = ctypes.c_int64
-                simd = bool(lib.ts_simd()) and os.environ.get("TESSERA_SEARCH_SCAN", "") != "plain"
+                simd = min(int(lib.ts_simd()), _SIMD_CAP.get(os.environ.get("TESSERA_SEARCH_SCAN", ""), 2))
                 lib.ts_gather.restype = ctypes.c_int64
                 lib.ts_work.restype = ctypes.c_int64
                 lib.ts_copy.restype = None
@@ -230,7 +235,8 @@ def _band(s: np.ndarray, i: np.ndarray, r: int, band: float, cap: int) -> tuple[
 def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, q16: np.ndarray, r: int,
              band: float = 0.0, cap: int | None = None, lib=None, first: int = 0,
              skips: list | None = None, fds: list | None = None, dests: np.ndarray | None = None,
-             filled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+             filled: np.ndarray | None = None, through_map: bool = False, release_maps: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, int]:
     """The best ``r`` rows by the kernel's approximate cosine over ranges of int8 arrays,
     and every row within ``band`` of the r-th best: range ``g`` is rows
     ``starts[g]:ends[g]`` of ``arrays[tile_of[g]]`` ((n, 128) int8, C-contiguous).
@@ -245,7 +251,11 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
     page-table work: Linux maps a 64 KiB window on every fault). ``dests``: per range, 0
     or the address of room for its rows (a :class:`RowCache` slot): a read goes there,
     and where ``filled`` (per range) says so, the rows are there already and nothing is
-    read (with the kernel only)."""
+    read (with the kernel only). ``through_map``: with ``dests``, only the ranges read
+    into room are read with ``pread``; the others are scanned through the arrays' maps
+    (no copy: the page cache's own pages). ``release_maps``: the pages of the ranges
+    scanned through a map are unmapped again array by array as the scan goes (they stay
+    in the page cache), so a scan keeps about one array's ranges mapped, not all of them."""
     tile_of = np.asarray(tile_of, np.int64)
     starts = np.ascontiguousarray(starts, np.int64)
     ends = np.ascontiguousarray(ends, np.int64)
@@ -267,14 +277,18 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
         fd = np.array([-1 if f is None else f for f in fds], np.int32)[tile_of]
     if dests is not None:
         filled = np.zeros(len(tile_of), np.bool_) if filled is None else np.asarray(filled, np.bool_)
-        fd = np.where(filled, -1, fd if fd is not None else -1).astype(np.int32)
+        fd = np.where(filled | (through_map & (dests == 0)), -1, fd if fd is not None else -1).astype(np.int32)
         dests = np.ascontiguousarray(np.where(filled | (fd >= 0), dests, 0), np.int64)
+    limits = None
+    if release_maps:  # only read-only file maps: unmapping private memory would zero it
+        ends_at = np.array([a.ctypes.data + a.nbytes if _read_only_map(a) else 0 for a in arrays], np.int64)
+        limits = np.ascontiguousarray(ends_at[tile_of]) if ends_at.any() else None
     found = lib.ts_scan_top(p(bases.ctypes.data), p(fd.ctypes.data) if fd is not None else None,
                             p(dests.ctypes.data) if dests is not None else None, p(flags.ctypes.data),
                             p(starts.ctypes.data), p(ends.ctypes.data),
                             ctypes.c_int64(len(starts)), p(q16.ctypes.data), ctypes.c_int64(r), ctypes.c_float(band),
                             ctypes.c_int64(cap), p(hs.ctypes.data), p(hi.ctypes.data), ctypes.c_int64(first),
-                            int(simd), p(work.ctypes.data))
+                            int(simd), p(limits.ctypes.data) if limits is not None else None, p(work.ctypes.data))
     if found < 0:
         raise StoreError(f"reading the store's clustered rows failed: {os.strerror(-int(found))}")
     n = min(int(found), cap)
@@ -283,6 +297,28 @@ def scan_top(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.nda
         keep = np.isfinite(hs)
         return hs[keep], hi[keep], int(found) - int(np.sum(~keep))
     return hs, hi, int(found)
+
+
+def _read_only_map(a) -> bool:
+    """Whether array ``a`` shows a read-only map of a file (its pages can be unmapped from
+    the process and read again from the page cache)."""
+    import mmap
+
+    if a.flags.writeable:
+        return False
+    base = a
+    while base is not None and not isinstance(base, mmap.mmap):
+        if isinstance(base, memoryview):
+            base = base.obj
+        else:
+            base = getattr(base, "base", None)
+    if base is None:
+        return False
+    try:  # a map open for writing (shared or copy-on-write) is not read-only
+        with memoryview(base) as view:
+            return bool(view.readonly)
+    except (TypeError, ValueError):  # closed
+        return False
 
 
 def prefetch(arrays: list, tile_of: np.ndarray, starts: np.ndarray, ends: np.ndarray, sample: int = 8) -> int:
@@ -322,18 +358,20 @@ def _pool():
 
 def _scan_parallel(arrays, tile_of, starts, ends, q16, r, band: float = 0.0, cap: int | None = None,
                    skips: list | None = None, fds: list | None = None, dests: np.ndarray | None = None,
-                   filled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                   filled: np.ndarray | None = None, through_map: bool = False, release_maps: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`scan_top` split over the cores by rows (the same answer: each part keeps
     its best ``r`` and their band, a superset of the whole's; the parts then merge)."""
     split = _split_ranges(ends - starts, _SPLIT)
     if split is None:
         return scan_top(arrays, tile_of, starts, ends, q16, r, band, cap, skips=skips, fds=fds, dests=dests,
-                        filled=filled)
+                        filled=filled, through_map=through_map, release_maps=release_maps)
     cum, jobs = split
     got = list(_pool().map(lambda ab: scan_top(arrays, tile_of[ab[0]:ab[1]], starts[ab[0]:ab[1]], ends[ab[0]:ab[1]],
                                                  q16, r, band, cap, first=int(cum[ab[0]]), skips=skips,
                                                  fds=fds, dests=None if dests is None else dests[ab[0]:ab[1]],
-                                                 filled=None if filled is None else filled[ab[0]:ab[1]]), jobs))
+                                                 filled=None if filled is None else filled[ab[0]:ab[1]],
+                                                 through_map=through_map, release_maps=release_maps), jobs))
     cap = int(max(r, cap if cap is not None else r + 64 + r // 4))
     s, i, found = _band(np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got]), r, band, cap)
     if any(g[2] > len(g[0]) for g in got):  # a part was cut short: its band may be missing
@@ -892,9 +930,7 @@ class ListShard(Shard):
         self._held = [0]  # bytes of ROW_CACHE's budget those blocks hold (given back when the shard goes)
         weakref.finalize(self, _give_back, self._held)
         self._lock = threading.Lock()
-        self._floor = mapped_bytes(0)  # file pages mapped before any scan (libraries)
         self._direct = True  # set by _opened
-        self._mapped = False  # a read went through the maps since the last unmap
 
     def _open_codes(self, files, info: dict, trained) -> np.ndarray | None:
         """The shard's first-pass codes ((usable rows of all its tiles, M) uint8,
@@ -1065,8 +1101,15 @@ class ListShard(Shard):
             release_pages(t.order)
         if self._codes is not None:
             release_pages(self._codes)
-        self._floor = mapped_bytes(0)
-        self._mapped = False
+        with _map_lock:
+            _MAPPING.discard(self)
+
+    def _mapping(self) -> None:
+        """Note that a read of this shard is about to go through its maps (see :func:`_bound_maps`)."""
+        with _map_lock:
+            if not _MAPPING:
+                _floor[0] = mapped_bytes(0)
+            _MAPPING.add(self)
 
     def _ranges(self, lists: np.ndarray):
         """The opened tiles, and the non-empty row ranges of ``lists`` in them: (starts,
@@ -1099,7 +1142,8 @@ class ListShard(Shard):
         codes = self._codes
         prefetch([codes], np.zeros(len(at), np.int64), at, at + en - st)  # cold: wait for the disk once
         fd = self._codes_fd if _kernel()[0] is not None else -1
-        self._mapped |= fd < 0  # without a descriptor the codes are read through their map
+        if fd < 0:  # without a descriptor the codes are read through their map
+            self._mapping()
         sc, rown = _adc_parallel([codes], tile_of, st, en, bias, lut, min(int(cand), total), skips, at=at, fd=fd)
         pos, seg = _positions(rown, st, en)
         return _Found(sc, pos, tile_of[seg], list_of[seg])
@@ -1133,19 +1177,23 @@ class ListShard(Shard):
         if cold:  # the kept rows' pixel numbers are in these ranges of the order files: read them in the same wait
             prefetch([t.order for t in tiles], tile_of, st, en, sample=0)
         kept = self._direct
-        self._mapped |= not kept
         dests, filled, filling, _blocks = (self._slots(tile_of, list_of, st, en, admit=not cold) if kept
                                            else (None, None, None, []))
+        through = kept and MAP_MISSES and not cold and bool(np.any(dests == 0))
+        if not kept or through:
+            self._mapping()
         per_cos = _Q16 / (float(np.abs(np.asarray(q, np.float32)).max()) or 1.0)  # kernel units per unit of cosine
         while True:  # rows outside the region (partly covered tiles) score -inf in the kernel
             sc, rown, found = _scan_parallel(rows, tile_of, st, en, q16, want, _TIE * per_cos, cap, skips, fds,
-                                             dests, filled)
+                                             dests, filled, through, release_maps=not kept or through)
             if filling is not None and filling.any():  # read in now: a second pass reads nothing
                 self._filled(tile_of, list_of, filling, dests)
                 filled, filling = filled | filling, None
             if found <= cap:
                 break
             cap = found  # more rows tie within the band at the cut than room was kept for
+        if not kept or through:
+            _bound_maps()  # after each shard's scan: one query maps ~64 KiB a list and tile
         pos, seg = _positions(rown, st, en)
         return _Found((sc / np.float32(per_cos)).astype(np.float32), pos, tile_of[seg], list_of[seg])
 
@@ -1163,7 +1211,7 @@ class ListShard(Shard):
         for j in range(len(q)):
             s, i = self.take(q[j], found[j], r)
             scores[j, :len(s)], ids[j, :len(s)] = s, i
-            self._bound_mapped()  # after each query: a batch must not map the whole store
+            _bound_maps()  # after each query: a batch must not map the whole store
         return scores, ids
 
     def take(self, q: np.ndarray, found: _Found, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1172,7 +1220,8 @@ class ListShard(Shard):
         if not len(pos):
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         tiles, _ = self._opened()
-        self._mapped |= not self._direct
+        if not self._direct:
+            self._mapping()
         many = len(pos) > 2 * r  # a first pass's candidates: most are not kept
         if not many:
             prefetch([t.order for t in tiles], which, pos, pos + 1)  # the kept rows' pixels, cold or not
@@ -1195,14 +1244,25 @@ class ListShard(Shard):
         best = top_k(ids, sims, r)
         return sims[best].astype(np.float32), ids[best]
 
-    def _bound_mapped(self) -> None:
-        """Unmap the shard's store pages once mapped file pages pass ``MAX_MAPPED`` beyond
-        what the last release left mapped (libraries are file pages too), as
-        :class:`~.rerank.StoreVectors` does; the row cache (not file pages) stays. Only
-        reads through the maps map pages (``pread``, ``mincore`` and ``madvise`` map none),
-        so the check is skipped when there were none."""
-        if self._mapped and mapped_bytes(self._floor + MAX_MAPPED + 1) - self._floor > MAX_MAPPED:
-            self._unmap()
+
+_map_lock = threading.Lock()
+_MAPPING: weakref.WeakSet = weakref.WeakSet()  # shards read through their maps since the last release
+_floor = [0]  # file pages this process mapped before them (libraries are file pages too)
+
+
+def _bound_maps() -> None:
+    """Unmap every shard's store pages (they stay in the page cache) once the file pages
+    this process maps pass ``MAX_MAPPED`` beyond what it mapped before the shards' reads,
+    as :class:`~.rerank.StoreVectors` does; the row cache (not file pages) stays. One bound
+    for all shards: each query maps a little of every shard. Only reads through the maps
+    map pages (``pread``, ``mincore`` and ``madvise`` map none), so without them this is
+    free."""
+    with _map_lock:
+        if not _MAPPING or mapped_bytes(_floor[0] + MAX_MAPPED + 1) - _floor[0] <= MAX_MAPPED:
+            return
+        shards = list(_MAPPING)
+    for shard in shards:
+        shard._unmap()
 
 
 # -- tuning --------------------------------------------------------------------------
