@@ -63,7 +63,7 @@ _Q16 = 32767.0
 _TIE = 2e-4  # rows scoring this close to the r-th best are scored exactly too (the kernel's
 # scores are within ~7e-5 of the cosine at worst: the query's int16 rounding)
 MAX_MAPPED = 256 << 20  # store pages a process's scans map (all shards together) before they are all released
-MAP_MISSES = True  # rows of lists the row cache has no room for are scanned through the maps, not read
+MAP_MISSES = False  # True: rows of lists the row cache has no room for are scanned through the maps, not read (measured 2x slower at 100 M)
 CACHE_BYTES = 768 << 20  # rows of scanned lists a process keeps in memory (RowCache), all shards together
 LISTS_SHARD_VECTORS = 16_000_000  # vectors per shard (whole tiles): the unit of parallel builds and searches
 
