@@ -55,25 +55,30 @@ __attribute__((target("avx2"))) static inline __m256i row_sums(const int8_t *x, 
     return ip;
 }
 
-/* Four rows at a time: their eight sums reduced together and finished as one vector
- * (IEEE division and square root round the same in SIMD as in scalar code, and the
- * int32 -> float conversion too, so the scores are those of rows_plain bit for bit). */
+/* Four rows' scores from their (dot with q, dot with itself) lanes, reduced together and
+ * finished as one vector: each 128-bit half of s holds partial sums of rows 0..3, and the
+ * halves added give the rows' sums. */
+__attribute__((target("avx2"))) static inline void finish4(const __m256i *a, const __m256i *n, float *out) {
+    __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(n[0], n[1]), _mm256_hadd_epi32(n[2], n[3]));
+    __m128i si = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    __m128i ti = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    __m128 r = _mm_div_ps(_mm_cvtepi32_ps(si), _mm_sqrt_ps(_mm_cvtepi32_ps(ti)));
+    __m128 live = _mm_castsi128_ps(_mm_cmpgt_epi32(ti, _mm_setzero_si128()));
+    _mm_storeu_ps(out, _mm_blendv_ps(_mm_set1_ps(-INFINITY), r, live));
+}
+
+/* Four rows at a time, finished by finish4 (IEEE division and square root round the same
+ * in SIMD as in scalar code, and the int32 -> float conversion too, so the scores are
+ * those of rows_plain bit for bit). */
 __attribute__((target("avx2"))) static void rows_avx2(const int8_t *x, int64_t n, const int16_t *q, float *out) {
     __m256i w[DIMS / 16];
     for (int d = 0; d < DIMS / 16; d++) w[d] = _mm256_loadu_si256((const __m256i *)(q + 16 * d));
     int64_t i = 0;
     for (; i + 4 <= n; i += 4, x += 4 * DIMS) {
-        __m256i n0, n1, n2, n3;
-        __m256i a0 = row_sums(x, w, &n0), a1 = row_sums(x + DIMS, w, &n1);
-        __m256i a2 = row_sums(x + 2 * DIMS, w, &n2), a3 = row_sums(x + 3 * DIMS, w, &n3);
-        /* each 128-bit half of s: partial sums of rows 0..3; the halves added give the rows' sums */
-        __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-        __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(n0, n1), _mm256_hadd_epi32(n2, n3));
-        __m128i si = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        __m128i ti = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-        __m128 r = _mm_div_ps(_mm_cvtepi32_ps(si), _mm_sqrt_ps(_mm_cvtepi32_ps(ti)));
-        __m128 live = _mm_castsi128_ps(_mm_cmpgt_epi32(ti, _mm_setzero_si128()));
-        _mm_storeu_ps(out + i, _mm_blendv_ps(_mm_set1_ps(-INFINITY), r, live));
+        __m256i dots[4], norms[4];
+        for (int j = 0; j < 4; j++) dots[j] = row_sums(x + j * DIMS, w, &norms[j]);
+        finish4(dots, norms, out + i);
     }
     for (; i < n; i++, x += DIMS) {
         __m256i nn, ip = row_sums(x, w, &nn);
@@ -105,16 +110,9 @@ __attribute__((target("avx512f,avx512bw,avx512vnni,avx2"))) static void rows_avx
     for (int d = 0; d < DIMS / 32; d++) w[d] = _mm512_loadu_si512((const void *)(q + 32 * d));
     int64_t i = 0;
     for (; i + 4 <= n; i += 4, x += 4 * DIMS) {
-        __m256i n0, n1, n2, n3;
-        __m256i a0 = row_sums512(x, w, &n0), a1 = row_sums512(x + DIMS, w, &n1);
-        __m256i a2 = row_sums512(x + 2 * DIMS, w, &n2), a3 = row_sums512(x + 3 * DIMS, w, &n3);
-        __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-        __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(n0, n1), _mm256_hadd_epi32(n2, n3));
-        __m128i si = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        __m128i ti = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-        __m128 r = _mm_div_ps(_mm_cvtepi32_ps(si), _mm_sqrt_ps(_mm_cvtepi32_ps(ti)));
-        __m128 live = _mm_castsi128_ps(_mm_cmpgt_epi32(ti, _mm_setzero_si128()));
-        _mm_storeu_ps(out + i, _mm_blendv_ps(_mm_set1_ps(-INFINITY), r, live));
+        __m256i dots[4], norms[4];
+        for (int j = 0; j < 4; j++) dots[j] = row_sums512(x + j * DIMS, w, &norms[j]);
+        finish4(dots, norms, out + i);
     }
     for (; i < n; i++, x += DIMS) {
         __m256i nn, ip = row_sums512(x, w, &nn);
