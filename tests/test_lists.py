@@ -466,7 +466,7 @@ def test_prefetch_reads_ahead_only_what_is_not_in_memory(tmp_path):
     assert len(i) >= 10
 
 
-def test_a_cold_scan_reads_ahead_the_pixel_numbers_of_its_ranges_too(built, monkeypatch):
+def test_a_cold_scan_reads_ahead_its_rows_and_only_the_kept_rows_pixel_numbers(built, monkeypatch):
     home, region, rep = built
     idx = open_index(rep.name, home=home)
     _, qs = _queries(home, region, 1, seed=6)
@@ -481,9 +481,75 @@ def test_a_cold_scan_reads_ahead_the_pixel_numbers_of_its_ranges_too(built, monk
     monkeypatch.setattr(lists, "prefetch", cold)
     got = idx.search(qs[0], k=20)
     assert np.array_equal(got.ids, warm.ids)
-    rows, order = calls[0], calls[1]
-    assert rows[0] == 1 and order[0] == 4  # the int8 rows, then the int32 pixel numbers
-    assert np.array_equal(rows[1], order[1]) and np.array_equal(rows[2], order[2])
+    assert calls[0][0] == 1 and len(calls[0][1]) > 1  # the int8 rows of every probed range
+    order = [c for c in calls if c[0] == 4]  # then the int32 pixel numbers of the kept rows alone
+    assert order and all(np.array_equal(e - s, np.ones_like(s)) for _, s, e in order)
+    assert sum(len(s) for _, s, _ in order) < 2 * 20 + 64
+
+
+def _evict(path) -> None:
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _warm_pages(path, offsets) -> None:
+    """Read the 4 KiB pages at ``offsets`` into the page cache, and no others (no read-ahead)."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for off in offsets:
+            os.pread(fd, 4096, int(off) // 4096 * 4096)
+    finally:
+        os.close(fd)
+
+
+def test_scans_and_gathers_read_the_same_bits_from_the_disk_as_from_memory(tmp_path):
+    """Reads from files try the page cache without waiting first and queue the rest ahead
+    (preadv2 RWF_NOWAIT, posix_fadvise WILLNEED): with the files evicted, or only some
+    pages of them in memory (ranges whose first pages are cached and the rest not, the
+    short reads), a scan and a gather give what they give warm, bit for bit."""
+    import os
+
+    from tessera_search.index.lists import _open_fd
+
+    rng = np.random.default_rng(41)
+    a = rng.integers(-127, 128, size=(30000, 128), dtype=np.int8)
+    a.tofile(tmp_path / "a")
+    rows = np.memmap(tmp_path / "a", np.int8, "r", shape=a.shape)
+    starts = np.sort(rng.choice(29000, 300, replace=False))
+    ends = starts + rng.integers(1, 60, len(starts))
+    ends = np.minimum(ends, np.append(starts[1:], 30000))
+    tile_of = np.zeros(len(starts), np.int64)
+    q16 = query16(rng.normal(size=128).astype(np.float32))
+    fd = _open_fd(rows)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead around what is read: more short reads
+    every = int(np.sum(ends - starts))  # every row's score compared, not only the best
+    try:
+        want = scan_top([rows], tile_of, starts, ends, q16, every, fds=[fd])  # warm (nothing mapped)
+        pos = np.sort(rng.choice(30000, 500, replace=False))
+        pos = np.concatenate([pos, np.arange(100, 140)])  # and a run read as one
+        pos.sort()
+        for warm_first in (False, True):
+            _evict(tmp_path / "a")
+            if warm_first:  # each range's first page in memory, the rest on disk
+                _warm_pages(tmp_path / "a", starts * 128)
+            got = scan_top([rows], tile_of, starts, ends, q16, every, fds=[fd])
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
+            _evict(tmp_path / "a")
+            if warm_first:
+                _warm_pages(tmp_path / "a", pos[::3] * 128)
+            out = lists.gather(np.full(len(pos), fd, np.int32), pos, np.empty((len(pos), 128), np.int8), "rows")
+            assert np.array_equal(out, a[pos])
+    finally:
+        os.close(fd)
 
 
 def test_an_hnsw_coarse_quantizer_still_searches_every_list_asked_for(tmp_path):

@@ -134,7 +134,7 @@ static void rows_avx512(const int8_t *x, int64_t n, const int16_t *q, float *out
 int ts_simd(void) { return 0; }
 #endif
 
-int ts_abi(void) { return 14; }
+int ts_abi(void) { return 15; }
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -183,6 +183,8 @@ static void rows(const int8_t *x, int64_t n, const int16_t *q, float *out, int s
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/uio.h>
 /* Drop this process's page-table entries for the pages around [lo, hi) of a read-only
  * file map that spans [start, end): the pages stay in the page cache, the next read is a
  * minor fault. A fault maps more than the page it needs (a 64 KiB window, or a whole
@@ -217,10 +219,93 @@ static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) {
     }
     return 0;
 }
+/* How many of the n bytes of fd at off are in the page cache from the start, read without
+ * waiting for the disk (preadv2 RWF_NOWAIT: 0 when the first page is not there); where the
+ * kernel or file system refuses the flag, 0 from then on (the caller reads the usual way). */
+#if defined(__linux__) && defined(RWF_NOWAIT)
+static int nowait_works = 1;
+static int64_t read_cached(int fd, void *buf, int64_t n, int64_t off) {
+    char *p = (char *)buf;
+    int64_t done = 0;
+    while (nowait_works && done < n) {
+        struct iovec v = {.iov_base = p + done, .iov_len = (size_t)(n - done)};
+        ssize_t got = preadv2(fd, &v, 1, (off_t)(off + done), RWF_NOWAIT);
+        if (got > 0) {
+            done += got;
+            continue;
+        }
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) nowait_works = 0;
+        break;
+    }
+    return done;
+}
+#define TS_ADVISE 1
+#else
+static int64_t read_cached(int fd, void *buf, int64_t n, int64_t off) { return 0; }
+#endif
+
+/* A scan's reads of ranges from files: each range is first read from the page cache
+ * without waiting; the first range that is not all there (a cold scan) has the kernel
+ * read ahead the next AHEAD ranges at once (posix_fadvise WILLNEED, which queues the
+ * reads and returns), and the window moves on with the scan, so a cold scan keeps the
+ * disk's queue full instead of waiting for one range at a time: on this workplace's
+ * disks that is ~5x the bytes per second of one pread at a time. A warm scan makes the
+ * one read a range it always made. */
+#define AHEAD 256
+typedef struct {
+    const int32_t *fds;
+    const int64_t *starts, *ends;
+    int64_t nr, row_bytes, ahead; /* ranges [0, ahead) advised */
+    int cold;
+} reader;
+
+/* Have the kernel start reading [off, off + len) of fd into the page cache; returns at once. */
+static void advise(int fd, int64_t off, int64_t len) {
+#ifdef TS_ADVISE
+    posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
+#else
+    (void)fd, (void)off, (void)len;
+#endif
+}
+
+static void advise_upto(reader *rd, int64_t upto) {
+    if (upto > rd->nr) upto = rd->nr;
+    for (; rd->ahead < upto; rd->ahead++) {
+        int64_t g = rd->ahead;
+        if (rd->fds[g] >= 0 && rd->ends[g] > rd->starts[g])
+            advise(rd->fds[g], rd->starts[g] * rd->row_bytes, (rd->ends[g] - rd->starts[g]) * rd->row_bytes);
+    }
+}
+
+/* Bytes [off, off + n) of range g's file into buf: 0 or -errno. */
+static int64_t read_range(reader *rd, int64_t g, void *buf, int64_t n, int64_t off) {
+    int fd = rd->fds[g];
+    int64_t got = read_cached(fd, buf, n, off);
+    if (got >= n) {
+        if (rd->cold && rd->ahead < g + AHEAD / 2) advise_upto(rd, g + AHEAD);
+        return 0;
+    }
+    if (!rd->cold || rd->ahead < g + AHEAD / 2) {
+        rd->cold = 1;
+        if (rd->ahead <= g) rd->ahead = g + 1; /* this range is read now, below */
+        advise_upto(rd, g + AHEAD);
+    }
+    return read_at(fd, (char *)buf + got, n - got, off + got);
+}
 #else
 static void unmap_span(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {}
 static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; }
 static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) { return -38; }
+typedef struct {
+    const int32_t *fds;
+    const int64_t *starts, *ends;
+    int64_t nr, row_bytes, ahead;
+    int cold;
+} reader;
+static int64_t read_range(reader *rd, int64_t g, void *buf, int64_t n, int64_t off) { return -38; }
+static int64_t read_cached(int fd, void *buf, int64_t n, int64_t off) { return 0; }
+static void advise(int fd, int64_t off, int64_t len) {}
 #endif
 
 /* Up to n bytes of fd from off (fewer at the end of the file): how many, or -errno. */
@@ -247,23 +332,44 @@ static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) {
 #define GAP 4096
 #define RUN (256 * 1024)
 int64_t ts_gather(const int32_t *fds, const int64_t *pos, int64_t n, int64_t item, uint8_t *out) {
-    uint8_t *run = NULL;
-    int64_t i = 0, e = 0;
-    while (i < n && !e) {
-        int64_t j = i + 1;
-        while (j < n && fds[j] == fds[i] && pos[j] >= pos[j - 1] && (pos[j] - pos[j - 1] - 1) * item <= GAP &&
-               (pos[j] - pos[i] + 1) * item <= RUN)
-            j++;
-        if (j == i + 1) {
-            e = read_at(fds[i], out + i * item, item, pos[i] * item);
-        } else {
-            if (!run && !(run = (uint8_t *)malloc(RUN))) return -12; /* ENOMEM */
-            e = read_at(fds[i], run, (pos[j - 1] - pos[i] + 1) * item, pos[i] * item);
-            for (int64_t m = i; m < j && !e; m++) memcpy(out + m * item, run + (pos[m] - pos[i]) * item, (size_t)item);
+    uint8_t *run = NULL, *miss = NULL;
+    int64_t e = 0, missed = 0;
+    /* Pass 0 reads what the page cache holds without waiting and has the kernel read ahead
+     * the rest, all of it queued at once; pass 1 reads those (a cold gather then waits for
+     * the disk about once, not once per item). */
+    for (int pass = 0; pass < 2 && !e; pass++) {
+        for (int64_t i = 0, j; i < n && !e; i = j) {
+            j = i + 1;
+            while (j < n && fds[j] == fds[i] && pos[j] >= pos[j - 1] && (pos[j] - pos[j - 1] - 1) * item <= GAP &&
+                   (pos[j] - pos[i] + 1) * item <= RUN)
+                j++;
+            if (pass == 1 && !miss[i]) continue;
+            int64_t len = (pos[j - 1] - pos[i] + 1) * item, off = pos[i] * item;
+            uint8_t *dst = out + i * item;
+            if (j > i + 1) {
+                if (!run && !(run = (uint8_t *)malloc(RUN))) {
+                    e = -12; /* ENOMEM */
+                    break;
+                }
+                dst = run;
+            }
+            if (pass == 0 && read_cached(fds[i], dst, len, off) < len) {
+                if (!miss && !(miss = (uint8_t *)calloc((size_t)n, 1))) {
+                    e = -12;
+                    break;
+                }
+                miss[i] = 1, missed++;
+                advise(fds[i], off, len);
+                continue;
+            }
+            if (pass == 1) e = read_at(fds[i], dst, len, off);
+            if (dst == run)
+                for (int64_t m = i; m < j && !e; m++) memcpy(out + m * item, run + (pos[m] - pos[i]) * item, (size_t)item);
         }
-        i = j;
+        if (!missed) break;
     }
     free(run);
+    free(miss);
     return e;
 }
 
@@ -394,6 +500,7 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *des
     float *sc = work + BUF_ROWS * DIMS / 4;
     cands c = cands_in(sc + BUF_ROWS, cap, r, band);
     int64_t at = first;
+    reader rd = {.fds = fds, .starts = starts, .ends = ends, .nr = nr, .row_bytes = DIMS};
     for (int64_t g = 0; g < nr; g++) {
         int64_t n = ends[g] - starts[g];
         if (n <= 0) continue;
@@ -403,7 +510,7 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *des
             const int8_t *x;
             int8_t *dest = dests && dests[g] ? (int8_t *)(intptr_t)dests[g] + a * DIMS : NULL;
             if (fds && fds[g] >= 0) {
-                int64_t e = read_at(fds[g], dest ? dest : buf, m * DIMS, (starts[g] + a) * DIMS);
+                int64_t e = read_range(&rd, g, dest ? dest : buf, m * DIMS, (starts[g] + a) * DIMS);
                 if (e) return e;
                 x = dest ? dest : buf;
             } else if (dest) {
