@@ -440,9 +440,18 @@ def test_a_tile_fetched_again_is_clustered_back_and_other_vectors_are_refused(tm
         open_index("x", home=tmp_path).search(q, k=5)
 
 
-def test_prefetch_reads_ahead_only_what_is_not_in_memory(tmp_path):
+def _evict(path) -> None:
     import os
 
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_prefetch_reads_ahead_only_what_is_not_in_memory(tmp_path):
     from tessera_search.index.shards import release_pages
 
     path = tmp_path / "rows.bin"
@@ -453,12 +462,7 @@ def test_prefetch_reads_ahead_only_what_is_not_in_memory(tmp_path):
     assert int(np.asarray(rows[:20000]).sum()) != 0  # read: every page in memory
     assert lists.prefetch([rows], tile_of, starts, ends) == 0  # warm: nothing to do
     release_pages(rows)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    _evict(path)
     advised = lists.prefetch([rows], tile_of, starts, ends)
     assert advised in (0, 4)  # 4 where the page cache let go of the file (not on tmpfs)
     q16 = query16(np.ones(128, np.float32) / np.sqrt(128))
@@ -485,17 +489,6 @@ def test_a_cold_scan_reads_ahead_its_rows_and_only_the_kept_rows_pixel_numbers(b
     order = [c for c in calls if c[0] == 4]  # then the int32 pixel numbers of the kept rows alone
     assert order and all(np.array_equal(e - s, np.ones_like(s)) for _, s, e in order)
     assert sum(len(s) for _, s, _ in order) < 2 * 20 + 64
-
-
-def _evict(path) -> None:
-    import os
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def _warm_pages(path, offsets) -> None:
