@@ -275,10 +275,9 @@ def _unmap(idx) -> None:
 
 def phase_ours(home: Path, name: str, **_) -> dict:
     import tessera_search as ts
+    from tessera_search.index.lists import _kernel
     from tessera_search.index.search import merge
     from tessera_search.index.tune import sample_queries
-
-    from tessera_search.index.lists import _kernel
 
     lib, simd = _kernel()
     if lib is None:  # the NumPy fallback is several times slower: a run of it would measure the wrong code

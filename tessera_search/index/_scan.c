@@ -181,6 +181,15 @@ static void rows(const int8_t *x, int64_t n, const int16_t *q, float *out, int s
     else rows_plain(x, n, q, out);
 }
 
+/* A scan's reads of its ranges from files (read_range): the ranges, and how far ahead the
+ * kernel was asked to read them. */
+typedef struct {
+    const int32_t *fds;
+    const int64_t *starts, *ends;
+    int64_t nr, ahead; /* ranges [0, ahead) advised */
+    int cold;
+} reader;
+
 #if defined(__unix__) || defined(__APPLE__)
 #include <errno.h>
 #include <fcntl.h>
@@ -253,12 +262,6 @@ static int64_t read_cached(int fd, void *buf, int64_t n, int64_t off) { return 0
  * disks that is ~5x the bytes per second of one pread at a time. A warm scan makes the
  * one read a range it always made. */
 #define AHEAD 256
-typedef struct {
-    const int32_t *fds;
-    const int64_t *starts, *ends;
-    int64_t nr, row_bytes, ahead; /* ranges [0, ahead) advised */
-    int cold;
-} reader;
 
 /* Have the kernel start reading [off, off + len) of fd into the page cache; returns at once. */
 static void advise(int fd, int64_t off, int64_t len) {
@@ -274,7 +277,7 @@ static void advise_upto(reader *rd, int64_t upto) {
     for (; rd->ahead < upto; rd->ahead++) {
         int64_t g = rd->ahead;
         if (rd->fds[g] >= 0 && rd->ends[g] > rd->starts[g])
-            advise(rd->fds[g], rd->starts[g] * rd->row_bytes, (rd->ends[g] - rd->starts[g]) * rd->row_bytes);
+            advise(rd->fds[g], rd->starts[g] * DIMS, (rd->ends[g] - rd->starts[g]) * DIMS);
     }
 }
 
@@ -282,27 +285,17 @@ static void advise_upto(reader *rd, int64_t upto) {
 static int64_t read_range(reader *rd, int64_t g, void *buf, int64_t n, int64_t off) {
     int fd = rd->fds[g];
     int64_t got = read_cached(fd, buf, n, off);
-    if (got >= n) {
-        if (rd->cold && rd->ahead < g + AHEAD / 2) advise_upto(rd, g + AHEAD);
-        return 0;
-    }
-    if (!rd->cold || rd->ahead < g + AHEAD / 2) {
-        rd->cold = 1;
-        if (rd->ahead <= g) rd->ahead = g + 1; /* this range is read now, below */
+    if (got < n) rd->cold = 1;
+    if (rd->cold && rd->ahead < g + AHEAD / 2) {
+        if (rd->ahead <= g) rd->ahead = g + 1; /* this range is being read: not advised */
         advise_upto(rd, g + AHEAD);
     }
-    return read_at(fd, (char *)buf + got, n - got, off + got);
+    return got < n ? read_at(fd, (char *)buf + got, n - got, off + got) : 0;
 }
 #else
 static void unmap_span(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {}
 static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; }
 static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) { return -38; }
-typedef struct {
-    const int32_t *fds;
-    const int64_t *starts, *ends;
-    int64_t nr, row_bytes, ahead;
-    int cold;
-} reader;
 static int64_t read_range(reader *rd, int64_t g, void *buf, int64_t n, int64_t off) { return -38; }
 static int64_t read_cached(int fd, void *buf, int64_t n, int64_t off) { return 0; }
 static void advise(int fd, int64_t off, int64_t len) {}
@@ -500,7 +493,7 @@ int64_t ts_scan_top(const int64_t *bases, const int32_t *fds, const int64_t *des
     float *sc = work + BUF_ROWS * DIMS / 4;
     cands c = cands_in(sc + BUF_ROWS, cap, r, band);
     int64_t at = first;
-    reader rd = {.fds = fds, .starts = starts, .ends = ends, .nr = nr, .row_bytes = DIMS};
+    reader rd = {.fds = fds, .starts = starts, .ends = ends, .nr = nr};
     for (int64_t g = 0; g < nr; g++) {
         int64_t n = ends[g] - starts[g];
         if (n <= 0) continue;
