@@ -28,7 +28,9 @@ Per size, each phase in its own process (its peak RSS is its own), all on the sa
   warm: each query run once before), recall against the truth, queries/s for a batch of
   100 (``Index.search_many``), the cost of the k = 1000 re-rank reads from the store,
   resident memory, and cold queries (the store's and the index's pages evicted from the
-  page cache with ``posix_fadvise(DONTNEED)`` before each query);
+  page cache with ``posix_fadvise(DONTNEED)`` before each query), each paired with its floor:
+  the same ranges read alone after the same eviction (:func:`_read_cold`), and the disk's
+  read throughput by request size on the store's files (:func:`_disk_sweep`);
 - **faiss**: IVF-PQ (``PQ32x4fsr``) + ``IndexRefineFlat``, ``IVF-SQ8`` and IVF-RaBitQ +
   ``IndexRefineFlat`` on the same vectors, each with our number of lists, trained on as
   many vectors as ours, searched over a grid of nprobe (and refine k_factor) and reported

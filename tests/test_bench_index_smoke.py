@@ -18,6 +18,7 @@ def test_bench_index_tiny_run_writes_sane_json(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| **recall@1000** ours (k = 1000) |" in proc.stdout
+    assert "| cold query's reads alone" in proc.stdout and "| disk read GB/s by request size" in proc.stdout
     (path,) = work.glob("results-*.json")
     r = json.loads(path.read_text())
     assert {"machine", "data", "build", "exact", "ours", "faiss", "n_vectors", "load_start"} <= set(r)
@@ -29,6 +30,10 @@ def test_bench_index_tiny_run_writes_sane_json(tmp_path):
         assert 0.0 <= r["ours"]["k"][k]["recall"] <= 1.0 and r["ours"]["k"][k]["median_s"] > 0
     assert r["ours"]["k"]["1000"]["recall"] >= 0.95  # the tuned default on the product's landscape
     assert r["ours"]["batch100_qps"] > 0 and r["ours"]["cold_median_s"] > 0 and r["ours"]["rerank_read_median_s"] > 0
+    # the floor under a cold query, paired with it: its own ranges read, nothing computed
+    assert r["ours"]["kind"] == "int8-lists" and r["ours"]["cold_reads_median_s"] > 0 and r["ours"]["cold_over_reads"] > 0
+    assert r["ours"]["cold_ranges"] >= 1 and r["ours"]["cold_bytes"] >= 128 * r["ours"]["cold_ranges"]
+    assert r["ours"]["disk"]["16384"] > 0 and all(v > 0 for v in r["ours"]["disk"].values())
     assert set(r["faiss"]) == {"ivfpq_refine", "ivfsq8", "rabitq_refine"}
     for f in r["faiss"].values():
         assert 0.0 <= f["recall1000"] <= 1.0 and f["median_s"] > 0 and f["tried"]

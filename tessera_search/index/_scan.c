@@ -292,14 +292,6 @@ static int64_t read_range(reader *rd, int64_t g, void *buf, int64_t n, int64_t o
     }
     return got < n ? read_at(fd, (char *)buf + got, n - got, off + got) : 0;
 }
-#else
-static void unmap_span(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {}
-static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; }
-static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) { return -38; }
-static int64_t read_range(reader *rd, int64_t g, void *buf, int64_t n, int64_t off) { return -38; }
-static int64_t read_cached(int fd, void *buf, int64_t n, int64_t off) { return 0; }
-static void advise(int fd, int64_t off, int64_t len) {}
-#endif
 
 /* Up to n bytes of fd from off (fewer at the end of the file): how many, or -errno. */
 static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) {
@@ -316,6 +308,14 @@ static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) {
     }
     return done;
 }
+#else
+static void unmap_span(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {}
+static int64_t read_at(int fd, void *buf, int64_t n, int64_t off) { return -38; }
+static int64_t read_upto(int fd, void *buf, int64_t n, int64_t off) { return -38; }
+static int64_t read_range(reader *rd, int64_t g, void *buf, int64_t n, int64_t off) { return -38; }
+static int64_t read_cached(int fd, void *buf, int64_t n, int64_t off) { return 0; }
+static void advise(int fd, int64_t off, int64_t len) {}
+#endif
 
 /* Items of `item` bytes: out[i] = item pos[i] of file fds[i] (positions counted in items).
  * Items of one file that lie close together (in increasing order, gaps of at most GAP
