@@ -384,21 +384,20 @@ def _read_cold(ranges: list[tuple]) -> float:
 
     jobs = [(t.fd, int(a) * 128, int(b - a) * 128) for tiles, st, en, tof in ranges
             for t, a, b in zip([tiles[i] for i in tof], st, en)]
-    room = max((n for _, _, n in jobs), default=0)
-
-    def read(part):
-        buf = bytearray(room)
-        view = memoryview(buf)
-        for fd, off, n in part:
-            os.preadv(fd, [view[:n]], off)
-
     half = len(jobs) // 2
     with ThreadPoolExecutor(2) as pool:
         t0 = time.perf_counter()
         for tiles, st, en, tof in ranges:
             prefetch([t.rows for t in tiles], tof, st, en)
-        list(pool.map(read, [jobs[:half], jobs[half:]]))
+        list(pool.map(_read_jobs, [jobs[:half], jobs[half:]]))
         return time.perf_counter() - t0
+
+
+def _read_jobs(jobs: list[tuple[int, int, int]]) -> None:
+    """Read each (file descriptor, byte offset, bytes) of ``jobs`` with ``preadv`` into one buffer."""
+    view = memoryview(bytearray(max((n for _, _, n in jobs), default=0)))
+    for fd, off, n in jobs:
+        os.preadv(fd, [view[:n]], off)
 
 
 DISK_SIZES = (16 << 10, 64 << 10, 256 << 10, 1 << 20)
@@ -422,16 +421,14 @@ def _disk_sweep(idx, files, total: int = 96 << 20, seed: int = 5) -> dict:
         which = rng.choice(ok, n)
         offs = (rng.random(n) * (sizes[which] - size) // 4096 * 4096).astype(np.int64)
         order = np.lexsort((offs, which))
-        jobs = [(tiles[int(which[j])].fd, int(offs[j])) for j in order]
-        buf = memoryview(bytearray(size))
+        jobs = [(tiles[int(which[j])].fd, int(offs[j]), size) for j in order]
         runs = []
         for _ in range(3):
             _evict(files)
             t0 = time.perf_counter()
-            for fd, off in jobs:
+            for fd, off, _n in jobs:
                 os.posix_fadvise(fd, off, size, os.POSIX_FADV_WILLNEED)
-            for fd, off in jobs:
-                os.preadv(fd, [buf], off)
+            _read_jobs(jobs)
             runs.append(time.perf_counter() - t0)
         out[str(size)] = n * size / float(np.median(runs)) / 1e9
     return out
